@@ -1,0 +1,1 @@
+"""Model code: cell spec, search space, Keras layers, backbones, builder."""

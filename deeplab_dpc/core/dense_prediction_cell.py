@@ -1,0 +1,122 @@
+"""The Dense Prediction Cell (Chen et al. 2018) as a Keras layer, built from a spec.
+
+The same layer serves the end-to-end model and the proxy trainer on cached
+backbone features, so it is cheap to construct: one sublayer per branch, all
+made in ``__init__`` from the spec.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM
+from deeplab_dpc.core.geometry import dpc_rate_multiplier
+from deeplab_dpc.core.layers import ConvBNReLU, PyramidPooling, SeparableConvBNReLU
+from deeplab_dpc.core.spec import PYRAMID_POOLING, CellSpec
+
+
+@keras.saving.register_keras_serializable(package="deeplab_dpc")
+class DensePredictionCell(keras.layers.Layer):
+    """A Dense Prediction Cell, as DeepLab's ``DensePredictionCell.build_cell``.
+
+    Branch i applies its op to the backbone features (input -1) or to branch
+    j's output: 1x1 conv -> BN -> ReLU; separable conv (depthwise with rate
+    ``rate * 16 / output_stride`` -> BN -> ReLU -> pointwise -> BN -> ReLU);
+    or pyramid pooling. Every branch output is concatenated, dropped out
+    (keep 0.9) and projected by a 1x1 conv -> BN -> ReLU.
+
+    Sublayer names follow DeepLab's scopes: ``branch{i}`` (1x1 conv, pooling
+    conv), ``branch{i}_depthwise`` / ``branch{i}_pointwise`` (separable),
+    ``concat_projection``.
+
+    Args:
+        spec: a ``CellSpec``, or DeepLab's JSON structure (a list of dicts).
+        output_stride: 8 or 16, the stride of the features the cell reads.
+        filters: channels of every branch (DeepLab's ``reduction_size``, 256).
+        concat_channels: channels of the projection (256).
+        dropout_rate: dropout on the concatenated features (1 - keep_prob).
+        weight_decay: DeepLab's weight decay.
+        batch_norm_momentum, batch_norm_epsilon: batch norm settings.
+
+    Example:
+        >>> spec = CellSpec.load("experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json")
+        >>> cell = DensePredictionCell(spec, output_stride=16)
+        >>> cell(np.zeros((1, 33, 33, 320), "float32")).shape
+        (1, 33, 33, 256)
+    """
+
+    def __init__(
+        self,
+        spec,
+        output_stride=16,
+        filters=256,
+        concat_channels=256,
+        dropout_rate=0.1,
+        weight_decay=4e-5,
+        batch_norm_momentum=BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon=BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "dense_prediction_cell")
+        super().__init__(**kwargs)
+        self.spec = spec if isinstance(spec, CellSpec) else CellSpec.from_list(spec)
+        self.output_stride = int(output_stride)
+        self.rate_multiplier = dpc_rate_multiplier(self.output_stride)
+        self.filters = int(filters)
+        self.concat_channels = int(concat_channels)
+        self.dropout_rate = float(dropout_rate)
+        self.weight_decay = float(weight_decay)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+        common = dict(
+            weight_decay=self.weight_decay,
+            batch_norm_momentum=self.batch_norm_momentum,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+            dtype=self.dtype_policy,
+        )
+        self.branch_layers = []
+        for i, branch in enumerate(self.spec.branches):
+            name = f"branch{i}"
+            if branch.op == PYRAMID_POOLING:
+                layer = PyramidPooling(self.filters, branch.grid_size, name=name, **common)
+            elif branch.is_separable:
+                rate = tuple(r * self.rate_multiplier for r in branch.rate)
+                layer = SeparableConvBNReLU(self.filters, branch.kernel, rate, name=name, **common)
+            else:
+                layer = ConvBNReLU(self.filters, name=name, **common)
+            self.branch_layers.append(layer)
+        self.dropout = keras.layers.Dropout(self.dropout_rate, name="concat_projection_dropout")
+        self.projection = ConvBNReLU(self.concat_channels, name="concat_projection", **common)
+
+    def build(self, input_shape):
+        branch_shape = (*input_shape[:-1], self.filters)
+        for branch, layer in zip(self.spec.branches, self.branch_layers):
+            layer.build(input_shape if branch.input < 0 else branch_shape)
+        self.projection.build((*input_shape[:-1], self.filters * len(self.branch_layers)))
+
+    def call(self, features, training=None):
+        outputs = []
+        for branch, layer in zip(self.spec.branches, self.branch_layers):
+            source = features if branch.input < 0 else outputs[branch.input]
+            outputs.append(layer(source, training=training))
+        x = ops.concatenate(outputs, axis=-1) if len(outputs) > 1 else outputs[0]
+        x = self.dropout(x, training=training)
+        return self.projection(x, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.concat_channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            spec=self.spec.to_list(),
+            output_stride=self.output_stride,
+            filters=self.filters,
+            concat_channels=self.concat_channels,
+            dropout_rate=self.dropout_rate,
+            weight_decay=self.weight_decay,
+            batch_norm_momentum=self.batch_norm_momentum,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+        )
+        return config

@@ -1,0 +1,295 @@
+"""Building blocks shared by the context modules, the decoder and the model.
+
+Every layer is a real ``keras.layers.Layer`` subclass (no Lambda) written with
+``keras.ops`` only, so it runs on the TensorFlow, JAX and PyTorch backends and
+reloads from the ``.keras`` format. Layer names follow DeepLab's variable
+scopes with "/" written "_" (``branch0_depthwise``,
+``branch0_depthwise_BatchNorm``), so TF1 checkpoints map by a simple rule.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, l2_regularizer
+
+_PACKAGE = "deeplab_dpc"
+
+
+def resize_bilinear_align_corners(x, size):
+    """Bilinear resize of NHWC ``x`` to ``size`` with ``align_corners=True``.
+
+    DeepLab resizes with ``tf.image.resize_bilinear(..., align_corners=True)``
+    everywhere; Keras' resize has no such mode. ``size`` may hold Python ints
+    or scalar tensors (unknown sizes in a TensorFlow graph).
+
+    Args:
+        x: a [batch, height, width, channels] tensor.
+        size: (height, width) of the output.
+    """
+    x = _interpolate_axis(x, size[0], axis=1)
+    return _interpolate_axis(x, size[1], axis=2)
+
+
+def _interpolate_axis(x, out_size, axis):
+    in_size = ops.shape(x)[axis]
+    if isinstance(in_size, int) and isinstance(out_size, int) and in_size == out_size:
+        return x
+    in_f = ops.cast(in_size, "float32")
+    out_f = ops.cast(out_size, "float32")
+    scale = ops.where(out_f > 1.0, (in_f - 1.0) / ops.maximum(out_f - 1.0, 1.0), 0.0)
+    position = ops.cast(ops.arange(out_size), "float32") * scale
+    low = ops.minimum(ops.cast(ops.floor(position), "int32"), ops.cast(in_size, "int32") - 1)
+    high = ops.minimum(low + 1, ops.cast(in_size, "int32") - 1)
+    weight = ops.cast(position - ops.cast(low, "float32"), x.dtype)
+    weight = ops.reshape(weight, (1, -1, 1, 1) if axis == 1 else (1, 1, -1, 1))
+    a = ops.take(x, low, axis=axis)
+    b = ops.take(x, high, axis=axis)
+    return a + (b - a) * weight
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Normalize(keras.layers.Layer):
+    """Maps pixel values 0..255 to [-1, 1] (DeepLab's ``_preprocess_zero_mean_unit_range``).
+
+    Accepts integer or float images; the output is in the layer's compute dtype.
+
+    Example:
+        >>> Normalize()(np.array([[[[0, 127.5, 255]]]]))  # -> [[[[-1, 0, 1]]]]
+    """
+
+    def call(self, images):
+        return ops.cast(images, self.compute_dtype) / 127.5 - 1.0
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResizeLike(keras.layers.Layer):
+    """Resizes the first input bilinearly (align corners) to the height and width of the second.
+
+    Example:
+        >>> logits = ResizeLike(dtype="float32")([logits, images])
+    """
+
+    def call(self, inputs):
+        x, reference = inputs
+        shape = ops.shape(reference)
+        return ops.cast(resize_bilinear_align_corners(x, (shape[1], shape[2])), self.compute_dtype)
+
+    def compute_output_shape(self, input_shapes):
+        x_shape, ref_shape = input_shapes
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+
+class _Block(keras.layers.Layer):
+    """Base of the conv blocks: weight decay and batch norm arguments, and their config."""
+
+    def __init__(
+        self,
+        filters,
+        weight_decay=4e-5,
+        batch_norm_momentum=BATCH_NORM_MOMENTUM,
+        batch_norm_epsilon=BATCH_NORM_EPSILON,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.filters = int(filters)
+        self.weight_decay = float(weight_decay)
+        self.batch_norm_momentum = float(batch_norm_momentum)
+        self.batch_norm_epsilon = float(batch_norm_epsilon)
+
+    def _batch_norm(self, name):
+        return keras.layers.BatchNormalization(
+            momentum=self.batch_norm_momentum,
+            epsilon=self.batch_norm_epsilon,
+            name=name,
+            dtype=self.dtype_policy,
+        )
+
+    def _conv1x1(self, filters, name, use_bias=False):
+        return keras.layers.Conv2D(
+            filters,
+            1,
+            use_bias=use_bias,
+            kernel_regularizer=l2_regularizer(self.weight_decay),
+            name=name,
+            dtype=self.dtype_policy,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            weight_decay=self.weight_decay,
+            batch_norm_momentum=self.batch_norm_momentum,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ConvBNReLU(_Block):
+    """1x1 conv (no bias) -> batch norm -> ReLU, as slim's ``conv2d`` in DeepLab's arg scope.
+
+    Sublayers are named ``<name>`` (conv) and ``<name>_BatchNorm``.
+
+    Args:
+        filters: output channels.
+        weight_decay: DeepLab's weight decay for the kernel.
+        batch_norm_momentum, batch_norm_epsilon: batch norm settings.
+
+    Example:
+        >>> ConvBNReLU(256, name="aspp0")(features)
+    """
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(filters, **kwargs)
+        self.conv = self._conv1x1(self.filters, name=self.name)
+        self.bn = self._batch_norm(f"{self.name}_BatchNorm")
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(self.conv.compute_output_shape(input_shape))
+
+    def call(self, x, training=None):
+        return ops.relu(self.bn(self.conv(x), training=training))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SeparableConvBNReLU(_Block):
+    """DeepLab's ``split_separable_conv2d``: depthwise kxk with atrous rate -> BN -> ReLU
+    -> pointwise 1x1 -> BN -> ReLU.
+
+    The depthwise kernel has no weight decay (as in DeepLab). Sublayers:
+    ``<name>_depthwise``, ``<name>_depthwise_BatchNorm``, ``<name>_pointwise``,
+    ``<name>_pointwise_BatchNorm``.
+
+    Args:
+        filters: output channels of the pointwise conv.
+        kernel_size: (kh, kw) or an int.
+        rate: (rh, rw) atrous rate or an int.
+        weight_decay, batch_norm_momentum, batch_norm_epsilon: as in ``ConvBNReLU``.
+
+    Example:
+        >>> SeparableConvBNReLU(256, kernel_size=3, rate=(1, 6), name="branch0")(features)
+    """
+
+    def __init__(self, filters, kernel_size=3, rate=1, **kwargs):
+        super().__init__(filters, **kwargs)
+        self.kernel_size = _as_pair(kernel_size)
+        self.rate = _as_pair(rate)
+        self.depthwise = keras.layers.DepthwiseConv2D(
+            self.kernel_size,
+            padding="same",
+            dilation_rate=self.rate,
+            use_bias=False,
+            name=f"{self.name}_depthwise",
+            dtype=self.dtype_policy,
+        )
+        self.depthwise_bn = self._batch_norm(f"{self.name}_depthwise_BatchNorm")
+        self.pointwise = self._conv1x1(self.filters, name=f"{self.name}_pointwise")
+        self.pointwise_bn = self._batch_norm(f"{self.name}_pointwise_BatchNorm")
+
+    def build(self, input_shape):
+        self.depthwise.build(input_shape)
+        self.depthwise_bn.build(input_shape)
+        self.pointwise.build(input_shape)
+        self.pointwise_bn.build(self.compute_output_shape(input_shape))
+
+    def call(self, x, training=None):
+        x = ops.relu(self.depthwise_bn(self.depthwise(x), training=training))
+        return ops.relu(self.pointwise_bn(self.pointwise(x), training=training))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(kernel_size=list(self.kernel_size), rate=list(self.rate))
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PyramidPooling(_Block):
+    """Average pooling to a grid -> 1x1 conv -> BN -> ReLU -> bilinear resize back.
+
+    The window is ``(f - 1) // g + 1`` cells for ``f`` feature cells and grid
+    ``g`` (DeepLab's window when the crop is the input; see ``geometry``),
+    applied with stride 1 and VALID padding; the result is resized to the
+    feature size with align corners. Sizes unknown while tracing a
+    TensorFlow graph are handled with an integral image, which gives the
+    same numbers.
+
+    Args:
+        filters: output channels.
+        grid_size: (gh, gw).
+        weight_decay, batch_norm_momentum, batch_norm_epsilon: as in ``ConvBNReLU``.
+
+    Example:
+        >>> PyramidPooling(256, grid_size=(4, 4), name="branch2")(features)
+    """
+
+    def __init__(self, filters, grid_size=(1, 1), **kwargs):
+        super().__init__(filters, **kwargs)
+        self.grid_size = _as_pair(grid_size)
+        self.conv = ConvBNReLU(
+            self.filters,
+            weight_decay=self.weight_decay,
+            batch_norm_momentum=self.batch_norm_momentum,
+            batch_norm_epsilon=self.batch_norm_epsilon,
+            name=self.name,
+            dtype=self.dtype_policy,
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, x, training=None):
+        shape = ops.shape(x)
+        height, width = shape[1], shape[2]
+        if isinstance(height, int) and isinstance(width, int):
+            window = (
+                (height - 1) // self.grid_size[0] + 1,
+                (width - 1) // self.grid_size[1] + 1,
+            )
+            pooled = ops.average_pool(x, window, strides=1, padding="valid")
+        else:
+            pooled = _average_pool_valid_dynamic(x, height, width, self.grid_size)
+        y = self.conv(pooled, training=training)
+        return resize_bilinear_align_corners(y, (height, width))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(grid_size=list(self.grid_size))
+        return config
+
+
+def _average_pool_valid_dynamic(x, height, width, grid_size):
+    """VALID average pooling, stride 1, window from the (tensor) feature size."""
+    kh = (height - 1) // grid_size[0] + 1
+    kw = (width - 1) // grid_size[1] + 1
+    dtype = x.dtype
+    s = ops.cumsum(ops.cumsum(ops.cast(x, "float32"), axis=1), axis=2)
+    s = ops.pad(s, [[0, 0], [1, 0], [1, 0], [0, 0]])
+    oh = height - kh + 1
+    ow = width - kw + 1
+    total = (
+        s[:, kh : kh + oh, kw : kw + ow]
+        - s[:, 0:oh, kw : kw + ow]
+        - s[:, kh : kh + oh, 0:ow]
+        + s[:, 0:oh, 0:ow]
+    )
+    return ops.cast(total / ops.cast(kh * kw, "float32"), dtype)
+
+
+def _as_pair(value):
+    if isinstance(value, int):
+        return (value, value)
+    a, b = value
+    return (int(a), int(b))

@@ -1,0 +1,31 @@
+"""Installs deeplab_dpc: `pip install -e .` (add `-r requirements-dev.txt` for tests)."""
+
+import pathlib
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _requirements(name):
+    lines = (HERE / name).read_text().splitlines()
+    return [l.strip() for l in lines if l.strip() and not l.startswith(("#", "-r"))]
+
+
+setup(
+    name="deeplab_dpc",
+    version="0.1.0",
+    description="Dense Prediction Cells (Chen et al., NeurIPS 2018) on TensorFlow 2 / Keras 3",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["deeplab_dpc", "deeplab_dpc.*", "tools", "tools.*"]),
+    install_requires=_requirements("requirements.txt"),
+    extras_require={"test": _requirements("requirements-dev.txt")},
+    entry_points={
+        "console_scripts": [
+            "deeplab-demo=deeplab_dpc.demo:run",
+            "deeplab-model-stats=deeplab_dpc.model_stats:run",
+        ]
+    },
+)
