@@ -25,7 +25,7 @@ setup(
     entry_points={
         "console_scripts": [
             "deeplab-demo=deeplab_dpc.demo:run",
-            "deeplab-model-stats=deeplab_dpc.model_stats:run",
+            "deeplab-model-stats=deeplab_dpc.model_stats:console_main",
         ]
     },
 )

@@ -1,0 +1,180 @@
+"""``build_deeplab``: images (0..255) -> logits at the input size.
+
+images -> Normalize -> backbone (``features`` at the output stride,
+``low_level`` at stride 4) -> context module (DPC | ASPP | none) -> optional
+v3+ decoder -> 1x1 logits -> bilinear resize (align corners) to the input.
+
+Sub-model and layer names (``backbone``, ``dense_prediction_cell`` / ``aspp``,
+``decoder``, ``logits``) are what ``model_stats`` groups by.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import keras
+
+from deeplab_dpc.core import geometry
+from deeplab_dpc.core.aspp import ASPP
+from deeplab_dpc.core.backbones import BACKBONES, build_backbone
+from deeplab_dpc.core.common import l2_regularizer
+from deeplab_dpc.core.decoder import Decoder
+from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell
+from deeplab_dpc.core.layers import Normalize, ResizeLike
+from deeplab_dpc.core.spec import CellSpec
+
+CONTEXTS = ("dpc", "aspp", "none")
+DECODER_OUTPUT_STRIDES = (None, 4)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a DeepLab model's architecture.
+
+    Written next to checkpoints so evaluation and export rebuild the same
+    model. Validated on construction; errors name the field (the flag of the
+    same name in the entry points).
+
+    Args:
+        num_classes: number of output classes.
+        model_variant: a key of ``backbones.BACKBONES``.
+        output_stride: 8, 16 or 32 (32 only without a context module's rates).
+        context: "dpc", "aspp" or "none".
+        dense_prediction_cell: the cell, required when context is "dpc".
+        atrous_rates: ASPP rates; None for DeepLab's defaults.
+        decoder_output_stride: None (no decoder) or 4.
+        depth_multiplier: MobileNet-v2 width multiplier.
+        weight_decay: DeepLab's weight decay.
+        dropout_rate: context module dropout (1 - keep_prob).
+    """
+
+    num_classes: int
+    model_variant: str = "mobilenet_v2"
+    output_stride: int = 16
+    context: str = "dpc"
+    dense_prediction_cell: CellSpec | None = None
+    atrous_rates: tuple[int, ...] | None = None
+    decoder_output_stride: int | None = None
+    depth_multiplier: float = 1.0
+    weight_decay: float = 4e-5
+    dropout_rate: float = 0.1
+
+    def __post_init__(self):
+        if not isinstance(self.num_classes, int) or self.num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {self.num_classes!r}")
+        if self.model_variant not in BACKBONES:
+            raise ValueError(f"model_variant={self.model_variant!r} is unknown; valid: {sorted(BACKBONES)}")
+        if self.output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride={self.output_stride} must be 8, 16 or 32")
+        if self.context not in CONTEXTS:
+            raise ValueError(f"context={self.context!r} is unknown; valid: {list(CONTEXTS)}")
+        if self.context == "dpc":
+            if self.dense_prediction_cell is None:
+                raise ValueError("context='dpc' needs dense_prediction_cell (a cell spec JSON)")
+            geometry.dpc_rate_multiplier(self.output_stride)
+        elif self.dense_prediction_cell is not None:
+            raise ValueError(f"dense_prediction_cell is given but context={self.context!r}")
+        if self.context == "aspp" and self.atrous_rates is None:
+            geometry.dpc_rate_multiplier(self.output_stride)
+        if self.decoder_output_stride not in DECODER_OUTPUT_STRIDES:
+            raise ValueError(
+                f"decoder_output_stride={self.decoder_output_stride} is not supported; valid: {list(DECODER_OUTPUT_STRIDES)}"
+            )
+        if self.atrous_rates is not None:
+            object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["dense_prediction_cell"] = self.dense_prediction_cell.to_list() if self.dense_prediction_cell else None
+        out["atrous_rates"] = list(self.atrous_rates) if self.atrous_rates is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        data = dict(data)
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        if data.get("dense_prediction_cell") is not None:
+            data["dense_prediction_cell"] = CellSpec.from_list(data["dense_prediction_cell"])
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the config as JSON atomically."""
+        path = os.fspath(path)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ModelConfig":
+        with open(path, encoding="utf-8") as f:
+            try:
+                return cls.from_dict(json.load(f))
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"{path}: {e}") from None
+
+
+def build_context(config: ModelConfig):
+    """The context layer for ``config`` (None for context 'none')."""
+    if config.context == "dpc":
+        return DensePredictionCell(
+            config.dense_prediction_cell,
+            output_stride=config.output_stride,
+            dropout_rate=config.dropout_rate,
+            weight_decay=config.weight_decay,
+        )
+    if config.context == "aspp":
+        return ASPP(
+            output_stride=config.output_stride,
+            atrous_rates=config.atrous_rates,
+            dropout_rate=config.dropout_rate,
+            weight_decay=config.weight_decay,
+        )
+    return None
+
+
+def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -> keras.Model:
+    """Builds the segmentation model.
+
+    Args:
+        config: a ``ModelConfig``.
+        input_shape: (height, width, 3); None sizes accept any image size.
+        name: the model's name.
+
+    Returns:
+        A ``keras.Model`` from images with values in 0..255 (any dtype) to
+        float32 logits of shape [batch, height, width, num_classes].
+
+    Example:
+        >>> spec = CellSpec.load("experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json")
+        >>> model = build_deeplab(ModelConfig(num_classes=19, dense_prediction_cell=spec))
+    """
+    images = keras.Input(shape=input_shape, name="images")
+    x = Normalize(name="normalize")(images)
+    backbone = build_backbone(
+        config.model_variant,
+        output_stride=config.output_stride,
+        depth_multiplier=config.depth_multiplier,
+        weight_decay=config.weight_decay,
+        name="backbone",
+    )
+    endpoints = backbone(x)
+    features = endpoints["features"]
+    context = build_context(config)
+    if context is not None:
+        features = context(features)
+    if config.decoder_output_stride is not None:
+        features = Decoder(weight_decay=config.weight_decay)([features, endpoints["low_level"]])
+    logits = keras.layers.Conv2D(
+        config.num_classes,
+        1,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        kernel_regularizer=l2_regularizer(config.weight_decay),
+        name="logits",
+    )(features)
+    logits = ResizeLike(name="upsample_logits", dtype="float32")([logits, images])
+    return keras.Model(images, logits, name=name or f"deeplab_{config.model_variant}_{config.context}")

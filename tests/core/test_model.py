@@ -1,0 +1,113 @@
+"""build_deeplab and ModelConfig: shapes, validation, config and .keras round trips."""
+
+import math
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+from deeplab_dpc.core.model import ModelConfig, build_deeplab
+from deeplab_dpc.core.spec import CellSpec
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SPEC = CellSpec.load(REPO / "experiments" / "specs" / "dense_prediction_cell_branch5_top1_cityscapes.json")
+
+
+def _config(**kw):
+    kw.setdefault("num_classes", 11)
+    if kw.get("context", "dpc") == "dpc":
+        kw.setdefault("dense_prediction_cell", SPEC)
+    return ModelConfig(**kw)
+
+
+@pytest.mark.parametrize("output_stride", [8, 16])
+@pytest.mark.parametrize("size", [(513, 513), (769, 769), (360, 480)])
+def test_symbolic_shapes_at_paper_sizes(output_stride, size):
+    model = build_deeplab(_config(output_stride=output_stride, decoder_output_stride=4), input_shape=(*size, 3))
+    cell = model.get_layer("dense_prediction_cell")
+    expected = tuple(math.ceil(s / output_stride) for s in size)
+    assert tuple(cell.output.shape) == (None, *expected, 256)
+    decoder = model.get_layer("decoder")
+    assert tuple(decoder.output.shape) == (None, *(math.ceil(s / 4) for s in size), 256)
+    assert tuple(model.output.shape) == (None, *size, 11)
+
+
+def test_forward_pass_at_camvid_size_with_any_size_input():
+    model = build_deeplab(_config(context="aspp", decoder_output_stride=4))
+    images = np.random.default_rng(0).integers(0, 256, (1, 360, 480, 3)).astype("uint8")
+    logits = np.asarray(model(images))
+    assert logits.shape == (1, 360, 480, 11) and logits.dtype == np.float32
+    assert np.isfinite(logits).all()
+    # Same model, another size.
+    assert np.asarray(model(images[:, :97, :131])).shape == (1, 97, 131, 11)
+
+
+@pytest.mark.parametrize("variant", ["xception_65", "xception_71"])
+def test_xception_models_build_and_run(variant):
+    model = build_deeplab(_config(model_variant=variant, decoder_output_stride=4))
+    assert np.asarray(model(np.zeros((1, 65, 49, 3), "float32"))).shape == (1, 65, 49, 11)
+
+
+def test_no_context_model():
+    model = build_deeplab(_config(context="none"))
+    assert model.get_layer("logits").kernel.shape == (1, 1, 320, 11)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(model_variant="resnet_50"), "model_variant='resnet_50' is unknown; valid: .*mobilenet_v2"),
+        (dict(output_stride=32), "output_stride=32"),
+        (dict(output_stride=4), "output_stride=4 must be 8, 16 or 32"),
+        (dict(context="dpc", dense_prediction_cell=None), "needs dense_prediction_cell"),
+        (dict(context="aspp", dense_prediction_cell=SPEC), "dense_prediction_cell is given but context='aspp'"),
+        (dict(context="aspp", output_stride=32), "output_stride=32"),
+        (dict(context="nas"), "context='nas' is unknown"),
+        (dict(decoder_output_stride=8), "decoder_output_stride=8 is not supported"),
+        (dict(num_classes=0), "num_classes must be a positive integer"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        _config(**kwargs)
+
+
+def test_aspp_at_output_stride_32_with_explicit_rates():
+    config = _config(context="aspp", output_stride=32, atrous_rates=[2, 4])
+    assert config.atrous_rates == (2, 4)
+
+
+def test_config_file_round_trip(tmp_path):
+    config = _config(output_stride=8, decoder_output_stride=4, weight_decay=1e-4)
+    config.save(tmp_path / "model_config.json")
+    assert ModelConfig.load(tmp_path / "model_config.json") == config
+    (tmp_path / "bad.json").write_text('{"num_classes": 3, "backbone": "x"}')
+    with pytest.raises(ValueError, match=r"bad\.json: unknown model config keys: \['backbone'\]"):
+        ModelConfig.load(tmp_path / "bad.json")
+
+
+def test_weight_decay_is_deeplabs_on_every_non_depthwise_kernel():
+    model = build_deeplab(_config(context="aspp", weight_decay=1e-3))
+    model(np.zeros((1, 33, 33, 3), "float32"))
+    kernels = [w for w in model.weights if w.path.endswith("/kernel") and "depthwise" not in w.path]
+    # MobileNet-v2: Conv1, expanded_conv_project, 16 x (expand, project); ASPP: 6; logits: 1.
+    assert len(kernels) == len(model.losses) == 1 + 1 + 32 + 6 + 1
+    expected = sum(1e-3 / 2 * float(np.sum(np.square(w.numpy()))) for w in kernels)
+    np.testing.assert_allclose(float(sum(model.losses)), expected, rtol=1e-4)
+    model0 = build_deeplab(_config(context="aspp", weight_decay=0.0))
+    model0(np.zeros((1, 33, 33, 3), "float32"))
+    assert len(model0.losses) == 0
+
+
+def test_full_model_saves_and_reloads_as_keras(tmp_path):
+    model = build_deeplab(_config(decoder_output_stride=4, num_classes=5))
+    rng = np.random.default_rng(0)
+    for w in model.weights:
+        if "moving_variance" in w.path:
+            w.assign(rng.uniform(0.5, 2.0, w.shape).astype("float32"))
+    images = rng.uniform(0, 255, (2, 67, 45, 3)).astype("float32")
+    expected = np.asarray(model(images))
+    model.save(tmp_path / "deeplab.keras")
+    reloaded = keras.saving.load_model(tmp_path / "deeplab.keras")
+    np.testing.assert_allclose(np.asarray(reloaded(images)), expected, atol=1e-4)
