@@ -1,0 +1,138 @@
+"""Converts CamVid (SegNet's 11-class layout) to DeepLab TFRecord shards.
+
+Expected layout (as in SegNet's release and ``shared/data/camvid``)::
+
+    camvid_root/
+      train/ trainannot/ train.txt     # 480x360 RGB PNGs, label PNGs, stems
+      val/   valannot/   val.txt
+      test/  testannot/  test.txt      # if present
+
+Labels hold class ids 0..10 and 11 for "void"; void becomes the ignore label
+255. Without ``<split>.txt`` every image of ``<split>/`` is taken. The split
+``trainval`` is train followed by val.
+
+Usage::
+
+    python -m tools.build_camvid_data --camvid_root=../shared/data/camvid \\
+        --output_dir=/tmp/camvid_tfrecord [--splits=train,val] [--num_shards=4]
+
+Each split's ``<split>.manifest.json`` in ``output_dir`` records this config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from absl import app, flags, logging
+
+from deeplab_dpc.data import conversion, datasets
+
+DATASET = datasets.DATASETS["camvid"]
+VOID_ID = 11
+# SegNet's void (11) -> ignore label; ids 0..10 are kept; anything else fails
+# the range check, naming its file.
+LABEL_FN = conversion.label_lut({VOID_ID: DATASET.ignore_label})
+_COMBINED_SPLITS = {"trainval": ("train", "val")}
+
+
+@dataclasses.dataclass(frozen=True)
+class CamVidConfig:
+    """What to convert and how.
+
+    Args:
+      camvid_root: folder holding ``<split>/``, ``<split>annot/``, ``<split>.txt``.
+      output_dir: where the shards go.
+      splits: splits to convert (``train``, ``val``, ``test``, ``trainval``).
+      sharding: shard count, workers, shuffling.
+    """
+
+    camvid_root: str
+    output_dir: str
+    splits: tuple[str, ...] = ("train", "val")
+    sharding: conversion.ShardingConfig = conversion.ShardingConfig(num_shards=4)
+
+
+def list_examples(camvid_root: str, split: str) -> list[conversion.SourceExample]:
+    """The image/label pairs of one split, in list-file order."""
+    if split in _COMBINED_SPLITS:
+        return [e for part in _COMBINED_SPLITS[split] for e in list_examples(camvid_root, part)]
+    image_dir = os.path.join(camvid_root, split)
+    label_dir = os.path.join(camvid_root, split + "annot")
+    if not os.path.isdir(image_dir):
+        raise conversion.ConversionError(f"CamVid split {split!r}: no folder {image_dir}")
+    if not os.path.isdir(label_dir):
+        raise conversion.ConversionError(f"CamVid split {split!r}: no label folder {label_dir}")
+    list_file = os.path.join(camvid_root, split + ".txt")
+    if os.path.isfile(list_file):
+        return conversion.examples_from_list(list_file, image_dir, label_dir)
+    return conversion.examples_from_dirs(image_dir, label_dir)
+
+
+def convert(
+    examples: list[conversion.SourceExample],
+    output_dir: str,
+    split: str,
+    sharding: conversion.ShardingConfig = conversion.ShardingConfig(num_shards=4),
+    config: dict | None = None,
+) -> conversion.ConversionResult:
+    """Converts CamVid examples (void 11 -> 255) to shards of ``split``."""
+    return conversion.convert_split(
+        examples,
+        output_dir,
+        split,
+        num_classes=DATASET.num_classes,
+        ignore_label=DATASET.ignore_label,
+        label_fn=LABEL_FN,
+        sharding=sharding,
+        config=config,
+    )
+
+
+def build(config: CamVidConfig) -> dict[str, conversion.ConversionResult]:
+    """Converts every split of ``config``; returns the result per split."""
+    results = {}
+    for split in config.splits:
+        examples = list_examples(config.camvid_root, split)
+        expected = DATASET.splits.get(split)
+        if expected is not None and expected != len(examples):
+            logging.warning("CamVid %s: %d examples listed, the descriptor says %d", split, len(examples), expected)
+        results[split] = convert(examples, config.output_dir, split, config.sharding, dataclasses.asdict(config))
+    return results
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines this tool's flags (called by ``__main__``; tests pass their own FlagValues)."""
+    fv = flag_values
+    flags.DEFINE_string("camvid_root", None, "CamVid root holding train/, trainannot/, train.txt, ...", flag_values=fv)
+    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
+    flags.DEFINE_list("splits", ["train", "val"], "Splits to convert: train, val, test, trainval.", flag_values=fv)
+    flags.DEFINE_integer("num_shards", 4, "Shards per split.", flag_values=fv)
+    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
+    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
+    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    flags.mark_flags_as_required(["camvid_root", "output_dir"], flag_values=fv)
+
+
+def config_from_flags(fv: flags.FlagValues) -> CamVidConfig:
+    return CamVidConfig(
+        camvid_root=fv.camvid_root,
+        output_dir=fv.output_dir,
+        splits=tuple(fv.splits),
+        sharding=conversion.ShardingConfig.from_flags(
+            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
+            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
+        ),
+    )
+
+
+def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    for result in build(config_from_flags(flag_values)).values():
+        logging.info(result.summary())
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
