@@ -21,7 +21,11 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["deeplab_dpc", "deeplab_dpc.*", "tools", "tools.*"]),
     install_requires=_requirements("requirements.txt"),
-    extras_require={"test": _requirements("requirements-dev.txt")},
+    extras_require={
+        "test": _requirements("requirements-dev.txt"),
+        # tools/build_cityscapes_data.py takes Cityscapes' own label table from it.
+        "cityscapes": ["cityscapesscripts==2.3.0"],
+    },
     entry_points={
         "console_scripts": [
             "deeplab-demo=deeplab_dpc.demo:run",

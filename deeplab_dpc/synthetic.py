@@ -48,3 +48,42 @@ def make_dataset(
     rng = np.random.default_rng(seed)
     pairs = [make_example(height, width, num_classes, rng) for _ in range(num_images)]
     return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def write_segnet_folders(
+    root, splits: dict[str, int], height: int, width: int, num_classes: int, seed: int = 0
+) -> str:
+    """Writes a generated dataset in the SegNet/CamVid layout and a JSON descriptor.
+
+    ``root/<split>/NAME.png``, ``root/<split>annot/NAME.png`` (class ids),
+    ``root/<split>.txt`` (one file name per line), and ``root/dataset.json``
+    (a dataset descriptor for ``--dataset``). Returns the descriptor's path.
+    """
+    import json
+    import os
+
+    os.makedirs(root, exist_ok=True)
+    for offset, (split, count) in enumerate(sorted(splits.items())):
+        images, labels = make_dataset(count, height, width, num_classes, seed=seed + 1000 * offset)
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        os.makedirs(os.path.join(root, f"{split}annot"), exist_ok=True)
+        names = []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            name = f"{split}_{i:05d}.png"
+            cv2.imwrite(os.path.join(root, split, name), image[:, :, ::-1])
+            cv2.imwrite(os.path.join(root, f"{split}annot", name), label)
+            names.append(name)
+        with open(os.path.join(root, f"{split}.txt"), "w", encoding="utf-8") as f:
+            f.write("\n".join(names) + "\n")
+    descriptor = {
+        "name": "synthetic",
+        "num_classes": num_classes,
+        "ignore_label": 255,
+        "splits": dict(splits),
+        "class_names": ["background"] + [f"shape{i}" for i in range(1, num_classes)],
+        "colormap": "pascal",
+    }
+    path = os.path.join(root, "dataset.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(descriptor, f, indent=1)
+    return path

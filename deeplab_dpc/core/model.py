@@ -48,6 +48,8 @@ class ModelConfig:
         depth_multiplier: MobileNet-v2 width multiplier.
         weight_decay: DeepLab's weight decay.
         dropout_rate: context module dropout (1 - keep_prob).
+        last_layer_gradient_multiplier: scales the logits layer's gradients
+            (DeepLab's flag of that name); the forward pass is unchanged.
     """
 
     num_classes: int
@@ -60,6 +62,7 @@ class ModelConfig:
     depth_multiplier: float = 1.0
     weight_decay: float = 4e-5
     dropout_rate: float = 0.1
+    last_layer_gradient_multiplier: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -118,6 +121,35 @@ class ModelConfig:
                 raise ValueError(f"{path}: {e}") from None
 
 
+@keras.saving.register_keras_serializable(package="deeplab_dpc")
+class Logits(keras.layers.Conv2D):
+    """The 1x1 logits conv (with bias), whose gradients are scaled by ``gradient_multiplier``.
+
+    The kernel and bias enter the graph as ``m * w - stop_gradient((m - 1) * w)``:
+    the value is ``w``, the gradient ``m`` times larger, on every backend.
+    """
+
+    def __init__(self, filters, gradient_multiplier=1.0, **kwargs):
+        kwargs.setdefault("kernel_size", 1)
+        kwargs.setdefault("kernel_initializer", keras.initializers.TruncatedNormal(stddev=0.01))
+        super().__init__(filters, **kwargs)
+        self.gradient_multiplier = float(gradient_multiplier)
+
+    def call(self, inputs):
+        m = self.gradient_multiplier
+        if m == 1.0:
+            return super().call(inputs)
+        kernel = m * self.kernel - keras.ops.stop_gradient((m - 1.0) * self.kernel)
+        bias = m * self.bias - keras.ops.stop_gradient((m - 1.0) * self.bias)
+        outputs = keras.ops.conv(inputs, keras.ops.cast(kernel, inputs.dtype), strides=1, padding="valid")
+        return outputs + keras.ops.cast(bias, inputs.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(gradient_multiplier=self.gradient_multiplier)
+        return config
+
+
 def build_context(config: ModelConfig):
     """The context layer for ``config`` (None for context 'none')."""
     if config.context == "dpc":
@@ -169,10 +201,9 @@ def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -
         features = context(features)
     if config.decoder_output_stride is not None:
         features = Decoder(weight_decay=config.weight_decay)([features, endpoints["low_level"]])
-    logits = keras.layers.Conv2D(
+    logits = Logits(
         config.num_classes,
-        1,
-        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01),
+        gradient_multiplier=config.last_layer_gradient_multiplier,
         kernel_regularizer=l2_regularizer(config.weight_decay),
         name="logits",
     )(features)

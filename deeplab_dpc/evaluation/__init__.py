@@ -1,0 +1,1 @@
+"""Evaluation: confusion-matrix mIoU, multi-scale + flip inference, the eval loop."""

@@ -1,0 +1,231 @@
+"""Evaluate checkpoints: mIoU over a split, once or each new checkpoint.
+
+The confusion matrix is accumulated over the whole split (as DeepLab), with
+multi-scale and flipped inference. Results go to ``eval_logdir`` as
+``eval-<step>.json`` (and ``latest.json``) and to TensorBoard when TensorFlow
+is present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Iterable
+
+import keras
+import numpy as np
+
+from deeplab_dpc.core.model import ModelConfig, build_deeplab
+from deeplab_dpc.data.batches import DataConfig, make_batches
+from deeplab_dpc.data.preprocess import PreprocessConfig
+from deeplab_dpc.evaluation.inference import predict_labels
+from deeplab_dpc.evaluation.metrics import ConfusionMatrix
+from deeplab_dpc.training.checkpoints import latest_checkpoint, list_checkpoints
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings (DeepLab's eval.py flags).
+
+    Args:
+        checkpoint_dir: a train_logdir (its ``model_config.json`` defines the model).
+        eval_logdir: where results are written.
+        data: the dataset.
+        eval_split: split to evaluate.
+        eval_crop_size: images are padded to this (height, width) and must
+            not be larger (DeepLab's whole-image evaluation).
+        eval_scales: inference scales; probabilities are averaged.
+        add_flipped_images: also average the mirrored images.
+        eval_batch_size: images per batch.
+        eval_interval_secs: poll interval for new checkpoints.
+        max_number_of_evaluations: 1 for a single pass; 0 for forever.
+        max_examples: evaluate only the first N examples (None: all).
+    """
+
+    checkpoint_dir: str
+    eval_logdir: str
+    data: DataConfig
+    eval_split: str = "val"
+    eval_crop_size: tuple[int, int] = (513, 513)
+    eval_scales: tuple[float, ...] = (1.0,)
+    add_flipped_images: bool = False
+    eval_batch_size: int = 1
+    eval_interval_secs: float = 300.0
+    max_number_of_evaluations: int = 1
+    max_examples: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "eval_crop_size", tuple(int(v) for v in self.eval_crop_size))
+        object.__setattr__(self, "eval_scales", tuple(float(s) for s in self.eval_scales))
+        if len(self.eval_crop_size) != 2 or min(self.eval_crop_size) < 1:
+            raise ValueError(f"eval_crop_size must be two positive integers, got {self.eval_crop_size}")
+        if not self.eval_scales or min(self.eval_scales) <= 0:
+            raise ValueError(f"eval_scales must be positive, got {list(self.eval_scales)}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be positive, got {self.eval_batch_size}")
+        if self.max_number_of_evaluations < 0:
+            raise ValueError(f"max_number_of_evaluations must be >= 0, got {self.max_number_of_evaluations}")
+        if not os.path.isdir(self.checkpoint_dir):
+            raise ValueError(f"checkpoint_dir={self.checkpoint_dir} is not a directory")
+        model_config_path(self.checkpoint_dir)
+
+
+def model_config_path(checkpoint_dir: str) -> str:
+    """The ``model_config.json`` a training run wrote; an error naming the dir if absent."""
+    path = os.path.join(checkpoint_dir, "model_config.json")
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"checkpoint_dir={checkpoint_dir} has no model_config.json: not a train_logdir of deeplab_dpc.train"
+        )
+    return path
+
+
+def resolve_model_config(checkpoint_dir: str, **flag_values) -> ModelConfig:
+    """The training run's model config; flags given again must agree with it.
+
+    Args:
+        checkpoint_dir: the train_logdir.
+        **flag_values: model flags given on the command line (None: not given),
+            e.g. ``model_variant="xception_65"``; a value that contradicts the
+            config raises naming the flag.
+    """
+    config = ModelConfig.load(model_config_path(checkpoint_dir))
+    for name, value in flag_values.items():
+        if value is None:
+            continue
+        recorded = getattr(config, name)
+        if name == "dense_prediction_cell":
+            recorded = recorded.canonical_hash() if recorded is not None else None
+            value = value.canonical_hash()
+        if value != recorded:
+            raise ValueError(
+                f"--{name}={value} contradicts the training run's model config ({name}={recorded}) "
+                f"in {checkpoint_dir}/model_config.json; drop the flag"
+            )
+    return config
+
+
+def load_for_inference(checkpoint: str, config: ModelConfig) -> keras.Model:
+    """A model with the checkpoint's weights (optimizer state in the file is skipped)."""
+    model = build_deeplab(config)
+    model.load_weights(checkpoint, skip_mismatch=False)
+    return model
+
+
+def make_predict_fn(model, scales, add_flipped_images):
+    """``images -> labels``, compiled as a tf.function on the TensorFlow backend."""
+
+    def predict(images):
+        return predict_labels(model, images, scales, add_flipped_images)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # noqa: PLC0415
+
+        return tf.function(predict, reduce_retracing=True)
+    return predict
+
+
+def confusion_over(
+    predict_fn, batches: Iterable, num_classes: int, ignore_label: int, max_examples: int | None = None
+) -> ConfusionMatrix:
+    """Accumulates the confusion matrix of ``predict_fn`` over batches of sample dicts."""
+    matrix = ConfusionMatrix(num_classes, ignore_label)
+    seen = 0
+    for batch in batches:
+        images, labels = batch["image"], np.asarray(batch["label"])
+        if max_examples is not None:
+            keep = max_examples - seen
+            if keep <= 0:
+                break
+            images, labels = images[:keep], labels[:keep]
+        predictions = np.asarray(predict_fn(images))
+        matrix.update(labels[..., 0], predictions)
+        seen += len(labels)
+    return matrix
+
+
+def evaluate_checkpoint(config: EvalConfig, checkpoint: str, model_config: ModelConfig) -> dict:
+    """One pass over the split; returns and writes the results."""
+    descriptor = config.data.descriptor
+    model = load_for_inference(checkpoint, model_config)
+    preprocess = PreprocessConfig(
+        crop_size=config.eval_crop_size, ignore_label=descriptor.ignore_label, is_training=False
+    )
+    batches = make_batches(config.data, config.eval_split, preprocess, config.eval_batch_size, as_tuple=False)
+    start = time.time()
+    predict_fn = make_predict_fn(model, config.eval_scales, config.add_flipped_images)
+    matrix = confusion_over(predict_fn, batches, descriptor.num_classes, descriptor.ignore_label, config.max_examples)
+    iou = matrix.per_class_iou()
+    step = _step_of(checkpoint)
+    results = {
+        "checkpoint": checkpoint,
+        "step": step,
+        "eval_split": config.eval_split,
+        "eval_scales": list(config.eval_scales),
+        "add_flipped_images": config.add_flipped_images,
+        "miou": matrix.mean_iou(),
+        "pixel_accuracy": matrix.pixel_accuracy(),
+        "per_class_iou": {
+            name: (None if np.isnan(v) else float(v)) for name, v in zip(descriptor.class_names, iou)
+        },
+        "num_pixels": int(matrix.matrix.sum()),
+        "seconds": time.time() - start,
+    }
+    write_results(config.eval_logdir, results)
+    return results
+
+
+def write_results(eval_logdir: str, results: dict) -> None:
+    os.makedirs(eval_logdir, exist_ok=True)
+    for name in (f"eval-{results['step']:08d}.json", "latest.json"):
+        path = os.path.join(eval_logdir, name)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+        os.replace(tmp, path)
+    write_scalars(eval_logdir, results["step"], {"eval/miou": results["miou"]} | {
+        f"eval/iou/{name}": value for name, value in results["per_class_iou"].items() if value is not None
+    })
+
+
+def write_scalars(logdir: str, step: int, scalars: dict) -> None:
+    """TensorBoard scalars, when TensorFlow is installed (a JAX-only host skips them)."""
+    try:
+        import tensorflow as tf  # noqa: PLC0415
+    except ImportError:
+        return
+    writer = tf.summary.create_file_writer(logdir)
+    with writer.as_default():
+        for name, value in scalars.items():
+            tf.summary.scalar(name, value, step=step)
+    writer.flush()
+
+
+def _step_of(checkpoint: str) -> int:
+    name = os.path.basename(checkpoint)
+    digits = "".join(ch for ch in name.split(".")[0] if ch.isdigit())
+    return int(digits) if digits else 0
+
+
+def run_evaluation(config: EvalConfig) -> list[dict]:
+    """Evaluates the latest checkpoint, then (if asked) each new one as it appears."""
+    model_config = ModelConfig.load(model_config_path(config.checkpoint_dir))
+    done: set[str] = set()
+    all_results = []
+    while True:
+        checkpoint = latest_checkpoint(config.checkpoint_dir)
+        if checkpoint is not None and checkpoint not in done:
+            results = evaluate_checkpoint(config, checkpoint, model_config)
+            log.info("step %d: mIoU %.4f", results["step"], results["miou"])
+            done.add(checkpoint)
+            all_results.append(results)
+            if config.max_number_of_evaluations and len(all_results) >= config.max_number_of_evaluations:
+                return all_results
+        elif checkpoint is None and not list_checkpoints(config.checkpoint_dir) and config.max_number_of_evaluations == 1:
+            raise ValueError(f"checkpoint_dir={config.checkpoint_dir} holds no checkpoint")
+        time.sleep(config.eval_interval_secs)

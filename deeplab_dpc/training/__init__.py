@@ -1,0 +1,1 @@
+"""Training: learning-rate schedules, the loss, checkpoints, the training loop."""

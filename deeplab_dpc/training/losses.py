@@ -1,0 +1,97 @@
+"""DeepLab's segmentation loss (``utils/train_utils.add_softmax_cross_entropy_loss_for_each_scale``).
+
+Softmax cross entropy per pixel, logits resized (bilinear, align corners) to
+the label size when they differ; pixels with the ignore label get weight 0;
+optional per-class weights; the sum is divided by the number of pixels with
+non-zero weight. With ``top_k_percent_pixels < 1`` only the hardest fraction
+of the batch's pixels count (online hard example mining), divided by the
+number of non-zero losses among them.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from deeplab_dpc.core.layers import resize_bilinear_align_corners
+
+_EPSILON = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="deeplab_dpc")
+class SegmentationLoss(keras.losses.Loss):
+    """Pixel-wise softmax cross entropy that skips the ignore label.
+
+    Args:
+        num_classes: number of classes; labels >= num_classes other than the
+            ignore label are an error in the data and are also ignored.
+        ignore_label: label value that carries no loss.
+        class_weights: optional list of ``num_classes`` weights.
+        top_k_percent_pixels: fraction of the hardest pixels to keep (1.0: all).
+
+    Example:
+        >>> model.compile(loss=SegmentationLoss(19, ignore_label=255), ...)
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        ignore_label=255,
+        class_weights=None,
+        top_k_percent_pixels=1.0,
+        name="segmentation_loss",
+        **kwargs,
+    ):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_label = int(ignore_label)
+        if class_weights is not None:
+            class_weights = [float(w) for w in class_weights]
+            if len(class_weights) != self.num_classes:
+                raise ValueError(
+                    f"class_weights has {len(class_weights)} values, expected num_classes={self.num_classes}"
+                )
+            if min(class_weights) < 0:
+                raise ValueError(f"class_weights must be >= 0, got {class_weights}")
+        self.class_weights = class_weights
+        if not 0.0 < top_k_percent_pixels <= 1.0:
+            raise ValueError(f"top_k_percent_pixels must be in (0, 1], got {top_k_percent_pixels}")
+        self.top_k_percent_pixels = float(top_k_percent_pixels)
+
+    def call(self, y_true, y_pred):
+        labels = ops.cast(y_true, "int32")
+        if len(labels.shape) == 4:
+            labels = labels[..., 0]
+        logits = ops.cast(y_pred, "float32")
+        label_shape = ops.shape(labels)
+        if tuple(logits.shape[1:3]) != tuple(labels.shape[1:3]) or None in tuple(labels.shape[1:3]):
+            logits = resize_bilinear_align_corners(logits, (label_shape[1], label_shape[2]))
+        valid = ops.logical_and(ops.not_equal(labels, self.ignore_label), labels < self.num_classes)
+        valid = ops.logical_and(valid, labels >= 0)
+        safe_labels = ops.where(valid, labels, 0)
+        pixel_losses = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
+        weights = ops.cast(valid, "float32")
+        if self.class_weights is not None:
+            weights = weights * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), safe_labels)
+        weighted = ops.reshape(pixel_losses * weights, (-1,))
+        if self.top_k_percent_pixels < 1.0:
+            num_pixels = weighted.shape[0]
+            if num_pixels is None:
+                num_pixels = ops.shape(weighted)[0]
+                k = ops.maximum(ops.cast(ops.cast(num_pixels, "float32") * self.top_k_percent_pixels, "int32"), 1)
+            else:
+                k = max(int(num_pixels * self.top_k_percent_pixels), 1)
+            top, _ = ops.top_k(weighted, k)
+            return ops.sum(top) / (ops.sum(ops.cast(ops.not_equal(top, 0.0), "float32")) + _EPSILON)
+        normalizer = ops.sum(ops.cast(ops.not_equal(ops.reshape(weights, (-1,)), 0.0), "float32")) + _EPSILON
+        return ops.sum(weighted) / normalizer
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            ignore_label=self.ignore_label,
+            class_weights=self.class_weights,
+            top_k_percent_pixels=self.top_k_percent_pixels,
+        )
+        return config

@@ -1,0 +1,329 @@
+"""The training loop: ``train(config)``.
+
+``model.fit`` drives it on every backend, in "epochs" of ``log_steps`` steps
+over an endless stream (DeepLab trains by iterations, not epochs). At each
+epoch end the run logs, maybe evaluates, and saves a checkpoint when
+``save_interval_secs`` have passed; a final checkpoint is written at the end.
+A restarted run loads the newest checkpoint: the optimizer's step, hence the
+learning rate schedule, continues where it was, and ``initial_epoch`` is
+derived from it. A NaN loss stops training with a message, and no checkpoint
+is written after it, so the last one on disk is good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from deeplab_dpc.core.model import build_deeplab
+from deeplab_dpc.data.batches import make_batches
+from deeplab_dpc.data.preprocess import PreprocessConfig
+from deeplab_dpc.evaluation.eval_lib import confusion_over, make_predict_fn, write_scalars
+from deeplab_dpc.training.checkpoints import CheckpointManager
+from deeplab_dpc.training.config import TrainConfig
+from deeplab_dpc.training.losses import SegmentationLoss
+from deeplab_dpc.training.schedules import DeepLabSchedule
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def make_schedule(config: TrainConfig) -> DeepLabSchedule:
+    return DeepLabSchedule(
+        learning_policy=config.learning_policy,
+        base_learning_rate=config.base_learning_rate,
+        training_number_of_steps=config.training_number_of_steps,
+        learning_power=config.learning_power,
+        learning_rate_decay_step=config.learning_rate_decay_step,
+        learning_rate_decay_factor=config.learning_rate_decay_factor,
+        slow_start_step=config.slow_start_step,
+        slow_start_learning_rate=config.slow_start_learning_rate,
+        slow_start_burnin_type=config.slow_start_burnin_type,
+    )
+
+
+def configure_batch_norm(model: keras.Model, fine_tune: bool, momentum: float | None) -> None:
+    """DeepLab's ``fine_tune_batch_norm``: frozen BN runs in inference mode and is not trained."""
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if not fine_tune:
+                layer.trainable = False
+            if momentum is not None:
+                layer.momentum = momentum
+
+
+def _all_layers(layer):
+    yield layer
+    for sub in layer._flatten_layers(include_self=False, recursive=True):
+        yield sub
+
+
+def build_and_compile(config: TrainConfig, steps_per_execution: int = 1) -> keras.Model:
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    model = build_deeplab(config.model)
+    configure_batch_norm(model, config.fine_tune_batch_norm, config.batch_norm_momentum)
+    descriptor = config.data.descriptor
+    model.compile(
+        optimizer=keras.optimizers.SGD(make_schedule(config), momentum=config.momentum),
+        loss=SegmentationLoss(
+            descriptor.num_classes,
+            descriptor.ignore_label,
+            class_weights=config.class_weights,
+            top_k_percent_pixels=config.top_k_percent_pixels,
+        ),
+        jit_compile=config.jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _strategy_scope(config: TrainConfig):
+    """MirroredStrategy over ``num_clones`` GPUs on the TensorFlow backend."""
+    if config.num_clones == 1:
+        return contextlib.nullcontext()
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(f"num_clones={config.num_clones} needs the TensorFlow backend (tf.distribute)")
+    import tensorflow as tf  # noqa: PLC0415
+
+    devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+    if len(devices) < config.num_clones:
+        raise ValueError(f"num_clones={config.num_clones} but only {len(devices)} devices are visible")
+    return tf.distribute.MirroredStrategy([d.name for d in devices[: config.num_clones]]).scope()
+
+
+def initialize_from_checkpoint(model: keras.Model, config: TrainConfig) -> dict:
+    """``tf_initial_checkpoint``: a DeepLab TF1 checkpoint, or a Keras weights file / train_logdir."""
+    path = config.tf_initial_checkpoint
+    if os.path.exists(path + ".index") or (os.path.isdir(path) and _has_tf1_checkpoint(path)):
+        from deeplab_dpc.training.tf1_checkpoint import restore_tf1_checkpoint  # noqa: PLC0415
+
+        return restore_tf1_checkpoint(model, path, initialize_last_layer=config.initialize_last_layer)
+    return restore_keras_weights(model, path, config.initialize_last_layer)
+
+
+def _has_tf1_checkpoint(directory: str) -> bool:
+    return any(name.endswith(".index") for name in os.listdir(directory))
+
+
+def restore_keras_weights(model: keras.Model, path: str, initialize_last_layer: bool) -> dict:
+    """Copies weights by path from a Keras weights file or train_logdir (its latest checkpoint).
+
+    The source model is rebuilt from the ``model_config.json`` beside the
+    weights; weights whose path and shape match are copied; the logits are
+    skipped when ``initialize_last_layer`` is False (e.g. another class count).
+    """
+    from deeplab_dpc.core.model import ModelConfig  # noqa: PLC0415
+    from deeplab_dpc.training.checkpoints import latest_checkpoint  # noqa: PLC0415
+
+    weights_file = latest_checkpoint(path)
+    if weights_file is None:
+        raise ValueError(f"tf_initial_checkpoint={path} holds no checkpoint")
+    config_file = os.path.join(os.path.dirname(weights_file), "model_config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(f"tf_initial_checkpoint={path}: no model_config.json beside {weights_file}")
+    source = build_deeplab(ModelConfig.load(config_file))
+    source.load_weights(weights_file)
+    source_weights = {w.path: w for w in source.weights}
+    report = {"restored": [], "skipped": [], "missing": [], "ignored": []}
+    used = set()
+    for weight in model.weights:
+        if not initialize_last_layer and weight.path.startswith("logits/"):
+            report["skipped"].append(weight.path)
+            continue
+        match = source_weights.get(weight.path)
+        if match is None or tuple(match.shape) != tuple(weight.shape):
+            report["missing"].append(weight.path)
+            continue
+        weight.assign(match.numpy())
+        used.add(weight.path)
+        report["restored"].append(weight.path)
+    report["ignored"] = sorted(set(source_weights) - used - set(report["skipped"]))
+    return report
+
+
+class _Monitor(keras.callbacks.Callback):
+    """Stops at the last step or on NaN; logs, evaluates and checkpoints at epoch ends."""
+
+    def __init__(self, config: TrainConfig, manager: CheckpointManager, eval_batches, schedule):
+        super().__init__()
+        self.config = config
+        self.manager = manager
+        self.eval_batches = eval_batches
+        self.schedule = schedule
+        self.diverged_at = None
+        self.last_save = time.time()
+        self.last_eval_step = None
+        self.start_time = time.time()
+        self.start_step = None
+        self.history = []
+
+    def _step(self) -> int:
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+
+    def on_train_begin(self, logs=None):
+        self.start_step = self._step()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.diverged_at = self._step()
+            self.model.stop_training = True
+        elif self._step() >= self.config.training_number_of_steps:
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.diverged_at is not None:
+            return
+        step = self._step()
+        logs = dict(logs or {})
+        rate = float(keras.ops.convert_to_numpy(self.schedule(step)))
+        elapsed = time.time() - self.start_time
+        done = step - self.start_step
+        speed = done / elapsed if elapsed > 0 else float("nan")
+        eta = (self.config.training_number_of_steps - step) / speed if speed > 0 else float("nan")
+        record = {"step": step, "loss": float(logs.get("loss", float("nan"))), "learning_rate": rate}
+        scalars = {"train/loss": record["loss"], "train/learning_rate": rate}
+        if self._eval_due(step):
+            record["val_miou"] = self._evaluate(step)
+            scalars["eval/miou"] = record["val_miou"]
+        self.history.append(record)
+        write_scalars(self.config.train_logdir, step, scalars)
+        log.info(
+            "step %d/%d loss %.4f lr %.3g%s  %.2f steps/s ETA %.0f s",
+            step, self.config.training_number_of_steps, record["loss"], rate,
+            f" val mIoU {record['val_miou']:.4f}" if "val_miou" in record else "", speed, eta,
+        )
+        if time.time() - self.last_save >= self.config.save_interval_secs:
+            self.manager.save(self.model, step)
+            self.last_save = time.time()
+
+    def _eval_due(self, step: int) -> bool:
+        interval = self.config.eval_interval_steps
+        if not interval or self.eval_batches is None:
+            return False
+        last = self.last_eval_step if self.last_eval_step is not None else self.start_step
+        return step - last >= interval or step >= self.config.training_number_of_steps
+
+    def _evaluate(self, step: int) -> float:
+        descriptor = self.config.data.descriptor
+        predict_fn = make_predict_fn(self.model, (1.0,), False)
+        matrix = confusion_over(
+            predict_fn, self.eval_batches, descriptor.num_classes, descriptor.ignore_label,
+            self.config.eval_max_examples,
+        )
+        self.last_eval_step = step
+        self._write_images(step, predict_fn)
+        return matrix.mean_iou()
+
+    def _write_images(self, step: int, predict_fn) -> None:
+        """Input, ground truth and prediction in colour, for TensorBoard."""
+        if not self.config.num_summary_images:
+            return
+        try:
+            import tensorflow as tf  # noqa: PLC0415
+        except ImportError:
+            return
+        from deeplab_dpc.data.colormaps import label_to_color  # noqa: PLC0415
+
+        descriptor = self.config.data.descriptor
+        batch = next(iter(self.eval_batches))
+        n = self.config.num_summary_images
+        images = np.asarray(batch["image"])[:n]
+        predictions = np.asarray(predict_fn(images))
+        labels = np.asarray(batch["label"])[:n, ..., 0]
+        colour = lambda x: np.stack(  # noqa: E731
+            [label_to_color(v, descriptor.colormap, ignore_label=descriptor.ignore_label) for v in x]
+        )
+        writer = tf.summary.create_file_writer(self.config.train_logdir)
+        with writer.as_default():
+            tf.summary.image("images/input", images.astype(np.uint8), step=step, max_outputs=n)
+            tf.summary.image("images/ground_truth", colour(labels), step=step, max_outputs=n)
+            tf.summary.image("images/prediction", colour(predictions), step=step, max_outputs=n)
+        writer.flush()
+
+
+def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
+    """Trains (or resumes) until ``training_number_of_steps``; returns a summary.
+
+    Raises:
+        TrainingDiverged: the loss became NaN; the newest checkpoint on disk
+            is the last good one.
+    """
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed)
+    config.save(config.train_logdir)
+    manager = CheckpointManager(config.train_logdir, config.keep_checkpoint_max)
+    with _strategy_scope(config):
+        model = build_and_compile(config)
+    step = manager.restore(model)
+    report = None
+    if step == 0 and config.tf_initial_checkpoint:
+        report = initialize_from_checkpoint(model, config)
+        log.info(
+            "initialised from %s: %d restored, %d skipped, %d missing, %d ignored",
+            config.tf_initial_checkpoint, *(len(report[k]) for k in ("restored", "skipped", "missing", "ignored")),
+        )
+    elif step:
+        log.info("resumed from step %d (%s)", step, manager.latest())
+    descriptor = config.data.descriptor
+    if step >= config.training_number_of_steps:
+        return {"step": step, "history": [], "initialization": report, "resumed_from": step}
+
+    train_batches = make_batches(
+        config.data,
+        config.train_split,
+        PreprocessConfig(
+            crop_size=config.train_crop_size,
+            min_scale_factor=config.min_scale_factor,
+            max_scale_factor=config.max_scale_factor,
+            scale_factor_step_size=config.scale_factor_step_size,
+            ignore_label=descriptor.ignore_label,
+            min_resize_value=config.min_resize_value,
+            max_resize_value=config.max_resize_value,
+            is_training=True,
+        ),
+        config.train_batch_size,
+        seed=config.seed,
+    )
+    eval_batches = None
+    if config.eval_interval_steps:
+        eval_batches = make_batches(
+            config.data,
+            config.eval_split,
+            PreprocessConfig(crop_size=config.train_crop_size, ignore_label=descriptor.ignore_label, is_training=False),
+            1,
+            as_tuple=False,
+        )
+    monitor = _Monitor(config, manager, eval_batches, make_schedule(config))
+    chunk = config.log_steps
+    if not hasattr(train_batches, "element_spec"):  # a PyDataset: an epoch is at most its length
+        chunk = min(chunk, len(train_batches))
+        train_batches.set_epoch(step // chunk)  # a resumed run continues the data order
+    model.fit(
+        train_batches,
+        steps_per_epoch=chunk,
+        epochs=math.ceil(config.training_number_of_steps / chunk),
+        initial_epoch=step // chunk,
+        callbacks=[monitor],
+        verbose=verbose,
+        shuffle=False,  # the pipelines shuffle (and PyDataset order is seeded per epoch)
+    )
+    if monitor.diverged_at is not None:
+        raise TrainingDiverged(
+            f"the loss became NaN or infinite at step {monitor.diverged_at}; training stopped. "
+            f"The last good checkpoint is {manager.latest()}. Lower base_learning_rate or check the data."
+        )
+    final_step = monitor._step()
+    manager.save(model, final_step)
+    return {"step": final_step, "history": monitor.history, "initialization": report, "resumed_from": step}

@@ -1,0 +1,99 @@
+"""mIoU on hand-made confusion matrices; multi-scale and flipped inference."""
+
+import keras
+import numpy as np
+import pytest
+
+from deeplab_dpc.evaluation.inference import predict_labels, predict_probabilities
+from deeplab_dpc.evaluation.metrics import ConfusionMatrix, mean_iou, per_class_iou
+
+
+def test_iou_by_hand():
+    labels = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
+    preds = np.array([[0, 1, 1, 1], [2, 0, 2, 1]])
+    cm = ConfusionMatrix(3, ignore_label=255)
+    cm.update(labels, preds)
+    # The ignored pixel (predicted 2) counts nowhere.
+    np.testing.assert_array_equal(cm.matrix, [[1, 1, 0], [0, 3, 0], [1, 0, 1]])
+    # class 0: tp 1, union 1+1+1 = 3; class 1: tp 3, union 3+1 = 4; class 2: tp 1, union 2.
+    np.testing.assert_allclose(cm.per_class_iou(), [1 / 3, 3 / 4, 1 / 2])
+    assert cm.mean_iou() == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
+    assert cm.pixel_accuracy() == pytest.approx(5 / 7)
+
+
+def test_absent_classes_are_left_out_of_the_mean():
+    # Class 2 never appears in labels or predictions: no IoU, not a zero.
+    matrix = np.array([[4, 0, 0], [1, 5, 0], [0, 0, 0]])
+    iou = per_class_iou(matrix)
+    assert np.isnan(iou[2])
+    assert mean_iou(matrix) == pytest.approx((4 / 5 + 5 / 6) / 2)
+    # A class predicted but never labelled is present, with IoU 0.
+    matrix = np.array([[3, 1], [0, 0]])
+    np.testing.assert_allclose(per_class_iou(matrix), [3 / 4, 0.0])
+
+
+def test_accumulation_over_batches_equals_one_pass():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, (4, 9, 9))
+    labels[0, 0] = 255
+    preds = rng.integers(0, 5, (4, 9, 9))
+    whole = ConfusionMatrix(5)
+    whole.update(labels, preds)
+    parts = ConfusionMatrix(5)
+    for i in range(4):
+        parts.update(labels[i], preds[i])
+    np.testing.assert_array_equal(whole.matrix, parts.matrix)
+    assert whole.matrix.sum() == 4 * 81 - 9
+
+
+def test_metric_errors():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match="differ in size"):
+        cm.update(np.zeros(4), np.zeros(5))
+    with pytest.raises(ValueError, match="predictions outside 0..2"):
+        cm.update(np.zeros(4), np.full(4, 3))
+
+
+class _PositionModel(keras.Model):
+    """Logits that depend on position and colour, so flips and scales matter."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = keras.layers.Conv2D(3, 3, padding="same", kernel_initializer=keras.initializers.RandomNormal(seed=1))
+
+    def call(self, images, training=False):
+        return self.conv(images / 255.0)
+
+
+def _images():
+    return np.random.default_rng(0).uniform(0, 255, (2, 17, 23, 3)).astype("float32")
+
+
+def test_single_scale_no_flip_equals_plain_inference():
+    model = _PositionModel()
+    images = _images()
+    expected = np.argmax(np.asarray(model(images)), axis=-1)
+    np.testing.assert_array_equal(np.asarray(predict_labels(model, images, [1.0], False)), expected)
+
+
+def test_flipping_twice_is_the_identity_and_flip_averages():
+    model = _PositionModel()
+    images = _images()
+    flipped = np.asarray(keras.ops.flip(keras.ops.flip(images, axis=2), axis=2))
+    np.testing.assert_array_equal(flipped, images)
+    p = np.asarray(predict_probabilities(model, images, [1.0], True))
+    plain = np.asarray(keras.ops.softmax(model(images), axis=-1))
+    mirrored = np.asarray(keras.ops.softmax(model(images[:, :, ::-1]), axis=-1))[:, :, ::-1]
+    np.testing.assert_allclose(p, (plain + mirrored) / 2, atol=1e-6)
+
+
+def test_multi_scale_averages_probabilities_at_image_size():
+    model = _PositionModel()
+    images = _images()
+    p = np.asarray(predict_probabilities(model, images, [0.5, 1.0, 1.75], False))
+    assert p.shape == (2, 17, 23, 3)
+    np.testing.assert_allclose(p.sum(axis=-1), 1.0, atol=1e-5)
+    single = np.asarray(predict_probabilities(model, images, [1.0], False))
+    assert not np.allclose(p, single)
+    with pytest.raises(ValueError, match="scales must be positive"):
+        predict_probabilities(model, images, [0.0])

@@ -1,0 +1,169 @@
+"""End-to-end training on generated data: loss goes down, resume, NaN stop, flag errors."""
+
+import os
+
+import numpy as np
+import pytest
+from absl import app, flags
+
+from deeplab_dpc import synthetic, train as train_main
+from deeplab_dpc.core.model import ModelConfig
+from deeplab_dpc.data.batches import DataConfig
+from deeplab_dpc.training import checkpoints, train_lib
+from deeplab_dpc.training.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic")
+    descriptor = synthetic.write_segnet_folders(root, {"train": 16, "val": 4}, 64, 80, num_classes=3)
+    return str(root), descriptor
+
+
+def _config(dataset, logdir, decoder=False, **kw):
+    root, descriptor = dataset
+    model = ModelConfig(
+        num_classes=3, context="aspp", depth_multiplier=0.35, dropout_rate=0.0,
+        decoder_output_stride=4 if decoder else None,
+    )
+    defaults = dict(
+        model=model,
+        data=DataConfig(dataset=descriptor, dataset_dir=root, dataset_format="folder:segnet"),
+        train_logdir=str(logdir),
+        train_crop_size=(64, 64),
+        train_batch_size=4,
+        min_scale_factor=1.0,
+        max_scale_factor=1.0,
+        base_learning_rate=0.05,
+        training_number_of_steps=30,
+        log_steps=5,
+        save_interval_secs=0,
+        batch_norm_momentum=0.9,
+        seed=1,
+    )
+    defaults.update(kw)
+    return TrainConfig(**defaults)
+
+
+def test_short_training_lowers_the_loss_and_writes_configs(dataset, tmp_path):
+    config = _config(dataset, tmp_path, decoder=True, training_number_of_steps=40)
+    summary = train_lib.train(config, verbose=0)
+    losses = [r["loss"] for r in summary["history"]]
+    assert summary["step"] == 40 and len(losses) == 8
+    assert losses[-1] < 0.6 * losses[0]
+    assert (tmp_path / "model_config.json").is_file() and (tmp_path / "train_config.json").is_file()
+    reloaded = TrainConfig.from_dict(__import__("json").loads((tmp_path / "train_config.json").read_text()))
+    assert reloaded == config
+    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))][-1] == 40
+    assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
+
+
+def test_killed_run_resumes_at_the_right_step(dataset, tmp_path, monkeypatch):
+    original = train_lib._Monitor.on_train_batch_end
+
+    def die_at_13(self, batch, logs=None):
+        original(self, batch, logs)
+        if self._step() == 13:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(train_lib._Monitor, "on_train_batch_end", die_at_13)
+    with pytest.raises(KeyboardInterrupt):
+        train_lib.train(_config(dataset, tmp_path), verbose=0)
+    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))] == [5, 10]
+    monkeypatch.setattr(train_lib._Monitor, "on_train_batch_end", original)
+
+    summary = train_lib.train(_config(dataset, tmp_path), verbose=0)
+    assert summary["resumed_from"] == 10
+    assert [r["step"] for r in summary["history"]] == [15, 20, 25, 30]
+    # The schedule continued from step 10, not from 0.
+    expected_lr = 0.05 * (1 - 15 / 30) ** 0.9
+    assert summary["history"][0]["learning_rate"] == pytest.approx(expected_lr, rel=1e-5)
+    # Finished runs do nothing more.
+    again = train_lib.train(_config(dataset, tmp_path), verbose=0)
+    assert again["step"] == 30 and again["history"] == []
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    make = train_lib.make_batches
+
+    def poisoned(*args, **kwargs):
+        ds = make(*args, **kwargs)
+        if kwargs.get("as_tuple", True) is False:
+            return ds
+        nan = tf.constant(float("nan"))
+        return ds.enumerate().map(lambda i, xy: (tf.where(i >= 12, nan, xy[0]), xy[1]))
+
+    monkeypatch.setattr(train_lib, "make_batches", poisoned)
+    with pytest.raises(train_lib.TrainingDiverged, match=r"at step 13.*ckpt-00000010\.weights\.h5"):
+        train_lib.train(_config(dataset, tmp_path), verbose=0)
+    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))] == [5, 10]
+
+
+def test_validation_miou_during_training(dataset, tmp_path):
+    summary = train_lib.train(
+        _config(dataset, tmp_path, training_number_of_steps=10, eval_split="val", eval_interval_steps=5), verbose=0
+    )
+    values = [r["val_miou"] for r in summary["history"] if "val_miou" in r]
+    assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+
+
+def _flags(*args):
+    fv = flags.FlagValues()
+    train_main.define_flags(fv)
+    fv(["train", *args])
+    return fv
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--output_stride=32", "--dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"], "--output_stride=32"),
+        (["--context=aspp", "--train_crop_size=8,8"], "train_crop_size=.*smaller than output_stride=16"),
+        (["--context=aspp", "--model_variant=resnet_101"], "--model_variant='resnet_101' is unknown"),
+        (["--context=aspp", "--num_clones=3"], "train_batch_size=8 must be divisible by num_clones=3"),
+        (["--context=aspp", "--label_remap=11-255"], "--label_remap=11-255"),
+        (["--context=aspp", "--tf_initial_checkpoint=/nonexistent/model.ckpt"], "tf_initial_checkpoint=/nonexistent"),
+    ],
+)
+def test_bad_flag_combinations_name_the_flag(dataset, tmp_path, args, message):
+    root, descriptor = dataset
+    base = [f"--dataset={descriptor}", f"--dataset_dir={root}", "--dataset_format=folder", f"--train_logdir={tmp_path}"]
+    with pytest.raises(app.UsageError, match=message):
+        train_main.config_from_flags(_flags(*base, *args))
+
+
+def test_missing_dataset_files_name_the_flag(tmp_path):
+    with pytest.raises(app.UsageError, match="--dataset_dir=/no/such/dir does not exist"):
+        train_main.config_from_flags(_flags("--context=aspp", "--dataset_dir=/no/such/dir", f"--train_logdir={tmp_path}"))
+    with pytest.raises(app.UsageError, match="--train_logdir is required"):
+        train_main.config_from_flags(_flags("--context=aspp", f"--dataset_dir={tmp_path}"))
+    with pytest.raises(app.UsageError, match="unknown"):
+        train_main.config_from_flags(
+            _flags("--context=aspp", "--dataset=nope", f"--dataset_dir={tmp_path}", f"--train_logdir={tmp_path}")
+        )
+
+
+def test_gradient_multiplier_scales_only_the_logits_update(dataset):
+    import keras
+
+    from deeplab_dpc.core.model import build_deeplab
+
+    base = ModelConfig(num_classes=3, context="none", depth_multiplier=0.35)
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 3, (2, 32, 32, 1)).astype("int32")
+    deltas = []
+    for m in (1.0, 10.0):
+        keras.utils.set_random_seed(0)
+        model = build_deeplab(ModelConfig(**{**base.__dict__, "last_layer_gradient_multiplier": m}))
+        model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = [w.numpy().copy() for w in model.get_layer("logits").weights]
+        conv_before = model.get_layer("backbone").get_layer("Conv1").kernel.numpy().copy()
+        model.train_on_batch(x, y)
+        after = [w.numpy() for w in model.get_layer("logits").weights]
+        conv_after = model.get_layer("backbone").get_layer("Conv1").kernel.numpy()
+        deltas.append((after[0] - before[0], conv_after - conv_before))
+    # Weight deltas are differences of float32 weights: compare at that precision.
+    np.testing.assert_allclose(deltas[1][0], 10 * deltas[0][0], rtol=1e-2, atol=2e-7)
+    np.testing.assert_allclose(deltas[1][1], deltas[0][1], rtol=1e-2, atol=2e-8)
