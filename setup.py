@@ -30,6 +30,10 @@ setup(
         "console_scripts": [
             "deeplab-demo=deeplab_dpc.demo:run",
             "deeplab-model-stats=deeplab_dpc.model_stats:console_main",
+            "deeplab-train=deeplab_dpc.train:console_main",
+            "deeplab-eval=deeplab_dpc.eval:console_main",
+            "deeplab-vis=deeplab_dpc.vis:console_main",
+            "deeplab-export-model=deeplab_dpc.export_model:console_main",
         ]
     },
 )

@@ -18,11 +18,12 @@ from typing import Iterable
 import keras
 import numpy as np
 
-from deeplab_dpc.core.model import ModelConfig, build_deeplab
+from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig, make_batches
 from deeplab_dpc.data.preprocess import PreprocessConfig
 from deeplab_dpc.evaluation.inference import predict_labels
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
+from deeplab_dpc.export.export_lib import load_model_for_inference
 from deeplab_dpc.training.checkpoints import latest_checkpoint, list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -110,13 +111,6 @@ def resolve_model_config(checkpoint_dir: str, **flag_values) -> ModelConfig:
     return config
 
 
-def load_for_inference(checkpoint: str, config: ModelConfig) -> keras.Model:
-    """A model with the checkpoint's weights (optimizer state in the file is skipped)."""
-    model = build_deeplab(config)
-    model.load_weights(checkpoint, skip_mismatch=False)
-    return model
-
-
 def make_predict_fn(model, scales, add_flipped_images):
     """``images -> labels``, compiled as a tf.function on the TensorFlow backend."""
 
@@ -149,10 +143,10 @@ def confusion_over(
     return matrix
 
 
-def evaluate_checkpoint(config: EvalConfig, checkpoint: str, model_config: ModelConfig) -> dict:
+def evaluate_checkpoint(config: EvalConfig, checkpoint: str) -> dict:
     """One pass over the split; returns and writes the results."""
     descriptor = config.data.descriptor
-    model = load_for_inference(checkpoint, model_config)
+    model, _ = load_model_for_inference(checkpoint)
     preprocess = PreprocessConfig(
         crop_size=config.eval_crop_size, ignore_label=descriptor.ignore_label, is_training=False
     )
@@ -214,13 +208,12 @@ def _step_of(checkpoint: str) -> int:
 
 def run_evaluation(config: EvalConfig) -> list[dict]:
     """Evaluates the latest checkpoint, then (if asked) each new one as it appears."""
-    model_config = ModelConfig.load(model_config_path(config.checkpoint_dir))
     done: set[str] = set()
     all_results = []
     while True:
         checkpoint = latest_checkpoint(config.checkpoint_dir)
         if checkpoint is not None and checkpoint not in done:
-            results = evaluate_checkpoint(config, checkpoint, model_config)
+            results = evaluate_checkpoint(config, checkpoint)
             log.info("step %d: mIoU %.4f", results["step"], results["miou"])
             done.add(checkpoint)
             all_results.append(results)

@@ -19,7 +19,8 @@ import numpy as np
 from deeplab_dpc.data.batches import DataConfig, make_batches
 from deeplab_dpc.data.colormaps import label_to_color
 from deeplab_dpc.data.preprocess import PreprocessConfig
-from deeplab_dpc.evaluation.eval_lib import load_for_inference, make_predict_fn, model_config_path
+from deeplab_dpc.evaluation.eval_lib import make_predict_fn, model_config_path
+from deeplab_dpc.export.export_lib import load_model_for_inference
 from deeplab_dpc.training.checkpoints import latest_checkpoint
 
 # Cityscapes train id -> label id (cityscapesscripts' table, for the 19 evaluated classes).
@@ -55,15 +56,13 @@ def _write_png(path: str, array: np.ndarray) -> None:
 
 def visualize(config: VisConfig) -> list[str]:
     """Writes the PNGs for ``vis_split``; returns the image names."""
-    from deeplab_dpc.core.model import ModelConfig  # noqa: PLC0415
-
-    model_config = ModelConfig.load(model_config_path(config.checkpoint_dir))
+    model_config_path(config.checkpoint_dir)  # a clear error if this is not a training run
     checkpoint = latest_checkpoint(config.checkpoint_dir)
     if checkpoint is None:
         raise ValueError(f"checkpoint_dir={config.checkpoint_dir} holds no checkpoint")
     descriptor = config.data.descriptor
     colormap = config.colormap_type or descriptor.colormap
-    model = load_for_inference(checkpoint, model_config)
+    model, _ = load_model_for_inference(checkpoint)
     predict = make_predict_fn(model, config.eval_scales, config.add_flipped_images)
     preprocess = PreprocessConfig(config.vis_crop_size, ignore_label=descriptor.ignore_label, is_training=False)
     batches = make_batches(config.data, config.vis_split, preprocess, 1, as_tuple=False)
