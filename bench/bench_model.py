@@ -10,7 +10,9 @@ Prints, each against a peer measured in the same run:
   3. inference of the whole model (MobileNet-v2 backbone, output stride 16, v3+
      decoder) at size x size, batch 1: ours with ASPP, ours with the DPC, and
      keras-hub's DeepLabV3Plus head (its ASPP + decoder) on the very same
-     backbone, so the ratio compares the head implementations.
+     backbone, so the ratio compares the head implementations;
+  4. a training step of those three whole models at CamVid size (352x480,
+     batch 4, 11 classes), the step the input pipeline has to feed.
 """
 
 from __future__ import annotations
@@ -86,13 +88,18 @@ def bench_head_step(repeats):
 
 
 def keras_hub_head(size, num_classes):
+    """keras-hub's DeepLabV3Plus head on our backbone; ``size`` is an int or (h, w)."""
+    return _keras_hub_head(size if isinstance(size, tuple) else (size, size), num_classes)
+
+
+def _keras_hub_head(size, num_classes):
     """keras-hub's DeepLabV3Plus (ASPP + decoder) on our MobileNet-v2 backbone."""
     import keras_hub
 
-    backbone = build_backbone("mobilenet_v2", 16, input_shape=(size, size, 3))
+    backbone = build_backbone("mobilenet_v2", 16, input_shape=(*size, 3))
 
 
-    images = keras.Input((size, size, 3))
+    images = keras.Input((*size, 3))
     outputs = backbone(images)
     encoder = keras.Model(images, {"P2": outputs["low_level"], "P4": outputs["features"]})
     encoder.pyramid_outputs = {"P2": outputs["low_level"], "P4": outputs["features"]}
@@ -102,7 +109,7 @@ def keras_hub_head(size, num_classes):
         upsampling_size=4,
         dilation_rates=[6, 12, 18],
         low_level_feature_key="P2",
-        image_shape=(size, size, 3),
+        image_shape=(*size, 3),
     )
     head = keras.layers.Conv2D(num_classes, 1)(hub.output)
     return keras.Model(hub.input, head)
@@ -110,15 +117,36 @@ def keras_hub_head(size, num_classes):
 
 def bench_full(size, repeats):
     images = np.random.default_rng(0).uniform(0, 255, (1, size, size, 3)).astype("float32")
-    results = {}
+    return {
+        name: timed(lambda: model.predict_on_batch(images), repeats)
+        for name, model in whole_models((size, size), 19).items()
+    }
+
+
+def whole_models(size, num_classes):
+    """name -> model at ``size`` (h, w): ours with ASPP / DPC and keras-hub's head, same backbone."""
+    models = {}
     for name, context, spec in [("ours_aspp", "aspp", None), ("ours_dpc", "dpc", SPEC)]:
         config = ModelConfig(
-            num_classes=19, context=context, dense_prediction_cell=spec, decoder_output_stride=4
+            num_classes=num_classes, context=context, dense_prediction_cell=spec, decoder_output_stride=4
         )
-        model = build_deeplab(config, input_shape=(size, size, 3))
-        results[name] = timed(lambda: model.predict_on_batch(images), repeats)
-    hub = keras_hub_head(size, 19)
-    results["keras_hub_deeplabv3plus"] = timed(lambda: hub.predict_on_batch(images), repeats)
+        models[name] = build_deeplab(config, input_shape=(*size, 3))
+    models["keras_hub_deeplabv3plus"] = keras_hub_head(size, num_classes)
+    return models
+
+
+def bench_train_step(size, batch, repeats, num_classes=11):
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (batch, *size, 3)).astype("float32")
+    labels = rng.integers(0, num_classes, (batch, *size, 1)).astype("int32")
+    results = {}
+    for name, model in whole_models(size, num_classes).items():
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=False,
+        )
+        results[name] = timed(lambda: model.train_on_batch(images, labels), repeats)
     return results
 
 
@@ -141,6 +169,11 @@ def main():
     peer = full["keras_hub_deeplabv3plus"]
     for name, seconds in full.items():
         print(f"inference {args.size}x{args.size} batch 1, MobileNet-v2 os16 + decoder, {name}: "
+              f"{seconds * 1e3:.0f} ms (ratio to keras-hub {seconds / peer:.2f})")
+    steps = bench_train_step((352, 480), 4, max(3, args.repeats // 4))
+    peer = steps["keras_hub_deeplabv3plus"]
+    for name, seconds in steps.items():
+        print(f"train step 352x480 batch 4, MobileNet-v2 os16 + decoder, {name}: "
               f"{seconds * 1e3:.0f} ms (ratio to keras-hub {seconds / peer:.2f})")
 
 
