@@ -472,7 +472,7 @@ def format_report(report, max_names=5):
         "missing": "weights without a checkpoint variable",
         "ignored": "checkpoint variables",
     }
-    lines = [f"TF1 checkpoint {report.get('checkpoint', '?')}"]
+    lines = [f"{report.get('kind', 'TF1 checkpoint')} {report.get('checkpoint', '?')}"]
     for key, label in labels.items():
         names = report.get(key, [])
         line = f"  {key} {len(names)} {label}"

@@ -135,7 +135,8 @@ def restore_keras_weights(model: keras.Model, path: str, initialize_last_layer: 
     source = build_deeplab(ModelConfig.load(config_file))
     source.load_weights(weights_file)
     source_weights = {w.path: w for w in source.weights}
-    report = {"restored": [], "skipped": [], "missing": [], "ignored": []}
+    report = {"kind": "Keras checkpoint", "checkpoint": weights_file,
+              "restored": [], "skipped": [], "missing": [], "ignored": []}
     used = set()
     for weight in model.weights:
         if not initialize_last_layer and weight.path.startswith("logits/"):
@@ -269,11 +270,10 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
     step = manager.restore(model)
     report = None
     if step == 0 and config.tf_initial_checkpoint:
+        from deeplab_dpc.training.tf1_checkpoint import format_report  # noqa: PLC0415
+
         report = initialize_from_checkpoint(model, config)
-        log.info(
-            "initialised from %s: %d restored, %d skipped, %d missing, %d ignored",
-            config.tf_initial_checkpoint, *(len(report[k]) for k in ("restored", "skipped", "missing", "ignored")),
-        )
+        log.info("initialised from tf_initial_checkpoint:\n%s", format_report(report))
     elif step:
         log.info("resumed from step %d (%s)", step, manager.latest())
     descriptor = config.data.descriptor

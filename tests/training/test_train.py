@@ -167,3 +167,24 @@ def test_gradient_multiplier_scales_only_the_logits_update(dataset):
     # Weight deltas are differences of float32 weights: compare at that precision.
     np.testing.assert_allclose(deltas[1][0], 10 * deltas[0][0], rtol=1e-2, atol=2e-7)
     np.testing.assert_allclose(deltas[1][1], deltas[0][1], rtol=1e-2, atol=2e-8)
+
+
+def test_initial_checkpoint_from_another_run_skips_the_last_layer(dataset, tmp_path):
+    first = _config(dataset, tmp_path / "a", training_number_of_steps=5)
+    train_lib.train(first, verbose=0)
+    second = _config(
+        dataset, tmp_path / "b", training_number_of_steps=5,
+        tf_initial_checkpoint=str(tmp_path / "a"), initialize_last_layer=False,
+    )
+    model = train_lib.build_and_compile(second)
+    report = train_lib.initialize_from_checkpoint(model, second)
+    assert report["skipped"] == ["logits/kernel", "logits/bias"]
+    assert not report["missing"] and "Conv1/kernel" in report["restored"]
+    source, _ = __import__("deeplab_dpc.export.export_lib", fromlist=["x"]).load_model_for_inference(
+        str(tmp_path / "a")
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
+        source.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
+    )
+    assert not np.allclose(model.get_layer("logits").kernel.numpy(), source.get_layer("logits").kernel.numpy())
