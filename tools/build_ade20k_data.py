@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
 
@@ -73,22 +73,10 @@ def resolve_folders(
 
 def build(config: Ade20kConfig) -> dict[str, conversion.ConversionResult]:
     """Converts every split of ``config``; returns the result per split."""
-    results = {}
-    for split, (image_folder, label_folder) in config.folders.items():
-        examples = conversion.examples_from_dirs(image_folder, label_folder)
-        expected = DATASET.splits.get(split)
-        if expected is not None and expected != len(examples):
-            logging.warning("ADE20K %s: %d images found, the descriptor says %d", split, len(examples), expected)
-        results[split] = conversion.convert_split(
-            examples,
-            config.output_dir,
-            split,
-            num_classes=DATASET.num_classes,
-            ignore_label=DATASET.ignore_label,
-            sharding=config.sharding,
-            config=dataclasses.asdict(config),
-        )
-    return results
+    return conversion.convert_dataset_splits(
+        config.folders, lambda split: conversion.examples_from_dirs(*config.folders[split]), DATASET, config,
+        title="ADE20K", found="images found",
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -103,11 +91,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("val_image_label_folder", None,
                         "Validation labels (default: <root>/annotations/validation).", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
-    flags.DEFINE_integer("num_shards", 4, "Shards per split.", flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    conversion.define_sharding_flags(fv, num_shards=4)
     flags.mark_flag_as_required("output_dir", flag_values=fv)
 
 
@@ -122,18 +106,12 @@ def config_from_flags(fv: flags.FlagValues) -> Ade20kConfig:
     return Ade20kConfig(
         folders=folders,
         output_dir=fv.output_dir,
-        sharding=conversion.ShardingConfig.from_flags(
-            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-        ),
+        sharding=conversion.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for result in build(config_from_flags(flag_values)).values():
-        logging.info(result.summary())
+    conversion.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
 
@@ -91,26 +91,18 @@ def convert(
 
 def build(config: CamVidConfig) -> dict[str, conversion.ConversionResult]:
     """Converts every split of ``config``; returns the result per split."""
-    results = {}
-    for split in config.splits:
-        examples = list_examples(config.camvid_root, split)
-        expected = DATASET.splits.get(split)
-        if expected is not None and expected != len(examples):
-            logging.warning("CamVid %s: %d examples listed, the descriptor says %d", split, len(examples), expected)
-        results[split] = convert(examples, config.output_dir, split, config.sharding, dataclasses.asdict(config))
-    return results
+    return conversion.convert_dataset_splits(
+        config.splits, lambda split: list_examples(config.camvid_root, split), DATASET, config,
+        title="CamVid", label_fn=LABEL_FN,
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this tool's flags (called by ``__main__``; tests pass their own FlagValues)."""
     fv = flag_values
     flags.DEFINE_string("camvid_root", None, "CamVid root holding train/, trainannot/, train.txt, ...", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
     flags.DEFINE_list("splits", ["train", "val"], "Splits to convert: train, val, test, trainval.", flag_values=fv)
-    flags.DEFINE_integer("num_shards", 4, "Shards per split.", flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    conversion.define_sharding_flags(fv, num_shards=4)
     flags.mark_flags_as_required(["camvid_root", "output_dir"], flag_values=fv)
 
 
@@ -119,18 +111,12 @@ def config_from_flags(fv: flags.FlagValues) -> CamVidConfig:
         camvid_root=fv.camvid_root,
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
-        sharding=conversion.ShardingConfig.from_flags(
-            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-        ),
+        sharding=conversion.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for result in build(config_from_flags(flag_values)).values():
-        logging.info(result.summary())
+    conversion.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

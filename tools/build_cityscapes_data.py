@@ -29,7 +29,7 @@ import dataclasses
 import glob
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
 
@@ -99,36 +99,18 @@ def list_examples(cityscapes_root: str, split: str) -> list[conversion.SourceExa
 
 def build(config: CityscapesConfig) -> dict[str, conversion.ConversionResult]:
     """Converts every split of ``config``; returns the result per split."""
-    label_fn = conversion.label_lut(train_id_table())
-    results = {}
-    for split in config.splits:
-        examples = list_examples(config.cityscapes_root, split)
-        expected = DATASET.splits.get(split)
-        if expected is not None and expected != len(examples):
-            logging.warning("Cityscapes %s: %d examples found, the descriptor says %d", split, len(examples), expected)
-        results[split] = conversion.convert_split(
-            examples,
-            config.output_dir,
-            split,
-            num_classes=DATASET.num_classes,
-            ignore_label=DATASET.ignore_label,
-            label_fn=label_fn,
-            sharding=config.sharding,
-            config=dataclasses.asdict(config),
-        )
-    return results
+    return conversion.convert_dataset_splits(
+        config.splits, lambda split: list_examples(config.cityscapes_root, split), DATASET, config,
+        title="Cityscapes", found="examples found", label_fn=conversion.label_lut(train_id_table()),
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this tool's flags (called by ``__main__``; tests pass their own FlagValues)."""
     fv = flag_values
     flags.DEFINE_string("cityscapes_root", None, "Cityscapes root holding leftImg8bit/ and gtFine/.", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
     flags.DEFINE_list("splits", ["train", "val"], "Splits to convert: train, val, test, trainval.", flag_values=fv)
-    flags.DEFINE_integer("num_shards", 10, "Shards per split.", flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    conversion.define_sharding_flags(fv, num_shards=10)
     flags.mark_flags_as_required(["cityscapes_root", "output_dir"], flag_values=fv)
 
 
@@ -137,18 +119,12 @@ def config_from_flags(fv: flags.FlagValues) -> CityscapesConfig:
         cityscapes_root=fv.cityscapes_root,
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
-        sharding=conversion.ShardingConfig.from_flags(
-            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-        ),
+        sharding=conversion.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for result in build(config_from_flags(flag_values)).values():
-        logging.info(result.summary())
+    conversion.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

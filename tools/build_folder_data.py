@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
 
@@ -99,13 +99,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("split", None, "Split name of the shards.", flag_values=fv)
     flags.DEFINE_string("dataset", None, "Built-in dataset name or JSON descriptor (classes, ignore label).",
                         flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
     flags.DEFINE_string("label_suffix", ".png", "Label file ending after the name.", flag_values=fv)
     flags.DEFINE_list("label_map", [], "Raw label value remapping, src:dst pairs (e.g. 11:255).", flag_values=fv)
-    flags.DEFINE_integer("num_shards", 4, "Shards.", flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    conversion.define_sharding_flags(fv, num_shards=4, num_shards_help="Shards.")
     flags.mark_flags_as_required(["image_dir", "split", "dataset", "output_dir"], flag_values=fv)
 
 
@@ -123,17 +119,12 @@ def config_from_flags(fv: flags.FlagValues) -> FolderConfig:
         output_dir=fv.output_dir,
         label_suffix=fv.label_suffix,
         label_map=label_map,
-        sharding=conversion.ShardingConfig.from_flags(
-            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-        ),
+        sharding=conversion.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.info(build(config_from_flags(flag_values)).summary())
+    conversion.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

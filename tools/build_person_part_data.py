@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
 
@@ -69,22 +69,9 @@ def list_examples(config: PersonPartConfig, split: str) -> list[conversion.Sourc
 
 def build(config: PersonPartConfig) -> dict[str, conversion.ConversionResult]:
     """Converts every split of ``config``; returns the result per split."""
-    results = {}
-    for split in config.splits:
-        examples = list_examples(config, split)
-        expected = DATASET.splits.get(split)
-        if expected is not None and expected != len(examples):
-            logging.warning("Person-Part %s: %d examples listed, the descriptor says %d", split, len(examples), expected)
-        results[split] = conversion.convert_split(
-            examples,
-            config.output_dir,
-            split,
-            num_classes=DATASET.num_classes,
-            ignore_label=DATASET.ignore_label,
-            sharding=config.sharding,
-            config=dataclasses.asdict(config),
-        )
-    return results
+    return conversion.convert_dataset_splits(
+        config.splits, lambda split: list_examples(config, split), DATASET, config, title="Person-Part"
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -94,12 +81,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("semantic_segmentation_folder", None, "Folder of <name>.png part labels (ids 0..6).",
                         flag_values=fv)
     flags.DEFINE_string("list_folder", None, "Folder of <split>.txt or <split>_id.txt lists.", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
     flags.DEFINE_list("splits", ["train", "val"], "Splits to convert.", flag_values=fv)
-    flags.DEFINE_integer("num_shards", 4, "Shards per split.", flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    conversion.define_sharding_flags(fv, num_shards=4)
     flags.mark_flags_as_required(
         ["image_folder", "semantic_segmentation_folder", "list_folder", "output_dir"], flag_values=fv
     )
@@ -112,18 +95,12 @@ def config_from_flags(fv: flags.FlagValues) -> PersonPartConfig:
         list_folder=fv.list_folder,
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
-        sharding=conversion.ShardingConfig.from_flags(
-            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-        ),
+        sharding=conversion.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for result in build(config_from_flags(flag_values)).values():
-        logging.info(result.summary())
+    conversion.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

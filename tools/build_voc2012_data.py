@@ -27,7 +27,7 @@ import dataclasses
 import os
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
 
@@ -147,23 +147,9 @@ def build(config: VocConfig) -> dict[str, conversion.ConversionResult]:
         splits.append(TRAIN_AUG)
     if not splits:
         raise conversion.ConversionError(f"no <split>.txt list files in {config.list_folder}")
-    results = {}
-    for split in splits:
-        examples = list_examples(config, split)
-        expected = DATASET.splits.get(split)
-        if expected is not None and expected != len(examples):
-            logging.warning("VOC %s: %d examples listed, the descriptor says %d", split, len(examples), expected)
-        results[split] = conversion.convert_split(
-            examples,
-            config.output_dir,
-            split,
-            num_classes=DATASET.num_classes,
-            ignore_label=DATASET.ignore_label,
-            read_label_fn=read_label,
-            sharding=config.sharding,
-            config=dataclasses.asdict(config),
-        )
-    return results
+    return conversion.convert_dataset_splits(
+        splits, lambda split: list_examples(config, split), DATASET, config, title="VOC", read_label_fn=read_label
+    )
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -175,15 +161,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Label folder: SegmentationClass (palette PNGs) or class-id PNGs.", flag_values=fv,
     )
     flags.DEFINE_string("list_folder", None, "Folder of <split>.txt lists (ImageSets/Segmentation).", flag_values=fv)
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
     flags.DEFINE_list("splits", [], "Splits to convert (default: every list file, + train_aug with --sbd_root).",
                       flag_values=fv)
     flags.DEFINE_string("sbd_root", None, "SBD dataset/ folder (cls/*.mat, train.txt, val.txt) for train_aug.",
                         flag_values=fv)
-    flags.DEFINE_integer("num_shards", 4, "Shards per split.", flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+    conversion.define_sharding_flags(fv, num_shards=4)
     flags.mark_flags_as_required(
         ["image_folder", "semantic_segmentation_folder", "list_folder", "output_dir"], flag_values=fv
     )
@@ -197,18 +179,12 @@ def config_from_flags(fv: flags.FlagValues) -> VocConfig:
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
         sbd_root=fv.sbd_root,
-        sharding=conversion.ShardingConfig.from_flags(
-            num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-            num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-        ),
+        sharding=conversion.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    for result in build(config_from_flags(flag_values)).values():
-        logging.info(result.summary())
+    conversion.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

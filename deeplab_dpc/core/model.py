@@ -24,6 +24,7 @@ from deeplab_dpc.core.decoder import Decoder
 from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell
 from deeplab_dpc.core.layers import Normalize, ResizeLike
 from deeplab_dpc.core.spec import CellSpec
+from deeplab_dpc.fileio import write_json
 
 CONTEXTS = ("dpc", "aspp", "none")
 DECODER_OUTPUT_STRIDES = (None, 4)
@@ -106,11 +107,7 @@ class ModelConfig:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the config as JSON atomically."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ModelConfig":

@@ -41,6 +41,8 @@ import os
 import random
 from typing import Any, Iterable, Sequence
 
+from deeplab_dpc.fileio import write_bytes_atomically
+
 CONV = "conv"
 PYRAMID_POOLING = "pyramid_pooling"
 OPS = (CONV, PYRAMID_POOLING)
@@ -264,11 +266,7 @@ class CellSpec:
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the spec atomically (temporary file, then rename)."""
-        path = os.fspath(path)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(self.to_json(indent=1) + "\n")
-        os.replace(tmp, path)
+        write_bytes_atomically(path, (self.to_json(indent=1) + "\n").encode("utf-8"))
 
     # ------------------------------------------------------- graph identity
     def _children(self) -> dict[int, list[int]]:

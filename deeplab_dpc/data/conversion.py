@@ -23,6 +23,11 @@ ids (a ``label_fn``, e.g. ``label_lut({11: 255})`` for CamVid's void); then
   shard count is refused rather than mixed in;
 * shows a progress bar (tqdm when installed, else a line on stderr).
 
+The tools also share their command line: ``define_sharding_flags`` and
+``sharding_from_flags`` for ``--output_dir`` and the sharding flags,
+``convert_dataset_splits`` for the splits of a built-in dataset, and ``run_tool``
+for the body of ``main``.
+
 Labels are read with Pillow, which gives palette indices for palette PNGs and
 raw values for grey ones (8 or 16 bit); OpenCV and TensorFlow would turn a
 palette into colours.
@@ -52,8 +57,9 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+from absl import app, flags
 
-from deeplab_dpc.data import tfrecord
+from deeplab_dpc.data import datasets, tfrecord
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -61,6 +67,10 @@ LabelFn = Callable[[np.ndarray], np.ndarray]
 LabelReader = Callable[[str], np.ndarray]
 
 _log = logging.getLogger(__name__)
+
+# The flags that ``define_sharding_flags`` defines belong to the tool that
+# calls it (in ``--help`` and ``--helpshort``), not to this module.
+flags.disclaim_key_flags()
 
 
 class ConversionError(ValueError):
@@ -714,3 +724,105 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------- the tools' shared parts
+
+
+def convert_dataset_splits(
+    splits: Iterable[str],
+    list_examples: Callable[[str], Sequence[SourceExample]],
+    dataset: datasets.DatasetDescriptor,
+    config: Any,
+    *,
+    title: str,
+    found: str = "examples listed",
+    label_fn: LabelFn | None = None,
+    read_label_fn: LabelReader = read_label,
+) -> dict[str, ConversionResult]:
+    """Lists and converts each split in turn, with the classes and ignore label of ``dataset``.
+
+    Args:
+      splits: the splits, converted in this order.
+      list_examples: split -> its examples; called just before that split is
+        converted.
+      dataset: the number of classes, the ignore label and the expected
+        split sizes.
+      config: the tool's config dataclass: its ``output_dir`` and ``sharding``
+        are used, and the whole of it is stored in each split's manifest.
+      title, found: when ``dataset`` gives a size for a split and the listed
+        examples are not that many, a warning ``"<title> <split>: <n>
+        <found>, the descriptor says <size>"`` is logged.
+      label_fn, read_label_fn: as for ``convert_split``.
+
+    Returns:
+      split -> its ``ConversionResult``.
+    """
+    results = {}
+    for split in splits:
+        examples = list_examples(split)
+        expected = dataset.splits.get(split)
+        if expected is not None and expected != len(examples):
+            _log.warning("%s %s: %d %s, the descriptor says %d", title, split, len(examples), found, expected)
+        results[split] = convert_split(
+            examples,
+            config.output_dir,
+            split,
+            num_classes=dataset.num_classes,
+            ignore_label=dataset.ignore_label,
+            label_fn=label_fn,
+            read_label_fn=read_label_fn,
+            sharding=config.sharding,
+            config=dataclasses.asdict(config),
+        )
+    return results
+
+
+def define_sharding_flags(
+    flag_values: flags.FlagValues, *, num_shards: int = 4, num_shards_help: str = "Shards per split."
+) -> None:
+    """Defines ``--output_dir`` and the flags that ``sharding_from_flags`` reads.
+
+    ``--num_shards`` (default ``num_shards``), ``--examples_per_shard``,
+    ``--num_workers`` and ``--shuffle_seed``. The tool marks ``--output_dir``
+    as required itself, with its other required flags (absl reports missing
+    flags in the order they were marked).
+    """
+    fv = flag_values
+    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
+    flags.DEFINE_integer("num_shards", num_shards, num_shards_help, flag_values=fv)
+    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
+    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
+    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
+
+
+def sharding_from_flags(fv: flags.FlagValues) -> ShardingConfig:
+    """The ``ShardingConfig`` of the flags defined by ``define_sharding_flags``."""
+    return ShardingConfig.from_flags(
+        num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
+        num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
+    )
+
+
+def run_tool(
+    argv: Sequence[str],
+    flag_values: flags.FlagValues,
+    config_from_flags: Callable[[flags.FlagValues], Any],
+    build: Callable[[Any], ConversionResult | Mapping[str, ConversionResult]],
+) -> None:
+    """The ``main`` of a conversion tool: builds the config from the flags, converts, logs each result.
+
+    Args:
+      argv: what ``app.run`` passes to ``main``; anything after the program
+        name is a usage error.
+      flag_values: the parsed flags.
+      config_from_flags: flags -> the tool's config (may raise ``app.UsageError``).
+      build: config -> one ``ConversionResult`` or a dict of them (one per split).
+    """
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    results = build(config_from_flags(flag_values))
+    if isinstance(results, ConversionResult):
+        results = {results.split: results}
+    for result in results.values():
+        _log.info(result.summary())

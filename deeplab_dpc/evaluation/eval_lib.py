@@ -9,7 +9,6 @@ is present.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import time
@@ -24,6 +23,7 @@ from deeplab_dpc.data.preprocess import PreprocessConfig
 from deeplab_dpc.evaluation.inference import predict_labels
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
 from deeplab_dpc.export.export_lib import load_model_for_inference
+from deeplab_dpc.fileio import write_json
 from deeplab_dpc.training.checkpoints import latest_checkpoint, list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -175,13 +175,8 @@ def evaluate_checkpoint(config: EvalConfig, checkpoint: str) -> dict:
 
 
 def write_results(eval_logdir: str, results: dict) -> None:
-    os.makedirs(eval_logdir, exist_ok=True)
     for name in (f"eval-{results['step']:08d}.json", "latest.json"):
-        path = os.path.join(eval_logdir, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        os.replace(tmp, path)
+        write_json(os.path.join(eval_logdir, name), results)
     write_scalars(eval_logdir, results["step"], {"eval/miou": results["miou"]} | {
         f"eval/iou/{name}": value for name, value in results["per_class_iou"].items() if value is not None
     })
@@ -206,8 +201,16 @@ def _step_of(checkpoint: str) -> int:
     return int(digits) if digits else 0
 
 
+def config_dict(config) -> dict:
+    """An eval/vis config as JSON-able data (written next to the outputs)."""
+    out = dataclasses.asdict(config)
+    out["data"] = config.data.to_dict()
+    return out
+
+
 def run_evaluation(config: EvalConfig) -> list[dict]:
     """Evaluates the latest checkpoint, then (if asked) each new one as it appears."""
+    write_json(os.path.join(config.eval_logdir, "eval_config.json"), config_dict(config))
     done: set[str] = set()
     all_results = []
     while True:

@@ -19,7 +19,8 @@ import numpy as np
 from deeplab_dpc.data.batches import DataConfig, make_batches
 from deeplab_dpc.data.colormaps import label_to_color
 from deeplab_dpc.data.preprocess import PreprocessConfig
-from deeplab_dpc.evaluation.eval_lib import make_predict_fn, model_config_path
+from deeplab_dpc.evaluation.eval_lib import config_dict, make_predict_fn, model_config_path
+from deeplab_dpc.fileio import write_json
 from deeplab_dpc.export.export_lib import load_model_for_inference
 from deeplab_dpc.training.checkpoints import latest_checkpoint
 
@@ -69,6 +70,7 @@ def visualize(config: VisConfig) -> list[str]:
     colour_dir = os.path.join(config.vis_logdir, "segmentation_results")
     raw_dir = os.path.join(config.vis_logdir, "raw_segmentation_results")
     os.makedirs(colour_dir, exist_ok=True)
+    write_json(os.path.join(config.vis_logdir, "vis_config.json"), config_dict(config))
     if config.also_save_raw_predictions:
         os.makedirs(raw_dir, exist_ok=True)
     names = []

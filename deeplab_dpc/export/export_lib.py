@@ -47,6 +47,7 @@ from typing import Sequence
 from absl import logging
 
 from deeplab_dpc.core.model import ModelConfig, build_deeplab
+from deeplab_dpc.fileio import temporary_sibling, write_bytes_atomically
 from deeplab_dpc.training.checkpoints import latest_checkpoint
 
 MODEL_CONFIG_NAME = "model_config.json"
@@ -324,23 +325,6 @@ def convert_to_tflite(
 # Files.
 
 
-def _temporary_sibling(path: str, tag: str) -> str:
-    parent, name = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f".{name}.{tag}-{os.getpid()}-{time.time_ns()}")
-
-
-def _write_bytes_atomically(path: str, data: bytes) -> None:
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = _temporary_sibling(path, "tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _check_destination(path: str, overwrite: bool, field: str) -> None:
@@ -385,7 +369,7 @@ def export_saved_model(model, model_config: ModelConfig, config: ExportConfig, c
     export_path = os.path.abspath(config.export_path)
     _check_destination(export_path, config.overwrite, "export_path")
     os.makedirs(os.path.dirname(export_path), exist_ok=True)
-    tmp = _temporary_sibling(export_path, "tmp")
+    tmp = temporary_sibling(export_path, "tmp")
     old = None
     try:
         module = build_serving_module(
@@ -395,7 +379,7 @@ def export_saved_model(model, model_config: ModelConfig, config: ExportConfig, c
         with open(os.path.join(tmp, EXPORT_CONFIG_NAME), "w", encoding="utf-8") as f:
             json.dump(export_config_dict(config, model_config, checkpoint_file), f, indent=1)
         if os.path.exists(export_path):  # Empty, or overwrite: move aside only once the new one is whole.
-            old = _temporary_sibling(export_path, "old")
+            old = temporary_sibling(export_path, "old")
             os.replace(export_path, old)
         try:
             os.replace(tmp, export_path)
@@ -457,7 +441,7 @@ def run_export(config: ExportConfig) -> dict:
     export_saved_model(model, model_config, config, checkpoint_file)
     times["saved_model_s"] = time.perf_counter() - start
     if tflite is not None:
-        _write_bytes_atomically(config.tflite_path, tflite)
+        write_bytes_atomically(config.tflite_path, tflite)
     return {
         "checkpoint": checkpoint_file,
         "export_path": os.path.abspath(config.export_path),

@@ -9,12 +9,12 @@ model's ``model_config.json``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any
 
 from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig
+from deeplab_dpc.fileio import write_json
 from deeplab_dpc.training.schedules import BURNIN_TYPES, POLICIES
 
 @dataclasses.dataclass(frozen=True)
@@ -118,12 +118,7 @@ class TrainConfig:
 
     def save(self, directory: str) -> None:
         """Writes ``train_config.json`` and ``model_config.json`` atomically."""
-        os.makedirs(directory, exist_ok=True)
-        path = os.path.join(directory, "train_config.json")
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, path)
+        write_json(os.path.join(directory, "train_config.json"), self.to_dict())
         self.model.save(os.path.join(directory, "model_config.json"))
 
 

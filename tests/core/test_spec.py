@@ -124,7 +124,7 @@ def test_strict_mode_rejects_values_outside_the_space_that_lenient_accepts():
     filler = [{"op": "conv", "input": -1, "kernel": 1}] * 4
     for branch, field in cases:
         data = filler[:2] + [branch] + filler[2:]
-        spec = CellSpec.from_list(data)  # lenient: fine
+        CellSpec.from_list(data)  # lenient: fine
         with pytest.raises(SpecError, match=f"branch 2, field '{field}': .*outside the space|branch 2, field '{field}'"):
             CellSpec.from_list(data, space=space)
     with pytest.raises(SpecError, match="5 branches, the cell has 4"):

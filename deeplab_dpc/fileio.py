@@ -1,0 +1,36 @@
+"""Atomic file writes: a temporary sibling, then ``os.replace``.
+
+A reader (another process, a rerun after a crash) sees either the old file or
+the whole new one, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+def temporary_sibling(path: str, tag: str = "tmp") -> str:
+    """A hidden, unique name beside ``path`` (``.<name>.<tag>-<pid>-<ns>``)."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.{tag}-{os.getpid()}-{time.time_ns()}")
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> None:
+    """Writes ``obj`` as JSON (plus a final newline) atomically."""
+    write_bytes_atomically(path, (json.dumps(obj, indent=indent) + "\n").encode("utf-8"))
