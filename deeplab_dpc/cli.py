@@ -175,6 +175,17 @@ def data_config_from_flags(fv: flags.FlagValues):
     return data
 
 
+def define_run_reader_flags(fv: flags.FlagValues) -> None:
+    """Flags of the entry points that read a training run (eval, vis): the run,
+    the data, the inference scales and flips, and the model flags (optional,
+    checked against the run's config)."""
+    define_model_flags(fv, with_defaults=False)
+    define_data_flags(fv)
+    flags.DEFINE_string("checkpoint_dir", None, "The train_logdir to read (model_config.json, checkpoints).", flag_values=fv)
+    flags.DEFINE_list("eval_scales", ["1.0"], "Inference scales, comma separated.", flag_values=fv)
+    flags.DEFINE_boolean("add_flipped_images", False, "Also average left-right flipped images.", flag_values=fv)
+
+
 def parse_floats(values, flag: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in values)

@@ -25,15 +25,11 @@ from deeplab_dpc import cli  # noqa: E402
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    cli.define_model_flags(fv, with_defaults=False)
-    cli.define_data_flags(fv)
+    cli.define_run_reader_flags(fv)
     f = dict(flag_values=fv)
-    flags.DEFINE_string("checkpoint_dir", None, "The train_logdir to evaluate.", **f)
     flags.DEFINE_string("eval_logdir", None, "Where results go (default: checkpoint_dir/eval).", **f)
     flags.DEFINE_string("eval_split", "val", "Split to evaluate.", **f)
     flags.DEFINE_list("eval_crop_size", ["513", "513"], "Images are padded to 'height,width' (must not be larger).", **f)
-    flags.DEFINE_list("eval_scales", ["1.0"], "Inference scales, comma separated.", **f)
-    flags.DEFINE_boolean("add_flipped_images", False, "Also average left-right flipped images.", **f)
     flags.DEFINE_integer("eval_batch_size", 1, "Images per batch.", **f)
     flags.DEFINE_float("eval_interval_secs", 300, "Seconds between checks for a new checkpoint.", **f)
     flags.DEFINE_integer("max_number_of_evaluations", 1, "1: one pass; 0: evaluate each new checkpoint forever.", **f)

@@ -53,16 +53,10 @@ def run(fv: flags.FlagValues) -> dict:
     """The statistics for parsed flags (``model_statistics`` of their config)."""
     config, crop_size = config_from_flags(fv)  # First: most flag errors need no Keras.
     from deeplab_dpc.analysis.stats import model_statistics
-    from deeplab_dpc.core.backbones import build_backbone
+    from deeplab_dpc.core.model import backbone_of
 
     try:  # The backbone checks what ModelConfig does not (e.g. depth_multiplier per variant).
-        backbone = build_backbone(
-            config.model_variant,
-            output_stride=config.output_stride,
-            depth_multiplier=config.depth_multiplier,
-            weight_decay=config.weight_decay,
-            name="backbone",
-        )
+        backbone = backbone_of(config)
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None
     return model_statistics(config, crop_size, backbone=backbone)

@@ -20,15 +20,11 @@ from deeplab_dpc import cli  # noqa: E402
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
-    cli.define_model_flags(fv, with_defaults=False)
-    cli.define_data_flags(fv)
+    cli.define_run_reader_flags(fv)
     f = dict(flag_values=fv)
-    flags.DEFINE_string("checkpoint_dir", None, "The train_logdir whose latest checkpoint to use.", **f)
     flags.DEFINE_string("vis_logdir", None, "Where PNGs go (default: checkpoint_dir/vis).", **f)
     flags.DEFINE_string("vis_split", "val", "Split to visualise.", **f)
     flags.DEFINE_list("vis_crop_size", ["513", "513"], "Images are padded to 'height,width'.", **f)
-    flags.DEFINE_list("eval_scales", ["1.0"], "Inference scales.", **f)
-    flags.DEFINE_boolean("add_flipped_images", False, "Also average left-right flipped images.", **f)
     flags.DEFINE_string("colormap_type", None, "pascal, cityscapes, ade20k or camvid (default: the dataset's).", **f)
     flags.DEFINE_boolean("also_save_raw_predictions", False, "Also write class-id PNGs (Cityscapes: label ids).", **f)
     flags.DEFINE_integer("max_number_of_images", None, "Stop after N images.", **f)

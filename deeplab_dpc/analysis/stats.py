@@ -452,15 +452,9 @@ def model_statistics(config: "ModelConfig", crop_size: tuple[int, int], backbone
     if height < 1 or width < 1:
         raise ValueError(f"crop_size must be positive, got {tuple(crop_size)}")
     if backbone is None:
-        from deeplab_dpc.core.backbones import build_backbone
+        from deeplab_dpc.core.model import backbone_of
 
-        backbone = build_backbone(
-            config.model_variant,
-            output_stride=config.output_stride,
-            depth_multiplier=config.depth_multiplier,
-            weight_decay=config.weight_decay,
-            name="backbone",
-        )
+        backbone = backbone_of(config)
     walked = count_model(backbone, (1, height, width, 3))
     features_shape = walked.output_shapes["features"]
     low_level_shape = walked.output_shapes["low_level"]

@@ -166,6 +166,17 @@ def build_context(config: ModelConfig):
     return None
 
 
+def backbone_of(config: ModelConfig) -> keras.Model:
+    """The backbone ``config`` names, as the sub-model ``backbone`` of ``build_deeplab``."""
+    return build_backbone(
+        config.model_variant,
+        output_stride=config.output_stride,
+        depth_multiplier=config.depth_multiplier,
+        weight_decay=config.weight_decay,
+        name="backbone",
+    )
+
+
 def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -> keras.Model:
     """Builds the segmentation model.
 
@@ -184,14 +195,7 @@ def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -
     """
     images = keras.Input(shape=input_shape, name="images")
     x = Normalize(name="normalize")(images)
-    backbone = build_backbone(
-        config.model_variant,
-        output_stride=config.output_stride,
-        depth_multiplier=config.depth_multiplier,
-        weight_decay=config.weight_decay,
-        name="backbone",
-    )
-    endpoints = backbone(x)
+    endpoints = backbone_of(config)(x)
     features = endpoints["features"]
     context = build_context(config)
     if context is not None:
