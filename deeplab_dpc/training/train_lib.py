@@ -61,6 +61,37 @@ def configure_batch_norm(model: keras.Model, fine_tune: bool, momentum: float | 
                 layer.momentum = momentum
 
 
+def warm_start_batch_norm(model: keras.Model, images) -> None:
+    """Sets every trainable batch norm's moving statistics to those of ``images``.
+
+    Keras starts moving statistics at mean 0, variance 1, and an exponential
+    average keeps ``momentum ** steps`` of that start: after 400 steps at
+    0.99, 1.8% of the initial variance 1.0, which swamps the true variance of
+    layers whose outputs are small (depthwise convs here: ~0.003), so
+    inference normalises by the wrong scale and predicts one class. Starting
+    the averages from a real batch (one forward pass with momentum 0) removes
+    that bias; long DeepLab schedules (0.9997 ** 90000 ~ 0) never see it.
+    """
+    layers = [
+        layer for layer in _all_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    momenta = [layer.momentum for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+
+
+def _first_images(batches):
+    """The images of the first batch of a tf.data.Dataset or a PyDataset."""
+    batch = batches[0] if hasattr(batches, "__getitem__") and not hasattr(batches, "element_spec") else next(iter(batches))
+    return batch[0]
+
+
 def _all_layers(layer):
     yield layer
     for sub in layer._flatten_layers(include_self=False, recursive=True):
@@ -305,6 +336,8 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
             1,
             as_tuple=False,
         )
+    if step == 0 and config.fine_tune_batch_norm:
+        warm_start_batch_norm(model, _first_images(train_batches))
     monitor = _Monitor(config, manager, eval_batches, make_schedule(config))
     chunk = config.log_steps
     if not hasattr(train_batches, "element_spec"):  # a PyDataset: an epoch is at most its length

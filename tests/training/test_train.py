@@ -188,3 +188,20 @@ def test_initial_checkpoint_from_another_run_skips_the_last_layer(dataset, tmp_p
         source.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
     )
     assert not np.allclose(model.get_layer("logits").kernel.numpy(), source.get_layer("logits").kernel.numpy())
+
+
+def test_warm_start_makes_inference_match_batch_statistics_and_restores_momentum():
+    from deeplab_dpc.core.model import build_deeplab
+
+    model = build_deeplab(ModelConfig(num_classes=3, context="aspp", depth_multiplier=0.35, dropout_rate=0.0))
+    train_lib.configure_batch_norm(model, fine_tune=True, momentum=0.99)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 48, 64, 3)).astype("float32")
+    # Untrained statistics (mean 0, variance 1) make inference a different function ...
+    assert not np.allclose(np.asarray(model(images)), np.asarray(model(images, training=True)), atol=1e-3)
+    train_lib.warm_start_batch_norm(model, images)
+    # ... after the warm start, inference on that batch is the training-mode output.
+    np.testing.assert_allclose(np.asarray(model(images)), np.asarray(model(images, training=True)), atol=1e-4)
+    import keras
+
+    momenta = {l.momentum for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)}
+    assert momenta == {0.99}
