@@ -99,7 +99,7 @@ def run_pipeline(fv) -> dict:
                 sharding=conversion.ShardingConfig(num_shards=2),
             )
         )
-        print(f"{split}: {result}")
+        print(result.summary())
 
     _section(f"3. Train {fv.steps} steps (MobileNet-v2 + DPC + decoder, batch {fv.batch_size}, {height}x{width})")
     run_dir = workdir / "run"
