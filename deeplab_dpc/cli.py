@@ -13,6 +13,10 @@ import re
 
 from absl import app, flags
 
+# Flags defined by these helpers belong to the entry point that calls them, so
+# its --help lists them (not only --helpfull).
+flags.disclaim_key_flags()
+
 CONTEXT_CHOICES = ("dpc", "aspp", "none")
 MODEL_FLAGS = (
     "model_variant",
