@@ -8,7 +8,6 @@ them into typed configs once, and call library code. Every error becomes an
 
 from __future__ import annotations
 
-import os
 import re
 
 from absl import app, flags
@@ -152,10 +151,6 @@ def data_config_from_flags(fv: flags.FlagValues):
     """The data flags as a ``DataConfig``; ``app.UsageError`` naming the flag."""
     from deeplab_dpc.data.batches import DataConfig  # noqa: PLC0415
 
-    if fv.dataset_dir is None and not fv.dataset.startswith("tfds:"):
-        raise app.UsageError("--dataset_dir is required")
-    if fv.dataset_dir is not None and not os.path.exists(fv.dataset_dir):
-        raise app.UsageError(f"--dataset_dir={fv.dataset_dir} does not exist")
     remap = None
     if fv.label_remap:
         try:

@@ -88,7 +88,7 @@ def warm_start_batch_norm(model: keras.Model, images) -> None:
 
 def _first_images(batches):
     """The images of the first batch of a tf.data.Dataset or a PyDataset."""
-    batch = batches[0] if hasattr(batches, "__getitem__") and not hasattr(batches, "element_spec") else next(iter(batches))
+    batch = batches[0] if isinstance(batches, keras.utils.PyDataset) else next(iter(batches))
     return batch[0]
 
 
@@ -98,7 +98,7 @@ def _all_layers(layer):
         yield sub
 
 
-def build_and_compile(config: TrainConfig, steps_per_execution: int = 1) -> keras.Model:
+def build_and_compile(config: TrainConfig) -> keras.Model:
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     model = build_deeplab(config.model)
@@ -113,7 +113,6 @@ def build_and_compile(config: TrainConfig, steps_per_execution: int = 1) -> kera
             top_k_percent_pixels=config.top_k_percent_pixels,
         ),
         jit_compile=config.jit_compile,
-        steps_per_execution=steps_per_execution,
     )
     model.optimizer.build(model.trainable_variables)
     return model
@@ -154,17 +153,13 @@ def restore_keras_weights(model: keras.Model, path: str, initialize_last_layer: 
     weights; weights whose path and shape match are copied; the logits are
     skipped when ``initialize_last_layer`` is False (e.g. another class count).
     """
-    from deeplab_dpc.core.model import ModelConfig  # noqa: PLC0415
-    from deeplab_dpc.training.checkpoints import latest_checkpoint  # noqa: PLC0415
+    from deeplab_dpc.export.export_lib import load_model_for_inference, resolve_checkpoint  # noqa: PLC0415
 
-    weights_file = latest_checkpoint(path)
-    if weights_file is None:
-        raise ValueError(f"tf_initial_checkpoint={path} holds no checkpoint")
-    config_file = os.path.join(os.path.dirname(weights_file), "model_config.json")
-    if not os.path.isfile(config_file):
-        raise ValueError(f"tf_initial_checkpoint={path}: no model_config.json beside {weights_file}")
-    source = build_deeplab(ModelConfig.load(config_file))
-    source.load_weights(weights_file)
+    try:
+        weights_file = resolve_checkpoint(path)
+        source, _ = load_model_for_inference(weights_file)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"tf_initial_checkpoint={path}: {e}") from None
     source_weights = {w.path: w for w in source.weights}
     report = {"kind": "Keras checkpoint", "checkpoint": weights_file,
               "restored": [], "skipped": [], "missing": [], "ignored": []}
