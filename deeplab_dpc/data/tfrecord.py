@@ -339,7 +339,8 @@ def _crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def _masked_crc(data: bytes) -> int:
+def masked_crc(data: bytes) -> int:
+    """The masked CRC-32C that frames TFRecord (and TensorBoard event) records."""
     crc = _crc32c(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
@@ -364,13 +365,13 @@ def iterate_serialized(path: str | os.PathLike, *, verify_data_crc: bool = False
                 raise RecordError(f"{path}: truncated record header at byte {offset}")
             (length,) = struct.unpack("<Q", header[:8])
             (length_crc,) = struct.unpack("<I", header[8:])
-            if _masked_crc(header[:8]) != length_crc:
+            if masked_crc(header[:8]) != length_crc:
                 raise RecordError(f"{path}: corrupt record length at byte {offset}")
             data = f.read(length)
             footer = f.read(4)
             if len(data) < length or len(footer) < 4:
                 raise RecordError(f"{path}: truncated record at byte {offset} ({length} bytes announced)")
-            if verify_data_crc and _masked_crc(data) != struct.unpack("<I", footer)[0]:
+            if verify_data_crc and masked_crc(data) != struct.unpack("<I", footer)[0]:
                 raise RecordError(f"{path}: corrupt record data at byte {offset}")
             offset += 16 + length
             yield data
@@ -388,7 +389,7 @@ def count_records(path: str | os.PathLike) -> int:
             if len(header) < 12:
                 raise RecordError(f"{path}: truncated record header at byte {offset}")
             (length,) = struct.unpack("<Q", header[:8])
-            if _masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
+            if masked_crc(header[:8]) != struct.unpack("<I", header[8:])[0]:
                 raise RecordError(f"{path}: corrupt record length at byte {offset}")
             offset += 16 + length
             if offset > size:

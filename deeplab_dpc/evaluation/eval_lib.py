@@ -24,6 +24,7 @@ from deeplab_dpc.evaluation.inference import predict_labels
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
 from deeplab_dpc.export.export_lib import load_model_for_inference
 from deeplab_dpc.fileio import write_json
+from deeplab_dpc.summaries import write_scalars
 from deeplab_dpc.training.checkpoints import latest_checkpoint, list_checkpoints
 
 log = logging.getLogger(__name__)
@@ -180,19 +181,6 @@ def write_results(eval_logdir: str, results: dict) -> None:
     write_scalars(eval_logdir, results["step"], {"eval/miou": results["miou"]} | {
         f"eval/iou/{name}": value for name, value in results["per_class_iou"].items() if value is not None
     })
-
-
-def write_scalars(logdir: str, step: int, scalars: dict) -> None:
-    """TensorBoard scalars, when TensorFlow is installed (a JAX-only host skips them)."""
-    try:
-        import tensorflow as tf  # noqa: PLC0415
-    except ImportError:
-        return
-    writer = tf.summary.create_file_writer(logdir)
-    with writer.as_default():
-        for name, value in scalars.items():
-            tf.summary.scalar(name, value, step=step)
-    writer.flush()
 
 
 def _step_of(checkpoint: str) -> int:

@@ -24,7 +24,8 @@ import numpy as np
 from deeplab_dpc.core.model import build_deeplab
 from deeplab_dpc.data.batches import make_batches
 from deeplab_dpc.data.preprocess import PreprocessConfig
-from deeplab_dpc.evaluation.eval_lib import confusion_over, make_predict_fn, write_scalars
+from deeplab_dpc.evaluation.eval_lib import confusion_over, make_predict_fn
+from deeplab_dpc.summaries import write_images, write_scalars
 from deeplab_dpc.training.checkpoints import CheckpointManager
 from deeplab_dpc.training.config import TrainConfig
 from deeplab_dpc.training.losses import SegmentationLoss
@@ -257,10 +258,6 @@ class _Monitor(keras.callbacks.Callback):
         """Input, ground truth and prediction in colour, for TensorBoard."""
         if not self.config.num_summary_images:
             return
-        try:
-            import tensorflow as tf  # noqa: PLC0415
-        except ImportError:
-            return
         from deeplab_dpc.data.colormaps import label_to_color  # noqa: PLC0415
 
         descriptor = self.config.data.descriptor
@@ -272,12 +269,11 @@ class _Monitor(keras.callbacks.Callback):
         colour = lambda x: np.stack(  # noqa: E731
             [label_to_color(v, descriptor.colormap, ignore_label=descriptor.ignore_label) for v in x]
         )
-        writer = tf.summary.create_file_writer(self.config.train_logdir)
-        with writer.as_default():
-            tf.summary.image("images/input", images.astype(np.uint8), step=step, max_outputs=n)
-            tf.summary.image("images/ground_truth", colour(labels), step=step, max_outputs=n)
-            tf.summary.image("images/prediction", colour(predictions), step=step, max_outputs=n)
-        writer.flush()
+        write_images(self.config.train_logdir, step, {
+            "images/input": np.clip(images, 0, 255).astype(np.uint8),
+            "images/ground_truth": colour(labels),
+            "images/prediction": colour(predictions),
+        }, max_outputs=n)
 
 
 def train(config: TrainConfig, verbose: int | str = "auto") -> dict:

@@ -107,6 +107,14 @@ def test_validation_miou_during_training(dataset, tmp_path):
     )
     values = [r["val_miou"] for r in summary["history"] if "val_miou" in r]
     assert len(values) == 2 and all(0.0 <= v <= 1.0 for v in values)
+    # TensorBoard sees the loss, the learning rate, mIoU and the three colour images at each evaluation.
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"train/loss", "train/learning_rate", "eval/miou"} <= set(tags["scalars"] + tags["tensors"])
+    for name in ("input", "ground_truth", "prediction"):
+        assert [e.step for e in acc.Images(f"images/{name}/image/0")] == [5, 10]
 
 
 def _flags(*args):
