@@ -136,14 +136,15 @@ def given_model_flags(fv: flags.FlagValues) -> dict:
     return out
 
 
-def define_data_flags(fv: flags.FlagValues) -> None:
-    """The dataset flags shared by train, eval and vis."""
+def define_data_flags(fv: flags.FlagValues, *, loader: bool = True) -> None:
+    """The dataset flags shared by train, eval and vis (and, without ``--loader``, tools)."""
     f = dict(flag_values=fv)
     flags.DEFINE_string("dataset", "camvid", "Dataset name, JSON descriptor file, or tfds:NAME[/CONFIG].", **f)
     flags.DEFINE_string("dataset_dir", None, "Folder of the dataset (TFRecords unless --dataset_format says otherwise).", **f)
     flags.DEFINE_string("dataset_format", "tfrecord", "tfrecord, folder[:segnet|voc] or npz.", **f)
-    flags.DEFINE_enum("loader", "auto", ["auto", "tfdata", "numpy"], "Input pipeline: tf.data or NumPy/OpenCV.", **f)
-    flags.DEFINE_integer("num_readers", 2, "Loader threads of the NumPy loader.", **f)
+    if loader:
+        flags.DEFINE_enum("loader", "auto", ["auto", "tfdata", "numpy"], "Input pipeline: tf.data or NumPy/OpenCV.", **f)
+    flags.DEFINE_integer("num_readers", 2, "Reader threads of the NumPy loader.", **f)
     flags.DEFINE_list("label_remap", None, "Label values to remap after decoding, e.g. 11:255 for raw CamVid.", **f)
 
 
@@ -164,7 +165,7 @@ def data_config_from_flags(fv: flags.FlagValues):
             dataset=fv.dataset,
             dataset_dir=fv.dataset_dir,
             dataset_format=fv.dataset_format,
-            loader=fv.loader,
+            loader=fv.loader if "loader" in fv else "numpy",
             num_workers=fv.num_readers,
             label_remap=remap,
         )

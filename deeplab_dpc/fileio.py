@@ -6,9 +6,11 @@ the whole new one, never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from typing import Iterator
 
 
 def temporary_sibling(path: str, tag: str = "tmp") -> str:
@@ -17,18 +19,27 @@ def temporary_sibling(path: str, tag: str = "tmp") -> str:
     return os.path.join(parent, f".{name}.{tag}-{os.getpid()}-{time.time_ns()}")
 
 
-def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yields a temporary sibling to write; renames it to ``path`` if the block succeeds.
+
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = temporary_sibling(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_json(path: str | os.PathLike, obj, indent: int | None = 1) -> None:

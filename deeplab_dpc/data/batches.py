@@ -125,18 +125,25 @@ def make_batches(
         )
     from deeplab_dpc.data import numpy_loader  # noqa: PLC0415
 
+    return numpy_loader.SegmentationPyDataset(
+        open_source(data, split), preprocess, batch_size, seed=seed, as_tuple=as_tuple, workers=data.num_workers
+    )
+
+
+def open_source(data: DataConfig, split: str):
+    """Random access to the decoded examples of ``split`` (no TensorFlow): sample dicts.
+
+    An ``NpzSource``, ``TFRecordSource`` or ``FolderSource`` by ``data.dataset_format``,
+    with ``data.label_remap`` applied.
+    """
+    from deeplab_dpc.data import numpy_loader  # noqa: PLC0415
+
     if data.is_tfds:
         raise ValueError(f"dataset={data.dataset!r} needs TensorFlow (loader=tfdata)")
     if data.dataset_format == "npz":
         path = os.path.join(data.dataset_dir, f"{split}.npz")
-        source = numpy_loader.NpzSource(path, label_remap=data.label_remap)
-    elif data.dataset_format == "tfrecord":
-        source = numpy_loader.TFRecordSource(data.dataset_dir, split, label_remap=data.label_remap)
-    else:
-        layout = data.dataset_format.partition(":")[2] or "auto"
-        source = numpy_loader.FolderSource.from_split(
-            data.dataset_dir, split, layout=layout, label_remap=data.label_remap
-        )
-    return numpy_loader.SegmentationPyDataset(
-        source, preprocess, batch_size, seed=seed, as_tuple=as_tuple, workers=data.num_workers
-    )
+        return numpy_loader.NpzSource(path, label_remap=data.label_remap)
+    if data.dataset_format == "tfrecord":
+        return numpy_loader.TFRecordSource(data.dataset_dir, split, label_remap=data.label_remap)
+    layout = data.dataset_format.partition(":")[2] or "auto"
+    return numpy_loader.FolderSource.from_split(data.dataset_dir, split, layout=layout, label_remap=data.label_remap)

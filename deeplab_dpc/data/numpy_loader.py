@@ -69,6 +69,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import cv2
 import numpy as np
 
+from deeplab_dpc.fileio import atomic_path
+
 try:
     import keras
 except ImportError as error:  # Keras' default backend is TensorFlow.
@@ -399,7 +401,7 @@ def write_npz(
     labels: Sequence[bytes] | None = None,
     names: Sequence[str] | None = None,
 ) -> None:
-    """Packs encoded images (and label PNGs) into one ``.npz``, no pickle.
+    """Packs encoded images (and label PNGs) into one ``.npz``, no pickle, written atomically.
 
     Format "concatenated bytes": ``image_bytes`` uint8 ``[total]`` and
     ``image_offsets`` int64 ``[N + 1]`` (example i is
@@ -426,7 +428,8 @@ def write_npz(
         if len(names) != len(images):
             raise ValueError(f"{len(images)} images but {len(names)} names")
         arrays["names"] = np.asarray(list(names), dtype=np.str_)
-    np.savez(path, **arrays)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a name
+        np.savez(f, **arrays)
 
 
 class NpzSource:
