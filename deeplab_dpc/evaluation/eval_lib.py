@@ -113,16 +113,37 @@ def resolve_model_config(checkpoint_dir: str, **flag_values) -> ModelConfig:
 
 
 def make_predict_fn(model, scales, add_flipped_images):
-    """``images -> labels``, compiled as a tf.function on the TensorFlow backend."""
+    """``images -> labels``, compiled: a tf.function on TensorFlow, ``jax.jit`` on JAX.
+
+    Either way the model's weights are read at each call, so one function
+    serves every evaluation of a training run; it compiles once per input shape.
+    """
 
     def predict(images):
         return predict_labels(model, images, scales, add_flipped_images)
 
-    if keras.backend.backend() == "tensorflow":
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf  # noqa: PLC0415
 
         return tf.function(predict, reduce_retracing=True)
+    if backend == "jax":
+        return _jit_with_weights(model, predict)
     return predict
+
+
+def _jit_with_weights(model, fn):
+    """``fn(images)`` under ``jax.jit``, the weights passed in as arguments (never baked in as constants)."""
+    import jax  # noqa: PLC0415
+
+    variables = list(model.variables)
+
+    def stateless(values, images):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+            return fn(images)
+
+    compiled = jax.jit(stateless)
+    return lambda images: compiled([v.value for v in variables], images)
 
 
 def confusion_over(

@@ -195,6 +195,7 @@ class _Monitor(keras.callbacks.Callback):
         self.start_time = time.time()
         self.start_step = None
         self.history = []
+        self._predict_fn = None
 
     def _step(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -245,7 +246,9 @@ class _Monitor(keras.callbacks.Callback):
 
     def _evaluate(self, step: int) -> float:
         descriptor = self.config.data.descriptor
-        predict_fn = make_predict_fn(self.model, (1.0,), False)
+        if self._predict_fn is None:  # compiled once, reads the current weights at each call
+            self._predict_fn = make_predict_fn(self.model, (1.0,), False)
+        predict_fn = self._predict_fn
         matrix = confusion_over(
             predict_fn, self.eval_batches, descriptor.num_classes, descriptor.ignore_label,
             self.config.eval_max_examples,

@@ -97,3 +97,41 @@ def test_multi_scale_averages_probabilities_at_image_size():
     assert not np.allclose(p, single)
     with pytest.raises(ValueError, match="scales must be positive"):
         predict_probabilities(model, images, [0.0])
+
+
+JAX_SCRIPT = """
+import json
+import numpy as np
+import keras
+from deeplab_dpc.core.model import ModelConfig, build_deeplab
+from deeplab_dpc.evaluation.eval_lib import make_predict_fn
+from deeplab_dpc.evaluation.inference import predict_labels
+
+model = build_deeplab(ModelConfig(num_classes=4, context="aspp", depth_multiplier=0.35))
+images = np.random.default_rng(0).uniform(0, 255, (2, 40, 56, 3)).astype("float32")
+predict = make_predict_fn(model, (0.75, 1.0), True)
+before = np.asarray(predict(images))
+same = bool((before == np.asarray(predict_labels(model, images, (0.75, 1.0), True))).all())
+logits = model.get_layer("logits")
+kernel, bias = logits.get_weights()
+logits.set_weights([np.zeros_like(kernel), np.arange(4, dtype=bias.dtype)])  # class 3 everywhere
+after = np.asarray(predict(images))
+print(json.dumps({"same": same, "shape": list(before.shape), "after": np.unique(after).tolist()}))
+"""
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("jax") is None, reason="JAX is not installed")
+def test_jax_compiled_prediction_equals_eager_and_follows_new_weights():
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", JAX_SCRIPT], cwd=pathlib.Path(__file__).resolve().parents[2],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same"] and result["shape"] == [2, 40, 56]
+    assert result["after"] == [3], "the compiled function must read the weights at call time"
