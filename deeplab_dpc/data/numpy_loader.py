@@ -64,6 +64,7 @@ import math
 import os
 import pathlib
 import threading
+import zipfile
 from typing import Any, Iterable, Mapping, Sequence
 
 import cv2
@@ -444,16 +445,22 @@ class NpzSource:
         self._lut = label_lut(label_remap)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"npz file not found: {self.path}")
+        with open(self.path, "rb") as f:
+            if f.read(4) not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip archive (empty or not)
+                raise ValueError(f"{self.path}: not an .npz (zip) archive; pack splits with tools/build_npz_data.py")
         arrays: dict[str, np.ndarray] = {}
-        with np.load(self.path, allow_pickle=False) as npz:
-            for key in npz.files:
-                try:
-                    arrays[key] = npz[key]
-                except ValueError as error:
-                    raise ValueError(
-                        f"{self.path}: array {key!r} holds Python objects (pickle), refused; store "
-                        "encoded bytes as uint8 + offsets (write_npz) or decoded uint8 arrays"
-                    ) from error
+        try:
+            with np.load(self.path, allow_pickle=False) as npz:
+                for key in npz.files:
+                    try:
+                        arrays[key] = npz[key]
+                    except ValueError as error:
+                        raise ValueError(
+                            f"{self.path}: array {key!r} holds Python objects (pickle), refused; store "
+                            "encoded bytes as uint8 + offsets (write_npz) or decoded uint8 arrays"
+                        ) from error
+        except (zipfile.BadZipFile, EOFError, OSError) as error:
+            raise ValueError(f"{self.path}: truncated or corrupt .npz ({error}); pack it again") from error
         self._images, self._image_encoded = self._table(arrays, "image")
         if self._images is None:
             raise ValueError(

@@ -170,6 +170,15 @@ def test_npz_bad_contents_name_the_file(tmp_path):
         NpzSource(tmp_path / "offsets.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         NpzSource(tmp_path / "missing.npz")
+    # A file that is no zip at all (np.load would call it "pickled data") and a truncated one.
+    (tmp_path / "text.npz").write_bytes(b"not an archive")
+    with pytest.raises(ValueError, match=r"text\.npz: not an \.npz \(zip\) archive"):
+        NpzSource(tmp_path / "text.npz")
+    write_npz(tmp_path / "whole.npz", [b"\x89PNG" * 100], [b"\x89PNG" * 50])
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) - 30])
+    with pytest.raises(ValueError, match=r"cut\.npz: truncated or corrupt \.npz"):
+        NpzSource(tmp_path / "cut.npz")
 
 
 def test_label_resize_is_bit_identical_to_tf_nearest():
