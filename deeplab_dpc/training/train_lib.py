@@ -181,7 +181,17 @@ def restore_keras_weights(model: keras.Model, path: str, initialize_last_layer: 
 
 
 class _Monitor(keras.callbacks.Callback):
-    """Stops at the last step or on NaN; logs, evaluates and checkpoints at epoch ends."""
+    """Stops at the last step or on NaN; logs, evaluates and checkpoints at epoch ends.
+
+    Steps are counted on the host as batches begin, so nothing here waits for
+    the device per step. The NaN check reads each batch's loss in
+    ``on_train_batch_end``, which Keras runs on a worker thread when every
+    callback is ``async_safe`` (JAX): the training loop keeps dispatching
+    steps while an earlier one's loss is read. A NaN may so stop training a
+    step or two late; the epoch's checkpoint is skipped either way.
+    """
+
+    async_safe = True
 
     def __init__(self, config: TrainConfig, manager: CheckpointManager, eval_batches, schedule):
         super().__init__()
@@ -194,6 +204,8 @@ class _Monitor(keras.callbacks.Callback):
         self.last_eval_step = None
         self.start_time = time.time()
         self.start_step = None
+        self.batches_begun = 0
+        self.epoch_start_step = None
         self.history = []
         self._predict_fn = None
 
@@ -203,12 +215,18 @@ class _Monitor(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start_step = self._step()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start_step = self.start_step + self.batches_begun
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batches_begun += 1
+        if self.start_step + self.batches_begun >= self.config.training_number_of_steps:
+            self.model.stop_training = True  # after this batch's step
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.diverged_at = self._step()
-            self.model.stop_training = True
-        elif self._step() >= self.config.training_number_of_steps:
+        loss = (logs or {}).get("loss")  # the epoch's running mean: NaN from the first bad step on
+        if self.diverged_at is None and loss is not None and not math.isfinite(float(loss)):
+            self.diverged_at = self.epoch_start_step + batch + 1
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
