@@ -20,7 +20,7 @@ shift
 if [ "$mode" = prepare ]; then
   camvid=${1:-../shared/data/camvid}
   python -m tools.build_npz_data --dataset=camvid --dataset_format=folder --dataset_dir="$camvid" \
-    --label_remap=11:255 --output_dir=.carry/camvid_npz --splits=train,val --num_readers="$(nproc)"
+    --label_remap=11:255 --output_dir=.carry/camvid_npz --splits=train,val
   python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl keras==3.15.1 namex optree
   du -sh .carry .whl
@@ -39,7 +39,7 @@ run=/tmp/camvid_gpu/$ctx
 rm -rf "$run"  # from scratch: never resume an earlier run
 out=${OUT:-/tmp/camvid_gpu}
 mkdir -p "$out"
-data=(--dataset=camvid --dataset_format=npz --dataset_dir=.carry/camvid_npz --loader=numpy --num_readers=$(( $(nproc) > 3 ? $(nproc) - 2 : 1 )))
+data=(--dataset=camvid --dataset_format=npz --dataset_dir=.carry/camvid_npz --loader=numpy)  # one reader per core
 train=(python3 -m deeplab_dpc.train --flagfile=experiments/camvid/mobilenet_v2_$ctx.flags "${data[@]}"
   --train_logdir="$run" --training_number_of_steps="$steps" "$@")
 evaluate=(python3 -m deeplab_dpc.eval --checkpoint_dir="$run" "${data[@]}" --eval_split=val --eval_crop_size=360,480)

@@ -144,7 +144,7 @@ def define_data_flags(fv: flags.FlagValues, *, loader: bool = True) -> None:
     flags.DEFINE_string("dataset_format", "tfrecord", "tfrecord, folder[:segnet|voc] or npz.", **f)
     if loader:
         flags.DEFINE_enum("loader", "auto", ["auto", "tfdata", "numpy"], "Input pipeline: tf.data or NumPy/OpenCV.", **f)
-    flags.DEFINE_integer("num_readers", 2, "Reader threads of the NumPy loader.", **f)
+    flags.DEFINE_integer("num_readers", 0, "Reader threads of the NumPy loader (0: one per CPU core).", **f)
     flags.DEFINE_list("label_remap", None, "Label values to remap after decoding, e.g. 11:255 for raw CamVid.", **f)
 
 

@@ -44,7 +44,7 @@ def config_from_flags(fv: flags.FlagValues):
     try:
         return PackConfig(
             data=data, splits=tuple(fv.splits), output_dir=fv.output_dir, image_format=fv.image_format,
-            jpeg_quality=fv.jpeg_quality, num_workers=fv.num_readers,
+            jpeg_quality=fv.jpeg_quality,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None

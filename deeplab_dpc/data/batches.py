@@ -33,7 +33,7 @@ class DataConfig:
         dataset_format: ``tfrecord``, ``folder[:segnet|voc]`` or ``npz``.
         loader: ``tfdata``, ``numpy`` or ``auto`` (tf.data on the TensorFlow
             backend, NumPy otherwise).
-        num_workers: threads of the NumPy loader.
+        num_workers: threads of the NumPy loader; 0 (the default): one per CPU core.
         label_remap: ``{stored value: label}`` applied after decoding, e.g.
             ``{11: 255}`` for CamVid's raw SegNet annotations.
 
@@ -46,7 +46,7 @@ class DataConfig:
     dataset_dir: str | None = None
     dataset_format: str = "tfrecord"
     loader: str = "auto"
-    num_workers: int = 2
+    num_workers: int = 0
     label_remap: Mapping[int, int] | None = None
 
     def __post_init__(self):
@@ -59,8 +59,8 @@ class DataConfig:
             raise ValueError("dataset_dir is required (the folder holding the dataset's files)")
         if self.dataset_dir is not None and not os.path.exists(self.dataset_dir):
             raise ValueError(f"dataset_dir={self.dataset_dir} does not exist")
-        if self.num_workers < 1:
-            raise ValueError(f"num_workers must be positive, got {self.num_workers}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0 (0: one per CPU core), got {self.num_workers}")
         if self.label_remap is not None:
             object.__setattr__(self, "label_remap", {int(k): int(v) for k, v in dict(self.label_remap).items()})
         self.descriptor  # noqa: B018 -- fail now on an unknown dataset
@@ -81,6 +81,11 @@ class DataConfig:
                     "convert the data or describe it in a JSON descriptor"
                 ) from None
         return get_dataset(self.dataset)
+
+    @property
+    def workers(self) -> int:
+        """Reader threads: ``num_workers``, or one per CPU core when it is 0."""
+        return self.num_workers or os.cpu_count() or 1
 
     def resolved_loader(self) -> str:
         if self.loader != "auto":
@@ -126,7 +131,7 @@ def make_batches(
     from deeplab_dpc.data import numpy_loader  # noqa: PLC0415
 
     return numpy_loader.SegmentationPyDataset(
-        open_source(data, split), preprocess, batch_size, seed=seed, as_tuple=as_tuple, workers=data.num_workers
+        open_source(data, split), preprocess, batch_size, seed=seed, as_tuple=as_tuple, workers=data.workers
     )
 
 

@@ -49,7 +49,8 @@ class PackConfig:
       image_format: ``jpeg`` (small; lossy at ``jpeg_quality``) or ``png``
         (lossless).
       jpeg_quality: 1..100.
-      num_workers: encoding threads (0: one per CPU).
+
+    Encoding runs on ``data.workers`` threads.
     """
 
     data: DataConfig
@@ -57,7 +58,6 @@ class PackConfig:
     output_dir: str = ""
     image_format: str = "jpeg"
     jpeg_quality: int = 95
-    num_workers: int = 0
 
     def __post_init__(self):
         if self.data.dataset_format == "npz":
@@ -70,8 +70,6 @@ class PackConfig:
             raise ValueError(f"image_format={self.image_format!r} is unknown; valid: {list(IMAGE_FORMATS)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError(f"jpeg_quality={self.jpeg_quality} must be in 1..100")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers={self.num_workers} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +123,7 @@ def pack_split(config: PackConfig, split: str) -> PackResult:
         image = encode_image(sample["image"], config.image_format, config.jpeg_quality)
         return name, image, None if label is None else encode_label(label)
 
-    workers = config.num_workers or os.cpu_count() or 1
-    with concurrent.futures.ThreadPoolExecutor(workers) as pool:  # OpenCV releases the GIL
+    with concurrent.futures.ThreadPoolExecutor(config.data.workers) as pool:  # OpenCV releases the GIL
         encoded = list(pool.map(encode, range(len(source))))
     labelled = [label is not None for _, _, label in encoded]
     if any(labelled) and not all(labelled):

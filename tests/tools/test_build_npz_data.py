@@ -118,3 +118,11 @@ def test_runs_as_a_module_without_tensorflow(folders, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "val: 3 examples" in result.stderr
     assert os.listdir(tmp_path) == ["val.npz"]
+
+
+def test_reader_threads_default_to_one_per_core(folders):
+    root, descriptor = folders
+    assert DataConfig(descriptor, str(root), "folder").workers == os.cpu_count()
+    assert DataConfig(descriptor, str(root), "folder", num_workers=3).workers == 3
+    with pytest.raises(ValueError, match="num_workers must be >= 0"):
+        DataConfig(descriptor, str(root), "folder", num_workers=-1)
