@@ -124,6 +124,7 @@ NAN_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~90 s: compiling a JAX train step on CPU; the async step count is covered above by default
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_nan_stops_training_on_jax_with_asynchronous_callbacks(tmp_path):
     """On JAX the loss is checked off the training thread; a NaN still stops the run and keeps the last good checkpoint."""
