@@ -8,21 +8,13 @@ import pytest
 
 from deeplab_dpc.analysis import stats
 from deeplab_dpc.analysis.stats import Count
+from deeplab_dpc.core import model as model_module
 from deeplab_dpc.core.aspp import ASPP
 from deeplab_dpc.core.decoder import Decoder
 from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell
 from deeplab_dpc.core.spec import CellSpec
 
 PUBLISHED = "experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"
-
-
-def _model_module():
-    """The model builder, or a skip while the backbones package is missing or broken."""
-    try:
-        from deeplab_dpc.core import model
-    except ImportError as e:  # pragma: no cover - depends on the backbones being written
-        pytest.skip(f"deeplab_dpc.core.model not importable yet: {e}")
-    return model
 
 
 def _built_params(layer, input_shape):
@@ -259,11 +251,11 @@ def test_keras_mobilenet_v2_macs_scale_with_area(mobilenet_v2):
 
 
 # ------------------------------------------------------ whole DeepLab model
-def _config(model, **kwargs):
+def _config(**kwargs):
     kwargs.setdefault("num_classes", 19)
     if kwargs.get("context", "dpc") == "dpc":
         kwargs.setdefault("dense_prediction_cell", CellSpec.load(PUBLISHED))
-    return model.ModelConfig(**kwargs)
+    return model_module.ModelConfig(**kwargs)
 
 
 @pytest.mark.parametrize(
@@ -276,10 +268,9 @@ def _config(model, **kwargs):
     ids=["dpc", "aspp_decoder", "none_os32"],
 )
 def test_model_statistics_match_keras(kwargs):
-    model = _model_module()
-    config = _config(model, **kwargs)
+    config = _config(**kwargs)
     crop = (97, 129)
-    deeplab = model.build_deeplab(config)
+    deeplab = model_module.build_deeplab(config)
     out = stats.model_statistics(config, crop, backbone=deeplab.get_layer("backbone"))
     assert out["params"]["total"] == deeplab.count_params()
     assert out["trainable_params"]["total"] == sum(math.prod(w.shape) for w in deeplab.trainable_weights)
@@ -300,10 +291,9 @@ def test_model_statistics_match_keras(kwargs):
 @pytest.mark.slow
 @pytest.mark.parametrize("model_variant", ["xception_65", "xception_71", "xception"])
 def test_model_statistics_match_keras_xception(model_variant):
-    model = _model_module()
-    config = _config(model, model_variant=model_variant, decoder_output_stride=4)
+    config = _config(model_variant=model_variant, decoder_output_stride=4)
     crop = (65, 97)
-    deeplab = model.build_deeplab(config)
+    deeplab = model_module.build_deeplab(config)
     out = stats.model_statistics(config, crop, backbone=deeplab.get_layer("backbone"))
     assert out["params"]["total"] == deeplab.count_params()
     assert out["uncounted_backbone_layers"] == []
