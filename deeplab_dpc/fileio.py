@@ -13,21 +13,26 @@ import time
 from typing import Iterator
 
 
-def temporary_sibling(path: str, tag: str = "tmp") -> str:
-    """A hidden, unique name beside ``path`` (``.<name>.<tag>-<pid>-<ns>``)."""
+def temporary_sibling(path: str, tag: str = "tmp", suffix: str = "") -> str:
+    """A hidden, unique name beside ``path`` (``.<name>.<tag>-<pid>-<ns><suffix>``).
+
+    ``suffix`` keeps an ending that a writer insists on (``.png`` for OpenCV,
+    ``.weights.h5`` for Keras).
+    """
     parent, name = os.path.split(os.path.abspath(path))
-    return os.path.join(parent, f".{name}.{tag}-{os.getpid()}-{time.time_ns()}")
+    return os.path.join(parent, f".{name}.{tag}-{os.getpid()}-{time.time_ns()}{suffix}")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
     """Yields a temporary sibling to write; renames it to ``path`` if the block succeeds.
 
     On an exception the temporary file is removed and ``path`` is untouched.
+    ``suffix``: as for ``temporary_sibling``.
     """
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = temporary_sibling(path)
+    tmp = temporary_sibling(path, suffix=suffix)
     try:
         yield tmp
         os.replace(tmp, path)

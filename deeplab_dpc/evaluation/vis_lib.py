@@ -20,7 +20,7 @@ from deeplab_dpc.data.batches import DataConfig, make_batches
 from deeplab_dpc.data.colormaps import label_to_color
 from deeplab_dpc.data.preprocess import PreprocessConfig
 from deeplab_dpc.evaluation.eval_lib import config_dict, make_predict_fn, model_config_path
-from deeplab_dpc.fileio import write_json
+from deeplab_dpc.fileio import atomic_path, write_json
 from deeplab_dpc.export.export_lib import load_model_for_inference
 from deeplab_dpc.training.checkpoints import latest_checkpoint
 
@@ -48,11 +48,10 @@ class VisConfig:
 
 def _write_png(path: str, array: np.ndarray) -> None:
     """Writes atomically; colour arrays are RGB."""
-    tmp = f"{path}.tmp-{os.getpid()}.png"
     image = array[:, :, ::-1] if array.ndim == 3 else array
-    if not cv2.imwrite(tmp, image):
-        raise OSError(f"cannot write {path}")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:  # OpenCV picks the format by the ending
+        if not cv2.imwrite(tmp, image):
+            raise OSError(f"cannot write {path}")
 
 
 def visualize(config: VisConfig) -> list[str]:

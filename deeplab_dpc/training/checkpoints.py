@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 
+from deeplab_dpc.fileio import atomic_path
+
 _PATTERN = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
 
 
@@ -60,9 +62,8 @@ class CheckpointManager:
 
     def save(self, model, step: int) -> str:
         path = checkpoint_path(self.directory, step)
-        tmp = os.path.join(self.directory, f".ckpt-{step:08d}.tmp-{os.getpid()}.weights.h5")
-        model.save_weights(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".weights.h5") as tmp:  # Keras insists on the ending
+            model.save_weights(tmp)
         for _, old in list_checkpoints(self.directory)[: -self.max_to_keep]:
             os.remove(old)
         return path
