@@ -11,6 +11,31 @@ import keras
 BATCH_NORM_MOMENTUM = 0.9997
 BATCH_NORM_EPSILON = 1e-5
 
+# DeepLab's weight initialisers (TF1 ``truncated_normal_initializer`` stddevs):
+# ``split_separable_conv2d`` in research/deeplab/core/utils.py (DPC, ASPP and
+# decoder separable convs), the logits in ``get_branch_logits``, and the
+# backbones' arg scopes (mobilenet ``training_scope`` and ``xception_arg_scope``,
+# both 0.09 for every conv kernel). 1x1 convs outside those scopes keep slim's
+# default, Xavier uniform, which is Keras' glorot_uniform.
+DEPTHWISE_STDDEV = 0.33
+POINTWISE_STDDEV = 0.06
+LOGITS_STDDEV = 0.01
+BACKBONE_STDDEV = 0.09
+
+
+def truncated_normal(stddev):
+    """A new ``keras.initializers.TruncatedNormal(stddev=stddev)``.
+
+    It equals TF1's ``truncated_normal_initializer`` (values beyond two
+    standard deviations are redrawn). Make one per layer: an unseeded Keras
+    initialiser instance returns the same values every time it is called, so
+    sharing one would give equal-shaped layers equal weights.
+
+    Args:
+        stddev: standard deviation of the normal before truncation.
+    """
+    return keras.initializers.TruncatedNormal(mean=0.0, stddev=float(stddev))
+
 
 def l2_regularizer(weight_decay):
     """Returns the Keras regulariser equal to slim's ``l2_regularizer(weight_decay)``.

@@ -12,7 +12,14 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, l2_regularizer
+from deeplab_dpc.core.common import (
+    BATCH_NORM_EPSILON,
+    BATCH_NORM_MOMENTUM,
+    DEPTHWISE_STDDEV,
+    POINTWISE_STDDEV,
+    l2_regularizer,
+    truncated_normal,
+)
 
 _PACKAGE = "deeplab_dpc"
 
@@ -106,11 +113,12 @@ class _Block(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
 
-    def _conv1x1(self, filters, name, use_bias=False):
+    def _conv1x1(self, filters, name, use_bias=False, kernel_initializer="glorot_uniform"):
         return keras.layers.Conv2D(
             filters,
             1,
             use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
             kernel_regularizer=l2_regularizer(self.weight_decay),
             name=name,
             dtype=self.dtype_policy,
@@ -131,6 +139,8 @@ class _Block(keras.layers.Layer):
 class ConvBNReLU(_Block):
     """1x1 conv (no bias) -> batch norm -> ReLU, as slim's ``conv2d`` in DeepLab's arg scope.
 
+    The kernel starts from slim's default initialiser, Xavier uniform (Keras'
+    glorot_uniform), as DeepLab's 1x1 convs in the DPC, ASPP and decoder do.
     Sublayers are named ``<name>`` (conv) and ``<name>_BatchNorm``.
 
     Args:
@@ -163,7 +173,11 @@ class SeparableConvBNReLU(_Block):
     """DeepLab's ``split_separable_conv2d``: depthwise kxk with atrous rate -> BN -> ReLU
     -> pointwise 1x1 -> BN -> ReLU.
 
-    The depthwise kernel has no weight decay (as in DeepLab). Sublayers:
+    The depthwise kernel has no weight decay (as in DeepLab). Kernels start
+    as DeepLab's: truncated normal with stddev 0.33 (depthwise) and 0.06
+    (pointwise). Keras' glorot_uniform would give a 3x3 depthwise kernel a
+    stddev of ~0.03 on 320 channels, whose output variance (~1e-3) is the size
+    of batch norm's epsilon. Sublayers:
     ``<name>_depthwise``, ``<name>_depthwise_BatchNorm``, ``<name>_pointwise``,
     ``<name>_pointwise_BatchNorm``.
 
@@ -171,26 +185,43 @@ class SeparableConvBNReLU(_Block):
         filters: output channels of the pointwise conv.
         kernel_size: (kh, kw) or an int.
         rate: (rh, rw) atrous rate or an int.
+        depthwise_stddev: stddev of the depthwise kernel's truncated normal.
+        pointwise_stddev: stddev of the pointwise kernel's truncated normal.
         weight_decay, batch_norm_momentum, batch_norm_epsilon: as in ``ConvBNReLU``.
 
     Example:
         >>> SeparableConvBNReLU(256, kernel_size=3, rate=(1, 6), name="branch0")(features)
     """
 
-    def __init__(self, filters, kernel_size=3, rate=1, **kwargs):
+    def __init__(
+        self,
+        filters,
+        kernel_size=3,
+        rate=1,
+        depthwise_stddev=DEPTHWISE_STDDEV,
+        pointwise_stddev=POINTWISE_STDDEV,
+        **kwargs,
+    ):
         super().__init__(filters, **kwargs)
         self.kernel_size = _as_pair(kernel_size)
         self.rate = _as_pair(rate)
+        self.depthwise_stddev = float(depthwise_stddev)
+        self.pointwise_stddev = float(pointwise_stddev)
         self.depthwise = keras.layers.DepthwiseConv2D(
             self.kernel_size,
             padding="same",
             dilation_rate=self.rate,
             use_bias=False,
+            depthwise_initializer=truncated_normal(self.depthwise_stddev),
             name=f"{self.name}_depthwise",
             dtype=self.dtype_policy,
         )
         self.depthwise_bn = self._batch_norm(f"{self.name}_depthwise_BatchNorm")
-        self.pointwise = self._conv1x1(self.filters, name=f"{self.name}_pointwise")
+        self.pointwise = self._conv1x1(
+            self.filters,
+            name=f"{self.name}_pointwise",
+            kernel_initializer=truncated_normal(self.pointwise_stddev),
+        )
         self.pointwise_bn = self._batch_norm(f"{self.name}_pointwise_BatchNorm")
 
     def build(self, input_shape):
@@ -208,7 +239,12 @@ class SeparableConvBNReLU(_Block):
 
     def get_config(self):
         config = super().get_config()
-        config.update(kernel_size=list(self.kernel_size), rate=list(self.rate))
+        config.update(
+            kernel_size=list(self.kernel_size),
+            rate=list(self.rate),
+            depthwise_stddev=self.depthwise_stddev,
+            pointwise_stddev=self.pointwise_stddev,
+        )
         return config
 
 

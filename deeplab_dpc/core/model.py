@@ -19,7 +19,7 @@ import keras
 from deeplab_dpc.core import geometry
 from deeplab_dpc.core.aspp import ASPP
 from deeplab_dpc.core.backbones import BACKBONES, build_backbone
-from deeplab_dpc.core.common import l2_regularizer
+from deeplab_dpc.core.common import LOGITS_STDDEV, l2_regularizer, truncated_normal
 from deeplab_dpc.core.decoder import Decoder
 from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell
 from deeplab_dpc.core.layers import Normalize, ResizeLike
@@ -128,7 +128,7 @@ class Logits(keras.layers.Conv2D):
 
     def __init__(self, filters, gradient_multiplier=1.0, **kwargs):
         kwargs.setdefault("kernel_size", 1)
-        kwargs.setdefault("kernel_initializer", keras.initializers.TruncatedNormal(stddev=0.01))
+        kwargs.setdefault("kernel_initializer", truncated_normal(LOGITS_STDDEV))
         super().__init__(filters, **kwargs)
         self.gradient_multiplier = float(gradient_multiplier)
 

@@ -26,6 +26,8 @@ map onto it by name, and `depth_multiplier` has keras' ``alpha`` semantics
   stride after atrous conversion; the two differ only for multipliers below
   about 0.19, where a converted stride-2 block has equal widths.)
 * Batch norms use DeepLab's decay 0.9997 (keras: 0.999), epsilon 1e-3.
+* Kernels start from DeepLab's ``training_scope`` initialiser, truncated
+  normal with stddev 0.09 (keras: glorot_uniform).
   Weight decay regularises the 1x1 and first 3x3 conv kernels, not the
   depthwise kernels (DeepLab's default).
 """
@@ -33,7 +35,7 @@ map onto it by name, and `depth_multiplier` has keras' ``alpha`` semantics
 import keras
 from keras import layers
 
-from deeplab_dpc.core.backbones.xception import AtrousSchedule, batch_norm
+from deeplab_dpc.core.backbones.xception import AtrousSchedule, backbone_initializer as _init, batch_norm
 from deeplab_dpc.core.common import l2_regularizer
 
 FEATURES_LAYER = "block_16_project_BN"
@@ -85,19 +87,21 @@ def _inverted_residual(x, block_id, expansion, filters, stride, alpha, schedule,
     h = x
     if block_id:
         h = layers.Conv2D(
-            expansion * in_channels, 1, use_bias=False, kernel_regularizer=regularizer,
+            expansion * in_channels, 1, use_bias=False, kernel_initializer=_init(),
+            kernel_regularizer=regularizer,
             name=f"{prefix}expand",
         )(h)
         h = batch_norm(f"{prefix}expand_BN")(h)
         h = layers.ReLU(6.0, name=f"{prefix}expand_relu")(h)
     h = layers.DepthwiseConv2D(
         3, strides=layer_stride, dilation_rate=rate, padding="same", use_bias=False,
-        name=f"{prefix}depthwise",
+        depthwise_initializer=_init(), name=f"{prefix}depthwise",
     )(h)
     h = batch_norm(f"{prefix}depthwise_BN")(h)
     depthwise_output = h = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(h)
     h = layers.Conv2D(
-        out_channels, 1, use_bias=False, kernel_regularizer=regularizer, name=f"{prefix}project"
+        out_channels, 1, use_bias=False, kernel_initializer=_init(),
+        kernel_regularizer=regularizer, name=f"{prefix}project"
     )(h)
     h = batch_norm(f"{prefix}project_BN")(h)
     if in_channels == out_channels and stride == 1:
@@ -133,7 +137,8 @@ def mobilenet_v2(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
     images = keras.Input(shape=input_shape, name="images")
     x = layers.Conv2D(
         make_divisible(32 * depth_multiplier), 3, strides=schedule.step(2)[0], padding="same",
-        use_bias=False, kernel_regularizer=regularizer, name="Conv1",
+        use_bias=False, kernel_initializer=_init(),
+        kernel_regularizer=regularizer, name="Conv1",
     )(images)
     x = batch_norm("bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)

@@ -59,7 +59,7 @@ from typing import NamedTuple
 import keras
 from keras import layers, ops
 
-from deeplab_dpc.core.common import BATCH_NORM_MOMENTUM, l2_regularizer
+from deeplab_dpc.core.common import BACKBONE_STDDEV, BATCH_NORM_MOMENTUM, l2_regularizer, truncated_normal
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 BACKBONE_BATCH_NORM_EPSILON = 1e-3
@@ -135,6 +135,19 @@ def batch_norm(name):
     return layers.BatchNormalization(
         momentum=BATCH_NORM_MOMENTUM, epsilon=BACKBONE_BATCH_NORM_EPSILON, name=name
     )
+
+
+def backbone_initializer():
+    """A new kernel initialiser as DeepLab's backbone arg scopes use: truncated normal, stddev 0.09.
+
+    ``xception_arg_scope`` and mobilenet's ``training_scope`` both set it for
+    every conv, depthwise and pointwise kernel. ImageNet or checkpoint weights
+    replace it; it matters when a backbone trains from scratch.
+    """
+    return truncated_normal(BACKBONE_STDDEV)
+
+
+_init = backbone_initializer
 
 
 def check_unit_depth_multiplier(model_variant, depth_multiplier):
@@ -334,7 +347,7 @@ def _conv_bn_relu(x, filters, stride, scope, regularizer):
     x, padding = _aligned_padding(x, 3, stride, 1, f"{name}_pad")
     x = layers.Conv2D(
         filters, 3, strides=stride, padding=padding, use_bias=False,
-        kernel_regularizer=regularizer, name=name,
+        kernel_initializer=_init(), kernel_regularizer=regularizer, name=name,
     )(x)
     x = batch_norm(f"{name}_BatchNorm")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
@@ -348,13 +361,14 @@ def _separable_conv(x, depth, stride, rate, activation_inside, scope, regularize
     x, padding = _aligned_padding(x, 3, stride, rate, f"{name}_depthwise_pad")
     x = layers.DepthwiseConv2D(
         3, strides=stride, dilation_rate=rate, padding=padding, use_bias=False,
-        name=f"{name}_depthwise",
+        depthwise_initializer=_init(), name=f"{name}_depthwise",
     )(x)
     x = batch_norm(f"{name}_depthwise_BatchNorm")(x)
     if activation_inside:
         x = layers.ReLU(name=f"{name}_depthwise_relu")(x)
     x = layers.Conv2D(
-        depth, 1, use_bias=False, kernel_regularizer=regularizer, name=f"{name}_pointwise"
+        depth, 1, use_bias=False, kernel_initializer=_init(),
+        kernel_regularizer=regularizer, name=f"{name}_pointwise"
     )(x)
     x = batch_norm(f"{name}_pointwise_BatchNorm")(x)
     if activation_inside:
@@ -377,6 +391,7 @@ def _xception_module(x, block, stride, rate, scope, regularizer, end_points):
     if block.skip == "conv":
         shortcut = layers.Conv2D(
             block.depths[-1], 1, strides=stride, use_bias=False,
+            kernel_initializer=_init(),
             kernel_regularizer=regularizer, name=f"{name}_shortcut",
         )(x)
         shortcut = batch_norm(f"{name}_shortcut_BatchNorm")(shortcut)
@@ -466,6 +481,7 @@ def _keras_sepconv(x, filters, rate, name, regularizer):
     """keras.applications' SeparableConv2D + BN (``{name}`` and ``{name}_bn``)."""
     x = layers.SeparableConv2D(
         filters, 3, padding="same", dilation_rate=rate, use_bias=False,
+        depthwise_initializer=_init(), pointwise_initializer=_init(),
         pointwise_regularizer=regularizer, name=name,
     )(x)
     return batch_norm(f"{name}_bn")(x)
@@ -484,7 +500,8 @@ def _keras_strided_block(x, block, depths, schedule, regularizer, input_relu=Tru
     """
     stride, rate = schedule.step(2)
     residual = layers.Conv2D(
-        depths[-1], 1, strides=stride, use_bias=False, kernel_regularizer=regularizer,
+        depths[-1], 1, strides=stride, use_bias=False, kernel_initializer=_init(),
+            kernel_regularizer=regularizer,
         name=f"block{block}_residual",
     )(x)
     residual = batch_norm(f"block{block}_residual_bn")(residual)
@@ -531,6 +548,7 @@ def keras_xception(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
         prefix = f"block1_conv{i + 1}"
         x = layers.Conv2D(
             filters, 3, strides=schedule.step(stride)[0], padding="same", use_bias=False,
+            kernel_initializer=_init(),
             kernel_regularizer=regularizer, name=prefix,
         )(x)
         x = batch_norm(f"{prefix}_bn")(x)
