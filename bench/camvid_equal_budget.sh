@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # MobileNet-v2 + published DPC vs + ASPP on CamVid, from scratch, equal step budget.
-#   [EXTRA_FLAGS="--min_scale_factor=0.75 ..."] bash bench/camvid_equal_budget.sh [STEPS] [CROP] [BATCH] [OUT]
+#   [CONTEXTS="dpc aspp"] [EXTRA_FLAGS="--min_scale_factor=0.75 ..."] bash bench/camvid_equal_budget.sh [STEPS] [CROP] [BATCH] [OUT]
 # Uses the camvid flagfiles with CPU-sized overrides (no mixed precision, no XLA,
 # smaller crops); on a GPU host run the flagfiles as they are. Prints val mIoU of
 # both (whole 360x480 images, single scale) and the wall time of each run.
@@ -11,7 +11,7 @@ CAMVID=${CAMVID:-../shared/data/camvid}
 export TF_CPP_MIN_LOG_LEVEL=3
 echo "# command: EXTRA_FLAGS=\"${EXTRA_FLAGS:-}\" bash bench/camvid_equal_budget.sh $STEPS $CROP $BATCH $OUT  ($(date -u +%F), $(nproc) cores)"
 [ -d "$OUT/tfrecord" ] || python -m tools.build_camvid_data --camvid_root="$CAMVID" --output_dir="$OUT/tfrecord" --splits=train,val >/dev/null 2>&1
-for ctx in dpc aspp; do
+for ctx in ${CONTEXTS:-dpc aspp}; do
   start=$(date +%s)
   python -m deeplab_dpc.train --flagfile=experiments/camvid/mobilenet_v2_$ctx.flags \
     --dataset_dir="$OUT/tfrecord" --train_logdir="$OUT/$ctx" --train_crop_size="$CROP" \

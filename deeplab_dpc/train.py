@@ -45,6 +45,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's weight decay (slim convention).", **f)
     flags.DEFINE_boolean("fine_tune_batch_norm", True, "Train batch norm (else frozen, inference mode).", **f)
     flags.DEFINE_float("batch_norm_momentum", None, "Override batch norm momentum (DeepLab: 0.9997).", **f)
+    flags.DEFINE_boolean(
+        "batch_norm_warm_start", True,
+        "A fresh run starts batch norm moving statistics from its first batch (statistics restored "
+        "from tf_initial_checkpoint are kept).", **f,
+    )
     flags.DEFINE_float("top_k_percent_pixels", 1.0, "Hard pixel mining: fraction of pixels in the loss.", **f)
     flags.DEFINE_list("class_weights", None, "Per-class loss weights, comma separated.", **f)
     flags.DEFINE_string("tf_initial_checkpoint", None, "DeepLab TF1 checkpoint, or a Keras checkpoint / train_logdir.", **f)
@@ -98,6 +103,7 @@ def config_from_flags(fv: flags.FlagValues):
             momentum=fv.momentum,
             fine_tune_batch_norm=fv.fine_tune_batch_norm,
             batch_norm_momentum=fv.batch_norm_momentum,
+            batch_norm_warm_start=fv.batch_norm_warm_start,
             top_k_percent_pixels=fv.top_k_percent_pixels,
             class_weights=tuple(float(w) for w in fv.class_weights) if fv.class_weights else None,
             tf_initial_checkpoint=fv.tf_initial_checkpoint,

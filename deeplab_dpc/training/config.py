@@ -47,6 +47,7 @@ class TrainConfig:
     momentum: float = 0.9
     fine_tune_batch_norm: bool = True
     batch_norm_momentum: float | None = None
+    batch_norm_warm_start: bool = True
     top_k_percent_pixels: float = 1.0
     class_weights: tuple[float, ...] | None = None
     tf_initial_checkpoint: str | None = None

@@ -62,29 +62,43 @@ def configure_batch_norm(model: keras.Model, fine_tune: bool, momentum: float | 
                 layer.momentum = momentum
 
 
-def warm_start_batch_norm(model: keras.Model, images) -> None:
-    """Sets every trainable batch norm's moving statistics to those of ``images``.
+def warm_start_batch_norm(model: keras.Model, images, keep=()) -> int:
+    """Sets trainable batch norms' moving statistics to those of ``images``.
 
     Keras starts moving statistics at mean 0, variance 1, and an exponential
-    average keeps ``momentum ** steps`` of that start: after 400 steps at
-    0.99, 1.8% of the initial variance 1.0, which swamps the true variance of
-    layers whose outputs are small (depthwise convs here: ~0.003), so
-    inference normalises by the wrong scale and predicts one class. Starting
-    the averages from a real batch (one forward pass with momentum 0) removes
-    that bias; long DeepLab schedules (0.9997 ** 90000 ~ 0) never see it.
+    average keeps ``momentum ** steps`` of that start (0.99 ** 400 = 1.8%,
+    0.9997 ** 1200 = 70%): a short run's inference then normalises by a
+    blend of the start and the truth. Starting the averages from a real batch
+    (one forward pass with momentum 0) removes that bias; long DeepLab
+    schedules (0.9997 ** 90000 ~ 0) never see it.
+
+    Args:
+        model: the model (batch norms at any depth).
+        images: one batch of input images.
+        keep: paths of moving-statistics weights that must not change (those
+            restored from a checkpoint); their layers keep their statistics.
+
+    Returns:
+        The number of batch norm layers warm-started.
     """
+    keep = set(keep)
     layers = [
         layer for layer in _all_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
     momenta = [layer.momentum for layer in layers]
+    started = 0
     for layer in layers:
-        layer.momentum = 0.0
+        kept = layer.moving_mean.path in keep or layer.moving_variance.path in keep
+        layer.momentum = 1.0 if kept else 0.0  # 1: the forward pass leaves the average as it is
+        started += not kept
     try:
-        model(images, training=True)
+        if started:
+            model(images, training=True)
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
+    return started
 
 
 def _first_images(batches):
@@ -348,8 +362,9 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
             1,
             as_tuple=False,
         )
-    if step == 0 and config.fine_tune_batch_norm:
-        warm_start_batch_norm(model, _first_images(train_batches))
+    if step == 0 and config.fine_tune_batch_norm and config.batch_norm_warm_start:
+        restored = report["restored"] if report else ()
+        warm_start_batch_norm(model, _first_images(train_batches), keep=restored)
     monitor = _Monitor(config, manager, eval_batches, make_schedule(config))
     chunk = config.log_steps
     if not hasattr(train_batches, "element_spec"):  # a PyDataset: an epoch is at most its length
