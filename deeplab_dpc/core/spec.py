@@ -47,6 +47,10 @@ CONV = "conv"
 PYRAMID_POOLING = "pyramid_pooling"
 OPS = (CONV, PYRAMID_POOLING)
 BACKBONE_INPUT = -1
+# Redraws allowed for SearchSpace.mutate to find a different graph. A draw
+# changes the graph with probability >= 1/2 in any space (a new op always
+# does), so 100 failing draws mean there is no other graph to reach.
+MUTATION_DRAWS = 100
 
 # Keys each op accepts; "rate" is optional for a 1x1 conv (DeepLab ignores it).
 _FIELDS = {
@@ -79,7 +83,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _pair(value: Any, index: int, field: str, allow_scalar: bool) -> tuple[int, int]:
+def _pair(value: Any, index: int | None, field: str, allow_scalar: bool) -> tuple[int, int]:
     """Parses ``k`` (if allowed) or ``[a, b]`` into a tuple of positive ints."""
     if allow_scalar and _is_int(value):
         value = [value, value]
@@ -115,12 +119,50 @@ class Branch:
     rate: tuple[int, int] | None = None
     grid_size: tuple[int, int] | None = None
 
+    def __post_init__(self):
+        # Built directly (not through ``from_dict``) a branch gets the same
+        # checks, as SpecError naming the field; pairs become tuples.
+        if not isinstance(self.op, str) or self.op not in OPS:
+            raise _fail(None, "op", f"unknown op {self.op!r}; valid ops: {list(OPS)}")
+        if not _is_int(self.input) or self.input < BACKBONE_INPUT:
+            raise _fail(None, "input", f"expected -1 (the backbone) or a branch index >= 0, got {self.input!r}")
+        if self.op == PYRAMID_POOLING:
+            for field in ("kernel", "rate"):
+                if getattr(self, field) is not None:
+                    raise _fail(None, field, f"not a field of op {self.op!r}")
+            if self.grid_size is None:
+                raise _fail(None, "grid_size", "missing")
+            object.__setattr__(self, "grid_size", _pair(self.grid_size, None, "grid_size", allow_scalar=False))
+            return
+        if self.grid_size is not None:
+            raise _fail(None, "grid_size", f"not a field of op {self.op!r}")
+        if self.kernel is None:
+            raise _fail(None, "kernel", "missing")
+        kernel = _pair(self.kernel, None, "kernel", allow_scalar=True)
+        rate = None if self.rate is None else _pair(self.rate, None, "rate", allow_scalar=False)
+        if kernel != (1, 1) and rate is None:
+            raise _fail(None, "rate", "missing (required for a separable conv)")
+        if kernel == (1, 1) and rate == (1, 1):
+            rate = None  # A 1x1 conv's rate means nothing: canonicalise it away.
+        object.__setattr__(self, "kernel", kernel)
+        object.__setattr__(self, "rate", rate)
+
     @property
     def is_separable(self) -> bool:
         return self.op == CONV and self.kernel != (1, 1)
 
     def with_input(self, index: int) -> "Branch":
         return dataclasses.replace(self, input=index)
+
+    def canonical(self) -> "Branch":
+        """The branch without fields its op ignores: a 1x1 conv's rate.
+
+        DeepLab applies no rate to a 1x1 conv, and ``op_key`` (hence the
+        canonical hash) leaves it out, so the canonical form drops it too.
+        """
+        if self.op == CONV and self.kernel == (1, 1) and self.rate is not None:
+            return dataclasses.replace(self, rate=None)
+        return self
 
     def op_key(self) -> str:
         """A short, canonical name of the operation, independent of the input."""
@@ -188,8 +230,6 @@ class Branch:
             rate = _pair(data["rate"], index, "rate", allow_scalar=False)
         if kernel != (1, 1) and rate is None:
             raise _fail(index, "rate", "missing (required for a separable conv)")
-        if kernel == (1, 1) and rate == (1, 1):
-            rate = None  # A 1x1 conv's rate means nothing: canonicalise it away.
         return cls(op=op, input=source, kernel=kernel, rate=rate)
 
 
@@ -289,8 +329,9 @@ class CellSpec:
         """The same graph with branches in a canonical order.
 
         Every branch has exactly one input, so a cell is a tree rooted at the
-        backbone; the concat treats branches as a set. Two specs describe the
-        same graph iff their canonical forms are equal.
+        backbone; the concat treats branches as a set. Fields an op ignores
+        (a 1x1 conv's rate) are dropped. Two specs describe the same graph iff
+        their canonical forms are equal.
         """
         codes = self._subtree_codes()
         children = self._children()
@@ -305,7 +346,9 @@ class CellSpec:
         new_index = {old: new for new, old in enumerate(order)}
         new_index[BACKBONE_INPUT] = BACKBONE_INPUT
         return CellSpec(
-            tuple(self.branches[old].with_input(new_index[self.branches[old].input]) for old in order)
+            tuple(
+                self.branches[old].canonical().with_input(new_index[self.branches[old].input]) for old in order
+            )
         )
 
     def canonical_hash(self) -> str:
@@ -406,13 +449,33 @@ class SearchSpace:
         )
 
     def mutate(self, spec: CellSpec, rng: random.Random | int | None = None) -> CellSpec:
-        """Changes one branch's operation or input to a different value.
+        """Changes one branch's operation or input so that the graph changes.
 
         Branch 0 can only read the backbone, so its mutation always changes the
-        operation. The result is in the space and differs from ``spec``.
+        operation. A new input can leave the graph as it was (branch 4 moving
+        from branch 0 to branch 1 when both are 1x1 convs reading the
+        backbone), so draws whose canonical hash equals ``spec``'s are redrawn,
+        up to ``MUTATION_DRAWS`` times. The result is in the space and
+        describes a different graph.
+
+        Raises:
+            SpecError: if ``spec`` is outside the space, or no draw gave
+                another graph (a space with no other cell one mutation away).
         """
         self.validate(spec)
         rng = _as_rng(rng)
+        old = spec.canonical_hash()
+        for _ in range(MUTATION_DRAWS):
+            child = self._mutate_once(spec, rng)
+            if child is not None and child.canonical_hash() != old:
+                return child
+        raise SpecError(
+            f"no mutation in {MUTATION_DRAWS} draws gave a different graph: "
+            "the search space has no other cell one branch away from this one"
+        )
+
+    def _mutate_once(self, spec: CellSpec, rng: random.Random) -> CellSpec | None:
+        """One draw: a new input or a new op for one branch; None if there is no other value."""
         index = rng.randrange(self.num_branches)
         branch = spec.branches[index]
         if index > 0 and rng.random() < 0.5:
@@ -420,6 +483,8 @@ class SearchSpace:
             new = branch.with_input(rng.choice(choices))
         else:
             choices = [op for op in self.operations() if op != branch.with_input(BACKBONE_INPUT)]
+            if not choices:
+                return None
             new = rng.choice(choices).with_input(branch.input)
         branches = list(spec.branches)
         branches[index] = new

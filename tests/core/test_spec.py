@@ -162,6 +162,98 @@ def test_sampling_is_valid_seeded_and_uniform_over_inputs():
     assert abs(sep - 64 / 81) < 0.05
 
 
+def test_mutation_never_returns_the_same_graph():
+    # Five 1x1 convs: moving branch 4 from branch 0 to branch 2 (both 1x1 convs
+    # reading the backbone, with no children) is a new spec but the same graph;
+    # seed 5 drew exactly that before mutations were redrawn.
+    space = SearchSpace()
+    data = [{"op": "conv", "input": -1, "kernel": 1}] * 4 + [{"op": "conv", "input": 0, "kernel": 1}]
+    spec = CellSpec.from_list(data, space=space)
+    for seed in range(200):
+        child = space.mutate(spec, seed)
+        space.validate(child)
+        assert child.canonical_hash() != spec.canonical_hash(), seed
+        assert not child.same_graph(spec)
+        assert sum(a != b for a, b in zip(spec.branches, child.branches)) == 1
+
+
+def test_mutation_with_no_other_graph_is_a_spec_error():
+    class OneOperation(SearchSpace):
+        def operations(self):
+            return (Branch("conv", kernel=(1, 1)),)
+
+    space = OneOperation(num_branches=1)
+    spec = CellSpec.from_list([{"op": "conv", "input": -1, "kernel": 1}], space=space)
+    with pytest.raises(SpecError, match="no other cell"):
+        space.mutate(spec, 0)
+    # With two branches the second one can read the first: another graph exists.
+    two = OneOperation(num_branches=2)
+    chain = two.mutate(CellSpec.from_list([{"op": "conv", "input": -1, "kernel": 1}] * 2), 0)
+    assert [b.input for b in chain.branches] == [-1, 0]
+
+
+BAD_BRANCHES = [
+    (dict(op="deconv", kernel=(1, 1)), "op", "unknown op"),
+    (dict(op=None), "op", "unknown op"),
+    (dict(op="conv", input=-2, kernel=(1, 1)), "input", "-1 (the backbone)"),
+    (dict(op="conv", input="0", kernel=(1, 1)), "input", "-1 (the backbone)"),
+    (dict(op="conv", input=True, kernel=(1, 1)), "input", "-1 (the backbone)"),
+    (dict(op="conv"), "kernel", "missing"),
+    (dict(op="conv", kernel=(3, 3)), "rate", "missing"),
+    (dict(op="conv", kernel=(0, 3), rate=(1, 1)), "kernel", "positive"),
+    (dict(op="conv", kernel=(3, 3), rate=(1, 2, 3)), "rate", "two integers"),
+    (dict(op="conv", kernel=(3, 3), rate=6), "rate", "two integers"),
+    (dict(op="conv", kernel=(3, 3), rate=(1.0, 6)), "rate", "two integers"),
+    (dict(op="conv", kernel=(1, 1), grid_size=(1, 1)), "grid_size", "not a field"),
+    (dict(op="pyramid_pooling"), "grid_size", "missing"),
+    (dict(op="pyramid_pooling", grid_size=2), "grid_size", "two integers"),
+    (dict(op="pyramid_pooling", grid_size=(2, 2), kernel=(1, 1)), "kernel", "not a field"),
+    (dict(op="pyramid_pooling", grid_size=(2, 2), rate=(1, 1)), "rate", "not a field"),
+]
+
+
+@pytest.mark.parametrize("fields,field,message", BAD_BRANCHES)
+def test_branch_built_directly_validates_as_spec_error(fields, field, message):
+    with pytest.raises(SpecError) as e:
+        Branch(**fields)
+    assert f"field '{field}'" in str(e.value) and message in str(e.value)
+
+
+def test_branch_built_directly_normalises_like_the_parser():
+    # Lists become tuples (hashable, equal to parsed branches); a scalar kernel is square.
+    direct = Branch("conv", 0, kernel=[3, 3], rate=[1, 6])
+    assert direct == Branch("conv", 0, kernel=3, rate=(1, 6))
+    assert direct == CellSpec.from_list([{"op": "conv", "input": -1, "kernel": 1}, direct.to_dict()]).branches[1]
+    assert hash(direct) == hash(Branch("conv", 0, kernel=(3, 3), rate=(1, 6)))
+    assert direct.op_key() == "sep3x3_r1x6"
+    assert Branch("pyramid_pooling", grid_size=[2, 4]).grid_size == (2, 4)
+    assert Branch("conv", kernel=1, rate=(1, 1)) == Branch("conv", kernel=(1, 1))
+
+
+def test_a_1x1_conv_rate_canonicalises_away():
+    # DeepLab applies no rate to a 1x1 conv and the hash ignores it, so the
+    # canonical forms must be equal too (they were not when the rate was kept).
+    with_rate = CellSpec.from_list(
+        [
+            {"op": "conv", "input": -1, "kernel": 3, "rate": [1, 6]},
+            {"op": "conv", "input": 0, "kernel": 1, "rate": [3, 3]},
+        ]
+    )
+    without = CellSpec.from_list(
+        [
+            {"op": "conv", "input": -1, "kernel": 3, "rate": [1, 6]},
+            {"op": "conv", "input": 0, "kernel": 1},
+        ]
+    )
+    assert with_rate != without  # the specs as written differ ...
+    assert with_rate.canonical_hash() == without.canonical_hash()  # ... the graph does not
+    assert with_rate.canonical() == without.canonical()
+    assert with_rate.canonical().to_list()[1] == {"op": "conv", "input": 0, "kernel": 1}
+    # Strict mode still sees the written rate, which the space does not allow.
+    with pytest.raises(SpecError, match="branch 1, field 'rate'"):
+        SearchSpace(num_branches=2).validate(with_rate)
+
+
 def test_mutation_changes_exactly_one_branch():
     space = SearchSpace()
     rng = random.Random(3)
@@ -170,6 +262,7 @@ def test_mutation_changes_exactly_one_branch():
     for _ in range(200):
         child = space.mutate(spec, rng)
         space.validate(child)
+        assert not child.same_graph(spec)
         diff = [i for i, (a, b) in enumerate(zip(spec.branches, child.branches)) if a != b]
         assert len(diff) == 1
         a, b = spec.branches[diff[0]], child.branches[diff[0]]
