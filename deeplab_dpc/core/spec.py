@@ -125,14 +125,17 @@ class Branch:
         if not isinstance(self.op, str) or self.op not in OPS:
             raise _fail(None, "op", f"unknown op {self.op!r}; valid ops: {list(OPS)}")
         if not _is_int(self.input) or self.input < BACKBONE_INPUT:
-            raise _fail(None, "input", f"expected -1 (the backbone) or a branch index >= 0, got {self.input!r}")
+            raise _fail(
+                None, "input", f"expected -1 (the backbone) or a branch index >= 0, got {self.input!r}"
+            )
         if self.op == PYRAMID_POOLING:
             for field in ("kernel", "rate"):
                 if getattr(self, field) is not None:
                     raise _fail(None, field, f"not a field of op {self.op!r}")
             if self.grid_size is None:
                 raise _fail(None, "grid_size", "missing")
-            object.__setattr__(self, "grid_size", _pair(self.grid_size, None, "grid_size", allow_scalar=False))
+            grid = _pair(self.grid_size, None, "grid_size", allow_scalar=False)
+            object.__setattr__(self, "grid_size", grid)
             return
         if self.grid_size is not None:
             raise _fail(None, "grid_size", f"not a field of op {self.op!r}")
@@ -347,7 +350,8 @@ class CellSpec:
         new_index[BACKBONE_INPUT] = BACKBONE_INPUT
         return CellSpec(
             tuple(
-                self.branches[old].canonical().with_input(new_index[self.branches[old].input]) for old in order
+                self.branches[old].canonical().with_input(new_index[self.branches[old].input])
+                for old in order
             )
         )
 

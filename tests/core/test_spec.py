@@ -223,7 +223,8 @@ def test_branch_built_directly_normalises_like_the_parser():
     # Lists become tuples (hashable, equal to parsed branches); a scalar kernel is square.
     direct = Branch("conv", 0, kernel=[3, 3], rate=[1, 6])
     assert direct == Branch("conv", 0, kernel=3, rate=(1, 6))
-    assert direct == CellSpec.from_list([{"op": "conv", "input": -1, "kernel": 1}, direct.to_dict()]).branches[1]
+    parsed = CellSpec.from_list([{"op": "conv", "input": -1, "kernel": 1}, direct.to_dict()])
+    assert direct == parsed.branches[1]
     assert hash(direct) == hash(Branch("conv", 0, kernel=(3, 3), rate=(1, 6)))
     assert direct.op_key() == "sep3x3_r1x6"
     assert Branch("pyramid_pooling", grid_size=[2, 4]).grid_size == (2, 4)
