@@ -154,6 +154,66 @@ def test_dpc_wiring_follows_the_spec():
     assert tuple(cell.branch_layers[1].conv.conv.kernel.shape) == (1, 1, 5, 8)
 
 
+# Every branch reads a source as wide as the backbone features (8 channels), so
+# a cell reading the wrong source still builds and runs: only values tell.
+EQUAL_WIDTH = CellSpec.from_list(
+    [
+        {"op": "conv", "input": -1, "kernel": 3, "rate": [1, 2]},
+        {"op": "conv", "input": 0, "kernel": 1},
+        {"op": "pyramid_pooling", "input": -1, "grid_size": [2, 2]},
+        {"op": "conv", "input": 1, "kernel": 3, "rate": [2, 1]},
+        {"op": "conv", "input": 0, "kernel": 1},
+    ]
+)
+
+
+def _warm_batch_norms(layer, x):
+    """Moving statistics from one batch (momentum 0), so inference is not degenerate."""
+    norms = [l for l in layer._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.momentum = 0.0
+    layer(x, training=True)
+    for bn, momentum in zip(norms, momenta):
+        bn.momentum = momentum
+
+
+def test_dpc_each_branch_reads_the_input_its_spec_names():
+    filters, n = 8, len(EQUAL_WIDTH.branches)
+    cell = DensePredictionCell(EQUAL_WIDTH, filters=filters, concat_channels=n * filters)
+    x = _rand(2, 13, 11, filters, seed=3)
+    cell(x)
+    _warm_batch_norms(cell, x)
+    # Identity projection: the cell's inference output is the concat of its branches.
+    cell.projection.conv.kernel.assign(np.eye(n * filters, dtype="float32")[None, None])
+    bn = cell.projection.bn
+    bn.gamma.assign(np.ones(n * filters, "float32"))
+    bn.beta.assign(np.zeros(n * filters, "float32"))
+    bn.moving_mean.assign(np.zeros(n * filters, "float32"))
+    bn.moving_variance.assign(np.full(n * filters, 1 - bn.epsilon, "float32"))
+    y = np.asarray(cell(x, training=False))
+    got = [y[..., i * filters : (i + 1) * filters] for i in range(n)]
+
+    # The spec's wiring, written out by hand: 0 <- x, 1 <- 0, 2 <- x, 3 <- 1, 4 <- 0.
+    L = [lambda t, i=i: np.asarray(cell.branch_layers[i](t, training=False)) for i in range(n)]
+    b0 = L[0](x)
+    b1 = L[1](b0)
+    b2 = L[2](x)
+    b3 = L[3](b1)
+    b4 = L[4](b0)
+    expected = [b0, b1, b2, b3, b4]
+    sources = {-1: x, 0: b0, 1: b1, 2: b2, 3: b3}
+    for i, branch in enumerate(EQUAL_WIDTH.branches):
+        scale = np.abs(expected[i]).max()
+        assert scale > 0.1, f"branch {i} is degenerate ({scale}): the test could not tell sources apart"
+        np.testing.assert_allclose(got[i], expected[i], atol=1e-4 * scale, err_msg=f"branch {i}")
+        # Reading any other source (the previous branch, the backbone, ...) gives other numbers.
+        for j in range(-1, i):
+            if j != branch.input:
+                wrong = L[i](sources[j])
+                assert np.abs(wrong - expected[i]).max() > 0.05 * scale, (i, j)
+
+
 def test_dpc_inference_is_deterministic_and_training_uses_dropout():
     cell = DensePredictionCell(MIXED, filters=8, concat_channels=8, dropout_rate=0.5)
     x = _rand(2, 9, 9, 4)
