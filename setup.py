@@ -20,11 +20,15 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["deeplab_dpc", "deeplab_dpc.*", "tools", "tools.*"]),
+    # The published cell, for search --enqueue_published wherever the package is installed.
+    package_data={"deeplab_dpc.nas": ["specs/*.json"]},
     install_requires=_requirements("requirements.txt"),
     extras_require={
         "test": _requirements("requirements-dev.txt"),
         # tools/build_cityscapes_data.py takes Cityscapes' own label table from it.
         "cityscapes": ["cityscapesscripts==2.3.0"],
+        # deeplab_dpc.search --executor=ray.
+        "ray": ["ray==2.60.0"],
     },
     entry_points={
         "console_scripts": [
@@ -34,6 +38,7 @@ setup(
             "deeplab-eval=deeplab_dpc.eval:console_main",
             "deeplab-vis=deeplab_dpc.vis:console_main",
             "deeplab-export-model=deeplab_dpc.export_model:console_main",
+            "deeplab-search=deeplab_dpc.search:console_main",
         ]
     },
 )

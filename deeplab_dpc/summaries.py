@@ -149,3 +149,9 @@ def write_images(logdir: str | os.PathLike, step: int, images: Mapping[str, np.n
         else:
             values.append(_image_value(tag, batch))
     _append(logdir, step, values)
+
+
+def write_values(logdir: str | os.PathLike, step: int, values: list[bytes]) -> None:
+    """Serialized ``Summary.Value`` messages at ``step``, for plugins whose protocol buffers the
+    caller builds (TensorBoard's HParams: ``deeplab_dpc.nas.progress``)."""
+    _append(logdir, step, list(values))

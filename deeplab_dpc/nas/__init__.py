@@ -1,0 +1,1 @@
+"""Architecture search for the Dense Prediction Cell: space adapter, samplers, study, executors, proxy."""

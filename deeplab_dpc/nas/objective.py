@@ -1,0 +1,32 @@
+"""The search's default objective: the proxy trainer on cached backbone features.
+
+``proxy_objective(config)`` runs once per worker process: it loads the cached
+features once (``load_proxy_data``) and returns ``objective(spec)``, which
+trains the cell on them (``run_proxy``) and returns its result dict
+(``miou``, ``params``, ``madds``, ``seconds``, ...). A trial that diverges
+raises the proxy's ``TrialFailed``, which the worker records as a failure.
+
+Other objectives plug in the same way (``--objective=module:function``): a
+function taking the ``SearchConfig`` and returning ``objective(spec)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from deeplab_dpc.core.spec import CellSpec
+
+
+def proxy_objective(config) -> Callable[[CellSpec], Mapping[str, Any]]:
+    """The proxy trainer with ``config.proxy`` (``ProxyConfig.to_dict()``), features loaded once."""
+    try:
+        from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data, run_proxy  # noqa: PLC0415
+    except ImportError as e:
+        raise RuntimeError(f"the proxy trainer (deeplab_dpc.nas.proxy) cannot be imported: {e}") from e
+    proxy_config = ProxyConfig.from_dict(dict(config.proxy))
+    features = load_proxy_data(proxy_config)
+
+    def objective(spec: CellSpec) -> Mapping[str, Any]:
+        return run_proxy(spec, proxy_config, features=features)
+
+    return objective

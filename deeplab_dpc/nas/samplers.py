@@ -1,0 +1,206 @@
+"""Search strategies as Optuna samplers, in a registry: random (+ near-best mutation), evolution, TPE.
+
+Each strategy proposes a whole cell at once (``sample_relative`` returns every
+``b{i}_input`` / ``b{i}_op`` parameter), except TPE, which is Optuna's own
+sampler over the same categorical parameters. All of them:
+
+* learn only from COMPLETE trials: a failed trial is never a score;
+* are deterministic for a seed: trial n draws from a generator seeded with
+  (seed, n), so a resumed search proposes what an uninterrupted one would
+  have, and parallel workers never share a stream;
+* record how a cell was proposed as user attributes of its trial
+  (``proposal``: uniform | mutation | tpe, and ``parent``: the trial mutated).
+
+Strategies (``STRATEGIES``, a name -> factory dict; a reinforcement-learning
+controller would be one more entry):
+
+* ``random``: the paper's policy. Uniform samples, and with probability
+  ``mutation_probability`` a mutation of one of the ``mutation_top_k`` best
+  cells so far.
+* ``evolution``: regularized (aging) evolution, Real et al. 2019. The
+  population is the ``population_size`` most recently completed trials (so
+  the oldest dies as each new one completes); until it is full cells are
+  uniform samples; then ``sample_size`` members are drawn with replacement
+  and the child is a mutation of the best of them.
+* ``tpe``: ``optuna.samplers.TPESampler`` (seeded per trial, no constant liar).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import warnings
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.distributions import BaseDistribution
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.study import Study
+from optuna.trial import FrozenTrial, TrialState
+
+from deeplab_dpc.core.spec import CellSpec, SearchSpace
+from deeplab_dpc.nas import space as space_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyOptions:
+    """What a strategy may be told. Unused fields are ignored by strategies that have no use for them.
+
+    Args:
+        seed: seed of every proposal (with the trial number).
+        mutation_probability: ``random``: probability of mutating a near-best cell.
+        mutation_top_k: ``random``: how many of the best completed cells may be mutated.
+        population_size: ``evolution``: trials in the population.
+        sample_size: ``evolution``: tournament size (at most population_size).
+    """
+
+    seed: int = 0
+    mutation_probability: float = 0.5
+    mutation_top_k: int = 10
+    population_size: int = 20
+    sample_size: int = 5
+
+    def __post_init__(self):
+        if not 0.0 <= self.mutation_probability <= 1.0:
+            raise ValueError(f"mutation_probability must be in [0, 1], got {self.mutation_probability}")
+        for name in ("mutation_top_k", "population_size", "sample_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.sample_size > self.population_size:
+            raise ValueError(
+                f"sample_size must be at most population_size ({self.population_size}), got {self.sample_size}"
+            )
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A 32-bit seed for trial ``number`` of a search seeded with ``seed``, the same in every process."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{number}".encode()).digest()[:4], "little")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scored:
+    """A completed trial as a strategy sees it."""
+
+    number: int
+    value: float
+    spec: CellSpec
+
+
+def completed(study: Study, space: SearchSpace) -> list[Scored]:
+    """COMPLETE trials in completion order (ties by number), as (number, value, cell)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = sorted(trials, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+    return [Scored(t.number, float(t.value), space_lib.params_to_spec(t.params, space)) for t in trials]
+
+
+class CellSampler(BaseSampler):
+    """Base of the strategies that propose a whole cell: subclasses implement ``propose``."""
+
+    def __init__(self, space: SearchSpace, options: StrategyOptions):
+        self.space = space
+        self.options = options
+        self._distributions = space_lib.distributions(space)
+
+    def propose(self, history: Sequence[Scored], rng: random.Random) -> tuple[CellSpec, dict[str, Any]]:
+        """The next cell and how it was found (user attributes), from completed trials only."""
+        raise NotImplementedError
+
+    # -- Optuna's sampler interface
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return dict(self._distributions)
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        rng = random.Random(trial_seed(self.options.seed, trial.number))
+        spec, info = self.propose(completed(study, self.space), rng)
+        for key, value in info.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        params = space_lib.spec_to_params(spec)
+        return {name: params[name] for name in search_space}
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        # Only reached for a parameter outside the space (not asked by ``suggest_spec``).
+        rng = random.Random(f"{trial_seed(self.options.seed, trial.number)}/{param_name}")
+        return rng.choice(param_distribution.choices)
+
+
+class RandomMutationSampler(CellSampler):
+    """Uniform cells; with probability ``mutation_probability`` a mutation of a near-best cell."""
+
+    def propose(self, history, rng):
+        mutate = rng.random() < self.options.mutation_probability
+        if mutate and history:
+            best: dict[str, Scored] = {}
+            for s in sorted(history, key=lambda s: (-s.value, s.number)):
+                best.setdefault(s.spec.canonical_hash(), s)  # one entry per graph
+            top = list(best.values())[: self.options.mutation_top_k]
+            parent = rng.choice(top)
+            return self.space.mutate(parent.spec, rng), {"proposal": "mutation", "parent": parent.number}
+        return self.space.sample(rng), {"proposal": "uniform"}
+
+
+class RegularizedEvolutionSampler(CellSampler):
+    """Aging evolution: tournament among the most recent ``population_size`` completed trials."""
+
+    def population(self, history: Sequence[Scored]) -> list[Scored]:
+        """The living population: the most recently completed trials (the older ones have died)."""
+        return list(history[-self.options.population_size :])
+
+    def propose(self, history, rng):
+        if len(history) < self.options.population_size:
+            return self.space.sample(rng), {"proposal": "uniform"}
+        population = self.population(history)
+        tournament = [rng.choice(population) for _ in range(self.options.sample_size)]
+        parent = max(tournament, key=lambda s: (s.value, -s.number))
+        info = {"proposal": "mutation", "parent": parent.number, "tournament": sorted({s.number for s in tournament})}
+        return self.space.mutate(parent.spec, rng), info
+
+
+class SeededTPESampler(TPESampler):
+    """Optuna's TPE, its random streams reseeded from (seed, trial number) before each trial."""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        seed = trial_seed(self._base_seed, trial.number)
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
+def _random(space: SearchSpace, options: StrategyOptions) -> BaseSampler:
+    return RandomMutationSampler(space, options)
+
+
+def _evolution(space: SearchSpace, options: StrategyOptions) -> BaseSampler:
+    return RegularizedEvolutionSampler(space, options)
+
+
+def _tpe(space: SearchSpace, options: StrategyOptions) -> BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # No constant liar: running trials are not scored, only completed ones.
+        return SeededTPESampler(seed=options.seed, constant_liar=False, multivariate=True)
+
+
+STRATEGIES: dict[str, Callable[[SearchSpace, StrategyOptions], BaseSampler]] = {
+    "random": _random,
+    "evolution": _evolution,
+    "tpe": _tpe,
+}
+
+
+def make_sampler(strategy: str, space: SearchSpace, options: StrategyOptions) -> BaseSampler:
+    """The sampler of ``strategy``; ``ValueError`` listing the valid names if there is none."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy={strategy!r} unknown; valid strategies: {sorted(STRATEGIES)}")
+    return STRATEGIES[strategy](space, options)
+

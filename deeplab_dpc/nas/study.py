@@ -1,0 +1,757 @@
+"""The search's trial store: an Optuna study, with dedup by graph, budgets and interruption recovery.
+
+``SearchConfig`` (frozen, validated) describes a search; ``run_worker`` is the
+loop every worker process runs against the shared study. The rules:
+
+* **One training per graph.** A proposed cell's canonical hash is compared,
+  under the search's claim lock, with every other trial's: a graph that
+  already completed is recorded COMPLETE with the stored score and user attr
+  ``duplicate_of`` (no training); one that failed on its own is recorded FAIL
+  with the stored error and ``duplicate_of``; one that is running (or whose
+  retry is queued) is waited for, then copied. Duplicates do not count
+  against ``max_trials``.
+* **Budgets.** ``max_trials`` counts trials that trained: completed, failed
+  on their own, or running now (duplicates and interrupted attempts left
+  out; a retried trial counts once, as its retry). A worker starts a trial
+  only while that count is below the budget, under the lock, so N workers
+  never overshoot. ``max_hours``: no trial starts after that many hours of
+  this run; running trials finish.
+* **Interruptions.** A worker records its owner (host, pid, process start
+  time, worker id) on each trial and a heartbeat every ``heartbeat_seconds``
+  while it runs. A RUNNING trial whose owner process is gone (same host) or
+  whose heartbeat is older than ``grace_seconds`` is interrupted: marked
+  FAIL with user attrs ``interrupted`` and ``error``, and enqueued once more
+  with the same parameters and user attr ``retry_of``. A retry that is
+  interrupted again stays FAIL ("interrupted again") and counts as failed.
+  Retries start before any other queued or new trial.
+* **Failures.** Any exception of the objective (the proxy's ``TrialFailed``
+  on NaN, out of memory, ...) and a non-finite score make the trial FAIL with
+  user attr ``error`` (and ``traceback``); the search goes on. A failure is
+  never a score.
+
+Everything that decides (budget, claim, recovery) runs under one file lock in
+``search_dir`` (``fcntl.flock``: released by the kernel when a process dies, even
+by SIGKILL), so every process of a search must see the same ``search_dir``
+(one machine, or a shared filesystem with working locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import json
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import traceback
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from deeplab_dpc.core.spec import CellSpec, SearchSpace
+from deeplab_dpc.fileio import write_json
+from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas.samplers import STRATEGIES, StrategyOptions, make_sampler
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OBJECTIVE = "deeplab_dpc.nas.objective:proxy_objective"
+EXECUTORS = ("local", "ray")
+CONFIG_FILE = "search_config.json"
+LOCK_FILE = "claims.lock"
+# Fields that may change when a search is continued: budgets and how it is run, not what it searches.
+RESUMABLE_FIELDS = frozenset(
+    {"max_trials", "max_hours", "num_workers", "executor", "ray_address", "heartbeat_seconds", "grace_seconds"}
+)
+# A worker that proposes only known graphs this many times in a row stops: the strategy has
+# nothing new to offer (a tiny space, or a converged TPE).
+MAX_CONSECUTIVE_DUPLICATES = 200
+# Result fields copied to user attributes (the rest of a result is kept if small).
+RESULT_ATTRS = ("miou", "params", "madds", "seconds", "steps", "filters")
+_MAX_ATTR_JSON = 20_000
+
+# User attribute names.
+SPEC = "spec"
+GRAPH_HASH = "graph_hash"
+DUPLICATE_OF = "duplicate_of"
+RETRY_OF = "retry_of"
+RETRIED_AS = "retried_as"
+INTERRUPTED = "interrupted"
+ERROR = "error"
+PROPOSAL = "proposal"
+REFERENCE = "reference"
+# System attribute names (not shown by the dashboard).
+OWNER = "dpc_owner"
+HEARTBEAT = "dpc_heartbeat"
+REFERENCES_ENQUEUED = "dpc_references_enqueued"
+
+
+class ConfigMismatch(ValueError):
+    """A search_dir started with another value of a field that must not change."""
+
+    def __init__(self, field: str, key: str | None, message: str):
+        super().__init__(message)
+        self.field = field
+        self.key = key
+
+
+class WorkerSetupError(RuntimeError):
+    """A worker could not build its objective: a setup problem, not a trial's failure."""
+
+
+# --------------------------------------------------------------------------- config
+
+
+def resolve_storage(storage: str | None, search_dir: str) -> str:
+    """The storage URL: SQLite in ``search_dir`` by default, a database URL, or ``journal:PATH``
+    (also written as a path ending in ``.log``)."""
+    if not storage:
+        return "sqlite:///" + os.path.join(os.path.abspath(search_dir), "study.db")
+    if storage.startswith("journal:"):
+        return "journal:" + os.path.abspath(storage[len("journal:") :])
+    if "://" not in storage and storage.endswith(".log"):
+        return "journal:" + os.path.abspath(storage)
+    if "://" not in storage:
+        raise ValueError(
+            f"storage={storage!r} is neither a database URL (sqlite:///path.db, postgresql://...) "
+            "nor a journal file (a path ending in .log, or journal:PATH)"
+        )
+    return storage
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """One architecture search; each field is the flag of the same name (``proxy`` holds the
+    proxy trainer's config, ``ProxyConfig.to_dict()``, passed to the objective).
+
+    Args:
+        search_dir: where the config, the default SQLite study, the claim lock, TensorBoard logs
+            and ``best_cell.json`` go.
+        storage: Optuna storage: None (``sqlite:///<search_dir>/study.db``), a database URL, or a
+            journal file (``journal:PATH`` or a path ending in .log) for many processes. Resolved
+            to a URL on construction.
+        study_name: the study's name in the storage.
+        strategy: a key of ``samplers.STRATEGIES``.
+        max_trials: trials that train (see the module docstring).
+        max_hours: no trial starts after this many hours of this run (None: no limit).
+        num_branches: B, branches per cell.
+        seed: seed of the strategy (and of the proxy, through ``proxy``).
+        mutation_probability, mutation_top_k: the ``random`` strategy.
+        population_size, sample_size: the ``evolution`` strategy.
+        enqueue_published: run the published Cityscapes cell and an ASPP cell first.
+        executor: "local" (worker processes) or "ray" (Ray tasks).
+        num_workers: workers running trials at once.
+        ray_address: Ray cluster address (None: start a local Ray).
+        objective: ``module:function``; the function takes this config and returns the per-process
+            objective, ``objective(spec) -> {"miou": ..., "params": ..., "madds": ..., ...}``.
+        proxy: the proxy trainer's config as a dict.
+        heartbeat_seconds: interval of a running trial's heartbeat.
+        grace_seconds: a running trial whose heartbeat is older than this is interrupted.
+    """
+
+    search_dir: str
+    storage: str | None = None
+    study_name: str = "dpc_search"
+    strategy: str = "random"
+    max_trials: int = 100
+    max_hours: float | None = None
+    num_branches: int = 5
+    seed: int = 0
+    mutation_probability: float = 0.5
+    mutation_top_k: int = 10
+    population_size: int = 20
+    sample_size: int = 5
+    enqueue_published: bool = False
+    executor: str = "local"
+    num_workers: int = 1
+    ray_address: str | None = None
+    objective: str = DEFAULT_OBJECTIVE
+    proxy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    heartbeat_seconds: float = 15.0
+    grace_seconds: float = 120.0
+
+    def __post_init__(self):
+        if not self.search_dir:
+            raise ValueError("search_dir is required")
+        object.__setattr__(self, "search_dir", os.path.abspath(os.fspath(self.search_dir)))
+        object.__setattr__(self, "storage", resolve_storage(self.storage, self.search_dir))
+        object.__setattr__(self, "proxy", dict(self.proxy))
+        if not self.study_name:
+            raise ValueError("study_name must not be empty")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r} unknown; valid strategies: {sorted(STRATEGIES)}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor={self.executor!r} unknown; valid executors: {list(EXECUTORS)}")
+        for name in ("max_trials", "num_branches", "num_workers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.max_hours is not None and not self.max_hours > 0:
+            raise ValueError(f"max_hours must be positive, got {self.max_hours}")
+        if not self.heartbeat_seconds > 0:
+            raise ValueError(f"heartbeat_seconds must be positive, got {self.heartbeat_seconds}")
+        if not self.grace_seconds >= 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"grace_seconds must be at least twice heartbeat_seconds ({self.heartbeat_seconds}), "
+                f"got {self.grace_seconds}"
+            )
+        if self.enqueue_published and self.num_branches != 5:
+            raise ValueError(
+                f"enqueue_published needs num_branches=5 (the published and ASPP cells have 5 branches), "
+                f"got num_branches={self.num_branches}"
+            )
+        module, _, attr = self.objective.partition(":")
+        if not module or not attr:
+            raise ValueError(f"objective={self.objective!r}: expected 'module:function'")
+        self.strategy_options()  # validates the strategy fields, errors naming them
+
+    @property
+    def space(self) -> SearchSpace:
+        return SearchSpace(num_branches=self.num_branches)
+
+    @property
+    def lock_path(self) -> str:
+        return os.path.join(self.search_dir, LOCK_FILE)
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return os.path.join(self.search_dir, "tensorboard")
+
+    def strategy_options(self) -> StrategyOptions:
+        return StrategyOptions(
+            seed=self.seed,
+            mutation_probability=self.mutation_probability,
+            mutation_top_k=self.mutation_top_k,
+            population_size=self.population_size,
+            sample_size=self.sample_size,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SearchConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown search config fields {unknown}")
+        return cls(**data)
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def prepare_search_dir(config: SearchConfig) -> str:
+    """Creates ``search_dir`` and writes ``search_config.json``; continuing a search checks that
+    every field outside ``RESUMABLE_FIELDS`` is unchanged (``ConfigMismatch`` naming it)."""
+    os.makedirs(config.search_dir, exist_ok=True)
+    path = os.path.join(config.search_dir, CONFIG_FILE)
+    new = config.to_dict()
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        for name, value in new.items():
+            if name in RESUMABLE_FIELDS or name not in old:
+                continue
+            if name == "proxy":
+                for key in sorted(set(value) | set(old[name])):
+                    if _canonical_json(value.get(key)) != _canonical_json(old[name].get(key)):
+                        raise ConfigMismatch(
+                            name,
+                            key,
+                            f"proxy.{key}={value.get(key)!r} differs from {old[name].get(key)!r}, the value "
+                            f"the search in {config.search_dir} was started with ({path}); "
+                            "use the same value or a new search_dir",
+                        )
+            elif _canonical_json(value) != _canonical_json(old[name]):
+                raise ConfigMismatch(
+                    name,
+                    None,
+                    f"{name}={value!r} differs from {old[name]!r}, the value the search in "
+                    f"{config.search_dir} was started with ({path}); use the same value or a new search_dir "
+                    f"(only {sorted(RESUMABLE_FIELDS)} may change)",
+                )
+    write_json(path, new)
+    return path
+
+
+# --------------------------------------------------------------------------- storage
+
+
+def open_storage(url: str, *, create_tables: bool = True) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url`` (see ``resolve_storage``). SQLite waits up to a minute for a
+    busy database instead of failing, so many workers can share one file."""
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # noqa: PLC0415
+
+        path = url[len("journal:") :]
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+        return optuna.storages.JournalStorage(backend)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create_tables)
+
+
+def load_study(config: SearchConfig, *, create: bool = False, sampler=None) -> optuna.Study:
+    """The search's study, created if ``create``; Optuna's INFO lines are silenced."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(config.storage, create_tables=create)
+    sampler = sampler or make_sampler(config.strategy, config.space, config.strategy_options())
+    if create:
+        return optuna.create_study(
+            storage=storage, study_name=config.study_name, direction="maximize", load_if_exists=True, sampler=sampler
+        )
+    return optuna.load_study(storage=storage, study_name=config.study_name, sampler=sampler)
+
+
+def all_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
+    """Every trial, read from the storage now (no cache)."""
+    return study._storage.get_all_trials(study._study_id, deepcopy=False, states=states)
+
+
+class FileLock:
+    """An exclusive ``fcntl.flock`` on a file: one holder among all processes; the kernel releases it
+    when the holder dies. Re-entrant within a process is not supported."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> "FileLock":
+        import fcntl  # noqa: PLC0415  (POSIX only)
+
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import fcntl  # noqa: PLC0415
+
+        fd, self._fd = self._fd, None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- trial classification
+
+
+def is_duplicate(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get(DUPLICATE_OF) is not None
+
+
+def is_interrupted(trial: FrozenTrial) -> bool:
+    """An attempt cut short by a kill (and retried, or a duplicate): not a result."""
+    return trial.state == TrialState.FAIL and INTERRUPTED in trial.user_attrs
+
+
+def counts_toward_budget(trial: FrozenTrial) -> bool:
+    """Trials that trained, are training, or failed on their own (see ``max_trials``)."""
+    if trial.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING):
+        return False
+    return not is_duplicate(trial) and not is_interrupted(trial)
+
+
+def budget_used(trials: Iterable[FrozenTrial]) -> int:
+    return sum(counts_toward_budget(t) for t in trials)
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+    """What to do with a proposed graph: "train", "copy" a completed score, "copy_failure", or
+    "wait" for an attempt in progress; ``of``: the trial it refers to."""
+
+    action: str
+    of: int | None = None
+
+
+def resolve_duplicate(number: int, graph_hash: str, trials: Iterable[FrozenTrial]) -> Resolution:
+    """Decides whether trial ``number`` (graph ``graph_hash``) trains, from every other trial."""
+    same = [
+        t
+        for t in trials
+        if t.number != number and t.user_attrs.get(GRAPH_HASH) == graph_hash and not is_duplicate(t)
+    ]
+    done = [t for t in same if t.state == TrialState.COMPLETE]
+    if done:
+        return Resolution("copy", min(t.number for t in done))
+    running = [
+        t
+        for t in same
+        if t.state == TrialState.RUNNING or (t.state == TrialState.WAITING and t.user_attrs.get(RETRY_OF) is not None)
+    ]
+    if running:
+        return Resolution("wait", min(t.number for t in running))
+    failed = [t for t in same if t.state == TrialState.FAIL and not is_interrupted(t)]
+    if failed:
+        return Resolution("copy_failure", min(t.number for t in failed))
+    return Resolution("train")
+
+
+# --------------------------------------------------------------------------- owners and heartbeats
+
+
+def _process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[19])
+
+
+def _process_state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def owner_record(worker: str) -> dict[str, Any]:
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "start": _process_start(pid), "worker": worker}
+
+
+def owner_alive(owner: Mapping[str, Any] | None) -> bool | None:
+    """False if the owner is a process of this host that is gone (or a zombie, or its pid now
+    belongs to another process); True if it is alive; None if it cannot be told from here."""
+    if not owner or owner.get("host") != socket.gethostname():
+        return None
+    pid = int(owner["pid"])
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if _process_state(pid) == "Z":
+        return False
+    start = owner.get("start")
+    if start is not None and _process_start(pid) not in (None, start):
+        return False
+    return True
+
+
+def last_sign_of_life(trial: FrozenTrial) -> float:
+    beat = trial.system_attrs.get(HEARTBEAT)
+    started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+    return max(float(beat or 0.0), started)
+
+
+def stale_reason(trial: FrozenTrial, grace_seconds: float, now: float | None = None) -> str | None:
+    """Why a RUNNING trial is interrupted (its owner is gone, its heartbeat stopped), or None."""
+    if trial.state != TrialState.RUNNING:
+        return None
+    owner = trial.system_attrs.get(OWNER)
+    if owner_alive(owner) is False:
+        return f"worker {owner.get('worker')} (pid {owner.get('pid')} on {owner.get('host')}) is gone"
+    silent = (time.time() if now is None else now) - last_sign_of_life(trial)
+    if silent > grace_seconds:
+        return f"no heartbeat for {silent:.0f} s"
+    return None
+
+
+class Heartbeat:
+    """Writes a trial's heartbeat every ``interval`` seconds on a thread while in the block."""
+
+    def __init__(self, storage, trial_id: int, interval: float):
+        self._storage, self._trial_id, self._interval = storage, trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dpc-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        self._storage.set_trial_system_attr(self._trial_id, HEARTBEAT, time.time())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self.beat()
+            except UpdateFinishedTrialError:
+                return  # The trial ended (or was declared interrupted): nothing to keep alive.
+            except Exception as e:  # noqa: BLE001  (a busy database must not kill the trial)
+                logger.warning("heartbeat of trial id %d failed: %s", self._trial_id, e)
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --------------------------------------------------------------------------- recovery and queue
+
+
+def _set_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:
+    study._storage.set_trial_user_attr(trial._trial_id, key, value)
+
+
+def _enqueue(study: optuna.Study, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> int:
+    """Queues a trial with fixed parameters; returns its number."""
+    template = create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": dict(params)}, user_attrs=dict(user_attrs))
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return study._storage.get_trial_number_from_id(trial_id)
+
+
+def mark_interrupted(
+    study: optuna.Study, trial: FrozenTrial, reason: str, trials: Sequence[FrozenTrial], space: SearchSpace
+) -> int | None:
+    """Marks a RUNNING trial FAIL as interrupted and queues its one retry. Call under the claim lock.
+
+    Idempotent: a crash halfway leaves a state the next call finishes without a second retry.
+    Returns the retry's number (None when there is none: a retry interrupted again, a duplicate, or
+    a trial killed before it had all its parameters). ``UpdateFinishedTrialError`` if the trial
+    finished meanwhile.
+    """
+    complete_params = set(trial.params) == set(space_lib.distributions(space))
+    retry_number = None
+    if trial.user_attrs.get(RETRY_OF) is not None:
+        _set_attr(study, trial, ERROR, f"interrupted again ({reason}); a retry is not retried")
+    elif is_duplicate(trial) or not complete_params:
+        _set_attr(study, trial, INTERRUPTED, reason)
+        _set_attr(study, trial, ERROR, f"interrupted ({reason}) before training; nothing to retry")
+    else:
+        _set_attr(study, trial, INTERRUPTED, reason)
+        existing = [t.number for t in trials if t.user_attrs.get(RETRY_OF) == trial.number]
+        if existing:
+            retry_number = existing[0]
+        else:
+            attrs = {RETRY_OF: trial.number}
+            for key in (SPEC, GRAPH_HASH, PROPOSAL, "parent", REFERENCE):
+                if key in trial.user_attrs:
+                    attrs[key] = trial.user_attrs[key]
+            retry_number = _enqueue(study, trial.params, attrs)
+        _set_attr(study, trial, RETRIED_AS, retry_number)
+        _set_attr(study, trial, ERROR, f"interrupted ({reason}); retried as trial {retry_number}")
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return retry_number
+
+
+def recover_interrupted(
+    study: optuna.Study,
+    space: SearchSpace,
+    grace_seconds: float,
+    *,
+    worker: str | None = None,
+    reason: str | None = None,
+) -> list[tuple[int, int | None]]:
+    """Interrupts RUNNING trials whose owner is gone or silent (or, with ``worker``, every RUNNING
+    trial of that worker, known to be dead). Call under the claim lock.
+
+    Returns (trial number, retry number or None) for each trial interrupted.
+    """
+    trials = all_trials(study)
+    done = []
+    for trial in trials:
+        if trial.state != TrialState.RUNNING:
+            continue
+        if worker is not None:
+            owner = trial.system_attrs.get(OWNER) or {}
+            why = reason if owner.get("worker") == worker else None
+        else:
+            why = stale_reason(trial, grace_seconds)
+        if why is None:
+            continue
+        try:
+            done.append((trial.number, mark_interrupted(study, trial, why, trials, space)))
+        except UpdateFinishedTrialError:
+            continue  # It finished after all.
+    return done
+
+
+def enqueue_reference_cells(study: optuna.Study) -> list[int]:
+    """Queues the published Cityscapes cell and the ASPP cell once per study. Call under the lock."""
+    if study._storage.get_study_system_attrs(study._study_id).get(REFERENCES_ENQUEUED):
+        return []
+    numbers = []
+    for name, spec in space_lib.reference_cells().items():
+        attrs = {REFERENCE: name, PROPOSAL: "enqueued", SPEC: spec.to_json(), GRAPH_HASH: spec.canonical_hash()}
+        numbers.append(_enqueue(study, space_lib.spec_to_params(spec), attrs))
+    study._storage.set_study_system_attr(study._study_id, REFERENCES_ENQUEUED, True)
+    return numbers
+
+
+def _pop_or_create(study: optuna.Study, trials: Sequence[FrozenTrial]) -> int:
+    """A queued trial, retries first, set RUNNING; or a new trial. Returns its id."""
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    waiting.sort(key=lambda t: (t.user_attrs.get(RETRY_OF) is None, t.number))
+    for trial in waiting:
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
+                return trial._trial_id
+        except UpdateFinishedTrialError:
+            continue
+    return study._storage.create_new_trial(study._study_id)
+
+
+# --------------------------------------------------------------------------- objectives
+
+
+Objective = Callable[[CellSpec], Mapping[str, Any]]
+
+
+def load_objective_factory(reference: str) -> Callable[[SearchConfig], Objective]:
+    """Imports ``module:function``."""
+    module, _, attr = reference.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise WorkerSetupError(f"objective={reference!r} cannot be imported: {e}") from e
+    return factory
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (NumPy scalars and arrays become numbers and lists)."""
+    return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
+
+
+# --------------------------------------------------------------------------- the worker loop
+
+
+@dataclasses.dataclass
+class WorkerReport:
+    """What one worker did (counts of its trials by outcome) and why it stopped."""
+
+    trained: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    stopped_because: str = ""
+
+
+def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> bool:
+    """Tells the outcome; False if the trial was declared interrupted meanwhile (result dropped)."""
+    try:
+        if state == TrialState.COMPLETE:
+            study.tell(trial, value)
+        else:
+            study.tell(trial, state=state)
+        return True
+    except (UpdateFinishedTrialError, ValueError) as e:
+        logger.warning("trial %d: could not record its result (%s); it was interrupted meanwhile", trial.number, e)
+        return False
+
+
+def _copy_result_attrs(study, trial, source: FrozenTrial) -> None:
+    for key in RESULT_ATTRS:
+        if key in source.user_attrs and key != "seconds":
+            trial.set_user_attr(key, source.user_attrs[key])
+
+
+def _train(study: optuna.Study, trial: optuna.Trial, spec: CellSpec, objective: Objective, report: WorkerReport) -> None:
+    try:
+        result = dict(objective(spec))
+        miou = float(result["miou"])
+        if not math.isfinite(miou):
+            raise FloatingPointError(f"the objective returned a non-finite mIoU ({miou})")
+    except Exception as e:  # noqa: BLE001  (any failure of one trial is recorded; the search goes on)
+        trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}"[:2000])
+        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+        report.failed += _finish(study, trial, TrialState.FAIL)
+        return
+    result = _jsonable(result)
+    for key, value in result.items():
+        if key in RESULT_ATTRS or len(json.dumps(value)) <= _MAX_ATTR_JSON:
+            trial.set_user_attr(key if key in RESULT_ATTRS else f"result_{key}", value)
+    report.trained += _finish(study, trial, TrialState.COMPLETE, miou)
+
+
+def run_worker(
+    config: SearchConfig,
+    worker: str,
+    *,
+    objective: Objective | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    deadline: float | None = None,
+    poll_seconds: float = 2.0,
+) -> WorkerReport:
+    """Runs trials until the budget is used, ``deadline`` (a ``time.time()``) passes, or
+    ``should_stop()``. Every decision is taken under the claim lock; training runs outside it with
+    a heartbeat.
+
+    Args:
+        config: the search.
+        worker: this worker's id, unique in the search (recorded as the owner of its trials).
+        objective: the objective; default: built from ``config.objective`` (a failure to build it
+            raises ``WorkerSetupError`` before any trial starts).
+    """
+    if objective is None:
+        factory = load_objective_factory(config.objective)
+        try:
+            objective = factory(config)
+        except Exception as e:  # noqa: BLE001
+            raise WorkerSetupError(f"objective {config.objective} could not be built: {type(e).__name__}: {e}") from e
+    study = load_study(config)
+    space = config.space
+    lock = FileLock(config.lock_path)
+    report = WorkerReport()
+    duplicates_in_a_row = 0
+    while True:
+        if should_stop():
+            report.stopped_because = "asked to stop"
+            break
+        if deadline is not None and time.time() >= deadline:
+            report.stopped_because = "max_hours reached"
+            break
+        if duplicates_in_a_row >= MAX_CONSECUTIVE_DUPLICATES:
+            report.stopped_because = f"{duplicates_in_a_row} proposals in a row were known graphs"
+            break
+        with lock:
+            trials = all_trials(study)
+            if budget_used(trials) >= config.max_trials:
+                report.stopped_because = "max_trials reached"
+                break
+            trial_id = _pop_or_create(study, trials)
+            study._storage.set_trial_system_attr(trial_id, OWNER, owner_record(worker))
+            study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+            trial = optuna.Trial(study, trial_id)
+            spec = space_lib.suggest_spec(trial, space)
+            graph_hash = spec.canonical_hash()
+            trial.set_user_attr(SPEC, spec.to_json())
+            trial.set_user_attr(GRAPH_HASH, graph_hash)
+            if PROPOSAL not in study._storage.get_trial_user_attrs(trial_id):
+                trial.set_user_attr(PROPOSAL, config.strategy)  # TPE (the cell samplers write their own)
+            resolution = resolve_duplicate(trial.number, graph_hash, all_trials(study))
+            if resolution.action != "train":
+                trial.set_user_attr(DUPLICATE_OF, resolution.of)
+        try:
+            with Heartbeat(study._storage, trial_id, config.heartbeat_seconds):
+                while resolution.action == "wait":
+                    time.sleep(poll_seconds)
+                    with lock:
+                        resolution = resolve_duplicate(trial.number, graph_hash, all_trials(study))
+                        if resolution.action == "train":
+                            trial.set_user_attr(DUPLICATE_OF, None)  # Its original is gone: it trains itself.
+                        elif resolution.action != "wait":
+                            trial.set_user_attr(DUPLICATE_OF, resolution.of)
+                if resolution.action == "train":
+                    duplicates_in_a_row = 0
+                    _train(study, trial, spec, objective, report)
+                    continue
+                duplicates_in_a_row += 1
+                source = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, resolution.of))
+                if resolution.action == "copy":
+                    _copy_result_attrs(study, trial, source)
+                    report.duplicates += _finish(study, trial, TrialState.COMPLETE, source.value)
+                else:
+                    trial.set_user_attr(ERROR, f"same graph as trial {source.number}, which failed: {source.user_attrs.get(ERROR, '')}"[:2000])
+                    report.duplicates += _finish(study, trial, TrialState.FAIL)
+        except BaseException:
+            # Ctrl-C, SIGTERM (SystemExit) or a bug outside the objective: this attempt is
+            # interrupted; it is retried once, now rather than when the next search starts.
+            with contextlib.suppress(Exception), lock:
+                frozen = study._storage.get_trial(trial_id)
+                if frozen.state == TrialState.RUNNING:
+                    mark_interrupted(study, frozen, f"worker {worker} stopped", all_trials(study), space)
+            raise
+    return report
+

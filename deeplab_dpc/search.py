@@ -1,0 +1,182 @@
+r"""Searches Dense Prediction Cells: proxy trials in an Optuna study, on local workers or Ray.
+
+    python -m deeplab_dpc.search --cache_dir=/data/camvid_features --search_dir=/runs/search \
+        --strategy=evolution --max_trials=500 --num_workers=2 --enqueue_published
+
+Flags become one ``SearchConfig`` (written to ``search_dir/search_config.json``)
+and ``nas.executors.run_search`` runs it. Rerunning the same command, even
+after ``kill -9``, continues the search: finished trials are kept, a trial
+that was running is retried once. Only --max_trials, --max_hours,
+--num_workers, --executor, --ray_address and the heartbeat flags may change
+between runs. Watch it live with the ``optuna-dashboard`` command it prints,
+and in TensorBoard's HParams tab (``search_dir/tensorboard``); the best cell so
+far is ``search_dir/best_cell.json``, ready for ``train
+--dense_prediction_cell_json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+from deeplab_dpc import cli  # noqa: E402
+
+# Proxy trainer flags -> ``ProxyConfig`` fields.
+PROXY_FLAGS = {
+    "cache_dir": "cache_dir",
+    "proxy_train_split": "train_split",
+    "proxy_eval_split": "eval_split",
+    "proxy_steps": "proxy_steps",
+    "proxy_batch_size": "batch_size",
+    "proxy_filters": "proxy_filters",
+    "proxy_learning_rate": "learning_rate",
+}
+FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    from deeplab_dpc.nas.samplers import STRATEGIES  # noqa: PLC0415
+    from deeplab_dpc.nas.study import DEFAULT_OBJECTIVE, EXECUTORS  # noqa: PLC0415
+
+    f = dict(flag_values=fv)
+    flags.DEFINE_string("search_dir", None, "Where the search config, study, logs and best cell go.", **f)
+    flags.DEFINE_string(
+        "storage", None,
+        "Optuna storage: unset for sqlite:///<search_dir>/study.db, a database URL, or a journal file "
+        "(journal:PATH or PATH.log) for many processes.", **f,
+    )
+    flags.DEFINE_string("study_name", "dpc_search", "The study's name in the storage.", **f)
+    flags.DEFINE_string("strategy", "random", f"Search strategy: one of {sorted(STRATEGIES)}.", **f)
+    flags.DEFINE_integer("max_trials", 100, "Trials that train (duplicates and interrupted attempts not counted).", **f)
+    flags.DEFINE_float("max_hours", None, "Start no trial after this many hours of this run.", **f)
+    flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).", **f)
+    flags.DEFINE_integer("seed", 0, "Seed of the strategy and of the proxy trainer.", **f)
+    flags.DEFINE_float("mutation_probability", 0.5, "random: probability of mutating a near-best cell.", **f)
+    flags.DEFINE_integer("mutation_top_k", 10, "random: mutate one of this many best completed cells.", **f)
+    flags.DEFINE_integer("population_size", 20, "evolution: population (most recent completed trials).", **f)
+    flags.DEFINE_integer("sample_size", 5, "evolution: tournament size.", **f)
+    flags.DEFINE_boolean(
+        "enqueue_published", False, "Run the published Cityscapes cell and an ASPP cell as the first trials.", **f
+    )
+    flags.DEFINE_string("executor", "local", f"Where trials run: one of {list(EXECUTORS)}.", **f)
+    flags.DEFINE_integer("num_workers", 1, "Trials running at once (worker processes or Ray tasks).", **f)
+    flags.DEFINE_string("ray_address", None, "Ray cluster address (unset: start Ray on this machine).", **f)
+    flags.DEFINE_string(
+        "objective", DEFAULT_OBJECTIVE,
+        "module:function building the per-process objective from the SearchConfig (default: the proxy trainer).", **f,
+    )
+    flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
+    flags.DEFINE_float("grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f)
+    # The proxy trainer's flags, passed through (unset: the proxy trainer's defaults).
+    flags.DEFINE_string("cache_dir", None, "Cached backbone features (from the feature cache).", **f)
+    flags.DEFINE_string("proxy_train_split", None, "Split of cached features to train each cell on.", **f)
+    flags.DEFINE_string("proxy_eval_split", None, "Split of cached features to score each cell on.", **f)
+    flags.DEFINE_integer("proxy_steps", None, "Training steps per proxy trial.", **f)
+    flags.DEFINE_integer("proxy_batch_size", None, "Batch size of the proxy trainer.", **f)
+    flags.DEFINE_integer("proxy_filters", None, "Filters of the proxy cell's convolutions.", **f)
+    flags.DEFINE_float("proxy_learning_rate", None, "Learning rate of the proxy trainer.", **f)
+
+
+def _proxy_message(message: str) -> str:
+    """A ``ProxyConfig`` error, its field written as the flag."""
+    field = message.split("=", 1)[0].split(" ", 1)[0]
+    if field in FIELD_TO_FLAG:
+        return f"--{FIELD_TO_FLAG[field]}{message[len(field):]}"
+    return message
+
+
+def proxy_config_from_flags(fv: flags.FlagValues) -> dict:
+    """The proxy trainer's config as a dict: resolved and validated by ``ProxyConfig`` when the
+    default objective uses it."""
+    from deeplab_dpc.nas.study import DEFAULT_OBJECTIVE  # noqa: PLC0415
+
+    given = {field: fv[flag].value for flag, field in PROXY_FLAGS.items() if fv[flag].value is not None}
+    given["seed"] = fv.seed
+    if fv.objective != DEFAULT_OBJECTIVE:
+        return given
+    if not fv.cache_dir:
+        raise app.UsageError("--cache_dir is required: the cached backbone features the proxy trains on")
+    try:
+        from deeplab_dpc.nas.proxy import ProxyConfig  # noqa: PLC0415
+    except ImportError as e:
+        raise app.UsageError(f"the proxy trainer (deeplab_dpc.nas.proxy) cannot be imported: {e}") from None
+    try:
+        return ProxyConfig.from_dict(given).to_dict()
+    except (TypeError, ValueError) as e:
+        raise app.UsageError(_proxy_message(str(e))) from None
+
+
+def config_from_flags(fv: flags.FlagValues):
+    """Flags -> ``SearchConfig``; every error is an ``app.UsageError`` naming its flag."""
+    from deeplab_dpc.nas.study import SearchConfig  # noqa: PLC0415
+
+    if not fv.search_dir:
+        raise app.UsageError("--search_dir is required")
+    proxy = proxy_config_from_flags(fv)
+    try:
+        return SearchConfig(
+            search_dir=fv.search_dir,
+            storage=fv.storage,
+            study_name=fv.study_name,
+            strategy=fv.strategy,
+            max_trials=fv.max_trials,
+            max_hours=fv.max_hours,
+            num_branches=fv.num_branches,
+            seed=fv.seed,
+            mutation_probability=fv.mutation_probability,
+            mutation_top_k=fv.mutation_top_k,
+            population_size=fv.population_size,
+            sample_size=fv.sample_size,
+            enqueue_published=fv.enqueue_published,
+            executor=fv.executor,
+            num_workers=fv.num_workers,
+            ray_address=fv.ray_address,
+            objective=fv.objective,
+            proxy=proxy,
+            heartbeat_seconds=fv.heartbeat_seconds,
+            grace_seconds=fv.grace_seconds,
+        )
+    except ValueError as e:
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+
+
+def run(config, fv: flags.FlagValues = flags.FLAGS) -> dict:
+    """Runs the search; a search_dir started with other flags is an ``app.UsageError`` naming the flag."""
+    from deeplab_dpc.nas import executors  # noqa: PLC0415
+    from deeplab_dpc.nas.study import ConfigMismatch  # noqa: PLC0415
+
+    try:
+        return executors.run_search(config)
+    except ConfigMismatch as e:
+        flag = FIELD_TO_FLAG.get(e.key, e.key) if e.key else e.field
+        detail = str(e).split("=", 1)[1] if "=" in str(e) else str(e)
+        raise app.UsageError(f"--{flag}={detail}") from None
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = config_from_flags(flags.FLAGS)
+    from deeplab_dpc.nas.executors import SearchError  # noqa: PLC0415
+
+    try:
+        run(config)
+    except SearchError as e:
+        sys.stderr.write(f"search stopped: {e}\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted: run the same command again to continue the search\n")
+        sys.exit(130)
+
+
+def console_main():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,78 @@
+"""Fake objectives for the search tests: fast, deterministic functions of the cell.
+
+Each is a factory, as ``--objective=module:function`` expects: it takes the
+``SearchConfig`` and returns ``objective(spec)``. Every training appends one
+line ``<graph hash> <pid>`` to ``$FAKE_OBJECTIVE_LOG`` (if set), so a test can
+count how many times each graph was trained across processes and restarts.
+
+* ``deterministic``: a score from the cell's hash; never fails.
+* ``flaky``: raises (a stand-in for the proxy's TrialFailed on NaN) for cells
+  whose first branch is a pyramid pooling; the others as ``deterministic``.
+* ``sleepy``: as ``deterministic`` after ``$FAKE_OBJECTIVE_SLEEP`` seconds
+  (default 1), so a kill lands mid-trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+
+class FakeNaN(RuntimeError):
+    """What the proxy raises on a NaN loss."""
+
+
+def score(spec) -> float:
+    """A deterministic pseudo-mIoU in [0.2, 0.6) from the graph's canonical hash."""
+    digest = hashlib.sha256(spec.canonical_hash().encode()).digest()
+    return 0.2 + 0.4 * int.from_bytes(digest[:4], "little") / 2**32
+
+
+def _log(spec) -> None:
+    path = os.environ.get("FAKE_OBJECTIVE_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{spec.canonical_hash()} {os.getpid()}\n")
+
+
+def _result(spec, seconds=0.0):
+    return {"miou": score(spec), "params": 1000 + len(spec.branches), "madds": 2.5e8, "seconds": seconds, "steps": 10}
+
+
+def deterministic(config):
+    def objective(spec):
+        _log(spec)
+        return _result(spec)
+
+    return objective
+
+
+def fails(spec) -> bool:
+    return spec.branches[0].op == "pyramid_pooling"
+
+
+def flaky(config):
+    def objective(spec):
+        _log(spec)
+        if fails(spec):
+            raise FakeNaN("loss became NaN at step 3")
+        return _result(spec)
+
+    return objective
+
+
+def sleepy(config):
+    seconds = float(os.environ.get("FAKE_OBJECTIVE_SLEEP", "1"))
+
+    def objective(spec):
+        start = time.time()
+        time.sleep(seconds)
+        _log(spec)  # logged when the training finishes: a killed one is not a training
+        return _result(spec, time.time() - start)
+
+    return objective
+
+
+def broken_factory(config):
+    raise FileNotFoundError("cache_dir /nonexistent has no features")
