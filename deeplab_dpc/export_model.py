@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from absl import app, flags, logging  # noqa: E402
+
+from deeplab_dpc import cli  # noqa: E402
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -92,42 +93,6 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
-def _parse_crop_size(text):
-    if text is None:
-        return None
-    parts = [p.strip() for p in str(text).split(",")]
-    if len(parts) == 1:
-        parts = parts * 2
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        crop = tuple(int(p) for p in parts)
-    except ValueError:
-        raise app.UsageError(
-            f"--crop_size={text!r}: expected 'height,width' (two positive integers)"
-        ) from None
-    if min(crop) < 1:
-        raise app.UsageError(f"--crop_size={text!r}: sizes must be positive")
-    return crop
-
-
-def _parse_scales(values):
-    try:
-        return tuple(float(v) for v in values)
-    except ValueError:
-        raise app.UsageError(
-            f"--inference_scales={','.join(values)}: expected numbers, e.g. 0.75,1.0,1.25"
-        ) from None
-
-
-def _flag_message(message: str, fv: flags.FlagValues) -> str:
-    """Library errors start with the field name, which is the flag's name: write it as a flag."""
-    match = re.match(r"(\w+)\b", message)
-    if match and match.group(1) in fv:
-        return "--" + message
-    return message
-
-
 def config_from_flags(fv: flags.FlagValues):
     """Parsed flags -> ``ExportConfig``; raises ``app.UsageError`` naming the flag."""
     from deeplab_dpc.export.export_lib import ExportConfig
@@ -140,15 +105,15 @@ def config_from_flags(fv: flags.FlagValues):
             checkpoint_path=fv.checkpoint_path,
             export_path=fv.export_path,
             num_classes=fv.num_classes,
-            crop_size=_parse_crop_size(fv.crop_size),
-            inference_scales=_parse_scales(fv.inference_scales),
+            crop_size=None if fv.crop_size is None else cli.parse_pair(fv.crop_size, "crop_size"),
+            inference_scales=cli.parse_floats(fv.inference_scales, "inference_scales"),
             add_flipped_images=fv.add_flipped_images,
             save_probabilities=fv.save_probabilities,
             tflite_path=fv.tflite_path,
             overwrite=fv.overwrite,
         )
     except ValueError as e:
-        raise app.UsageError(_flag_message(str(e), fv)) from None
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
 
 
 def run(fv: flags.FlagValues) -> dict:
@@ -159,7 +124,7 @@ def run(fv: flags.FlagValues) -> dict:
     try:
         return run_export(config)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        message = _flag_message(str(e), fv)
+        message = cli.flag_message(str(e), fv)
         if not message.startswith("--"):
             raise  # Not about a flag: keep the traceback.
         raise app.UsageError(message) from None

@@ -32,8 +32,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
 
 def config_from_flags(fv: flags.FlagValues):
     from deeplab_dpc.data.colormaps import COLORMAPS  # noqa: PLC0415
-    from deeplab_dpc.evaluation.eval_lib import resolve_model_config  # noqa: PLC0415
     from deeplab_dpc.evaluation.vis_lib import VisConfig  # noqa: PLC0415
+    from deeplab_dpc.runs import resolve_model_config  # noqa: PLC0415
 
     if not fv.checkpoint_dir:
         raise app.UsageError("--checkpoint_dir is required")

@@ -17,15 +17,13 @@ from typing import Iterable
 import keras
 import numpy as np
 
-from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig, make_batches
 from deeplab_dpc.data.preprocess import PreprocessConfig
 from deeplab_dpc.evaluation.inference import predict_labels
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
-from deeplab_dpc.export.export_lib import load_model_for_inference
 from deeplab_dpc.fileio import write_json
+from deeplab_dpc.runs import latest_checkpoint, list_checkpoints, load_model_for_inference, run_model_config_path
 from deeplab_dpc.summaries import write_scalars
-from deeplab_dpc.training.checkpoints import latest_checkpoint, list_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -74,42 +72,7 @@ class EvalConfig:
             raise ValueError(f"max_number_of_evaluations must be >= 0, got {self.max_number_of_evaluations}")
         if not os.path.isdir(self.checkpoint_dir):
             raise ValueError(f"checkpoint_dir={self.checkpoint_dir} is not a directory")
-        model_config_path(self.checkpoint_dir)
-
-
-def model_config_path(checkpoint_dir: str) -> str:
-    """The ``model_config.json`` a training run wrote; an error naming the dir if absent."""
-    path = os.path.join(checkpoint_dir, "model_config.json")
-    if not os.path.isfile(path):
-        raise ValueError(
-            f"checkpoint_dir={checkpoint_dir} has no model_config.json: not a train_logdir of deeplab_dpc.train"
-        )
-    return path
-
-
-def resolve_model_config(checkpoint_dir: str, **flag_values) -> ModelConfig:
-    """The training run's model config; flags given again must agree with it.
-
-    Args:
-        checkpoint_dir: the train_logdir.
-        **flag_values: model flags given on the command line (None: not given),
-            e.g. ``model_variant="xception_65"``; a value that contradicts the
-            config raises naming the flag.
-    """
-    config = ModelConfig.load(model_config_path(checkpoint_dir))
-    for name, value in flag_values.items():
-        if value is None:
-            continue
-        recorded = getattr(config, name)
-        if name == "dense_prediction_cell":
-            recorded = recorded.canonical_hash() if recorded is not None else None
-            value = value.canonical_hash()
-        if value != recorded:
-            raise ValueError(
-                f"--{name}={value} contradicts the training run's model config ({name}={recorded}) "
-                f"in {checkpoint_dir}/model_config.json; drop the flag"
-            )
-    return config
+        run_model_config_path(self.checkpoint_dir)
 
 
 def make_predict_fn(model, scales, add_flipped_images):

@@ -19,10 +19,9 @@ import numpy as np
 from deeplab_dpc.data.batches import DataConfig, make_batches
 from deeplab_dpc.data.colormaps import label_to_color
 from deeplab_dpc.data.preprocess import PreprocessConfig
-from deeplab_dpc.evaluation.eval_lib import config_dict, make_predict_fn, model_config_path
+from deeplab_dpc.evaluation.eval_lib import config_dict, make_predict_fn
 from deeplab_dpc.fileio import atomic_path, write_json
-from deeplab_dpc.export.export_lib import load_model_for_inference
-from deeplab_dpc.training.checkpoints import latest_checkpoint
+from deeplab_dpc.runs import latest_checkpoint, load_model_for_inference, run_model_config_path
 
 # Cityscapes train id -> label id (cityscapesscripts' table, for the 19 evaluated classes).
 CITYSCAPES_TRAIN_ID_TO_LABEL_ID = np.array(
@@ -56,7 +55,7 @@ def _write_png(path: str, array: np.ndarray) -> None:
 
 def visualize(config: VisConfig) -> list[str]:
     """Writes the PNGs for ``vis_split``; returns the image names."""
-    model_config_path(config.checkpoint_dir)  # a clear error if this is not a training run
+    run_model_config_path(config.checkpoint_dir)  # a clear error if this is not a training run
     checkpoint = latest_checkpoint(config.checkpoint_dir)
     if checkpoint is None:
         raise ValueError(f"checkpoint_dir={config.checkpoint_dir} holds no checkpoint")

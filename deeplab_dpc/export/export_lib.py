@@ -25,9 +25,9 @@ int32 ``[1, crop_h, crop_w]`` (plus probabilities when asked); TensorFlow
 Lite builtin ops only (the align-corners resizes become GATHERs with
 constant indices at a static size).
 
-``load_model_for_inference`` is the one way evaluation, visualisation and
-export turn a checkpoint (or a train_logdir) into a model. It needs no
-TensorFlow; the export functions import it when called.
+The checkpoint becomes a model through ``deeplab_dpc.runs.load_model_for_inference``,
+as for evaluation and visualisation; TensorFlow is imported only by the
+export functions, when called.
 
 Example:
     >>> config = ExportConfig(checkpoint_path="/runs/camvid", export_path="/models/deeplab/1",
@@ -46,11 +46,10 @@ from typing import Sequence
 
 from absl import logging
 
-from deeplab_dpc.core.model import ModelConfig, build_deeplab
+from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.fileio import temporary_sibling, write_bytes_atomically
-from deeplab_dpc.training.checkpoints import latest_checkpoint
+from deeplab_dpc.runs import checkpoint_model_config_path, load_model_config, load_model_for_inference
 
-MODEL_CONFIG_NAME = "model_config.json"
 EXPORT_CONFIG_NAME = "export_config.json"
 PREDICTIONS = "semantic_predictions"
 PROBABILITIES = "semantic_probabilities"
@@ -113,85 +112,6 @@ class ExportConfig:
             raise ValueError(
                 f"tflite_path={self.tflite_path} must not be inside export_path={self.export_path}"
             )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Checkpoint -> model (no TensorFlow needed).
-
-
-def resolve_checkpoint(checkpoint_path: str) -> str:
-    """The checkpoint file meant by ``checkpoint_path`` (a file, or a train_logdir's newest).
-
-    Raises:
-        FileNotFoundError: nothing there, or a folder without checkpoints
-            (the message starts with ``checkpoint_path=``).
-    """
-    if not os.path.exists(checkpoint_path):
-        raise FileNotFoundError(f"checkpoint_path={checkpoint_path} does not exist")
-    path = latest_checkpoint(checkpoint_path)
-    if path is None:
-        raise FileNotFoundError(
-            f"checkpoint_path={checkpoint_path} holds no ckpt-<step>.weights.h5 checkpoint"
-        )
-    if not path.endswith(".weights.h5"):
-        raise FileNotFoundError(
-            f"checkpoint_path={checkpoint_path} is not a Keras weights file (*.weights.h5)"
-        )
-    return path
-
-
-def model_config_path(checkpoint_file: str) -> str:
-    """``model_config.json`` beside a checkpoint file."""
-    return os.path.join(os.path.dirname(os.path.abspath(checkpoint_file)), MODEL_CONFIG_NAME)
-
-
-def load_model_config(checkpoint_path: str) -> tuple[ModelConfig, str]:
-    """(the model config beside the checkpoint, the resolved checkpoint file)."""
-    path = resolve_checkpoint(checkpoint_path)
-    config_path = model_config_path(path)
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(
-            f"checkpoint_path={checkpoint_path}: no {MODEL_CONFIG_NAME} beside {path} "
-            "(training writes it into the train_logdir)"
-        )
-    try:
-        return ModelConfig.load(config_path), path
-    except ValueError as e:
-        raise ValueError(f"checkpoint_path={checkpoint_path}: bad model config {e}") from None
-
-
-def load_model_for_inference(checkpoint_path: str):
-    """Builds the model of a checkpoint and loads its weights.
-
-    Args:
-        checkpoint_path: a ``ckpt-<step>.weights.h5`` file or a train_logdir
-            (its newest checkpoint), with ``model_config.json`` beside it.
-
-    Returns:
-        (model, config): an uncompiled ``keras.Model`` (images 0..255 -> logits)
-        and its ``ModelConfig``.
-
-    The weights file of a training checkpoint also holds the optimizer's
-    variables; Keras skips them when the model has no optimizer (checked in
-    the tests: every model variable is restored), so no compile is needed.
-
-    Raises:
-        FileNotFoundError: no checkpoint or no model config.
-        ValueError: the checkpoint does not fit the model of the config.
-
-    Example:
-        >>> model, config = load_model_for_inference("/runs/camvid")  # newest ckpt
-    """
-    config, path = load_model_config(checkpoint_path)
-    model = build_deeplab(config)
-    try:
-        model.load_weights(path)
-    except ValueError as e:
-        raise ValueError(
-            f"checkpoint_path={checkpoint_path}: {path} does not fit the model of "
-            f"{model_config_path(path)}: {e}"
-        ) from e
-    return model, config
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -325,8 +245,6 @@ def convert_to_tflite(
 # Files.
 
 
-
-
 def _check_destination(path: str, overwrite: bool, field: str) -> None:
     if os.path.exists(path) and not overwrite and not (os.path.isdir(path) and not os.listdir(path)):
         raise FileExistsError(
@@ -411,7 +329,7 @@ def run_export(config: ExportConfig) -> dict:
     if config.num_classes is not None and config.num_classes != model_config.num_classes:
         raise ValueError(
             f"num_classes={config.num_classes} contradicts the checkpoint's model config "
-            f"({model_config_path(checkpoint_file)}: num_classes={model_config.num_classes})"
+            f"({checkpoint_model_config_path(checkpoint_file)}: num_classes={model_config.num_classes})"
         )
     _check_destination(os.path.abspath(config.export_path), config.overwrite, "export_path")
     if config.tflite_path is not None:

@@ -11,35 +11,11 @@ rate schedule continues where it was.
 from __future__ import annotations
 
 import os
-import re
 
 from deeplab_dpc.fileio import atomic_path
+from deeplab_dpc.runs import CHECKPOINT_PATTERN as _PATTERN, checkpoint_path, latest_checkpoint, list_checkpoints
 
-_PATTERN = re.compile(r"^ckpt-(\d+)\.weights\.h5$")
-
-
-def checkpoint_path(directory: str, step: int) -> str:
-    return os.path.join(directory, f"ckpt-{step:08d}.weights.h5")
-
-
-def list_checkpoints(directory: str) -> list[tuple[int, str]]:
-    """Complete checkpoints in ``directory`` as (step, path), oldest first."""
-    if not os.path.isdir(directory):
-        return []
-    found = []
-    for name in os.listdir(directory):
-        match = _PATTERN.match(name)
-        if match:
-            found.append((int(match.group(1)), os.path.join(directory, name)))
-    return sorted(found)
-
-
-def latest_checkpoint(path: str) -> str | None:
-    """``path`` itself if it is a checkpoint file, else the newest checkpoint in the folder."""
-    if os.path.isfile(path):
-        return path
-    found = list_checkpoints(path)
-    return found[-1][1] if found else None
+__all__ = ["CheckpointManager", "checkpoint_path", "latest_checkpoint", "list_checkpoints"]
 
 
 class CheckpointManager:

@@ -168,7 +168,7 @@ def restore_keras_weights(model: keras.Model, path: str, initialize_last_layer: 
     weights; weights whose path and shape match are copied; the logits are
     skipped when ``initialize_last_layer`` is False (e.g. another class count).
     """
-    from deeplab_dpc.export.export_lib import load_model_for_inference, resolve_checkpoint  # noqa: PLC0415
+    from deeplab_dpc.runs import load_model_for_inference, resolve_checkpoint  # noqa: PLC0415
 
     try:
         weights_file = resolve_checkpoint(path)

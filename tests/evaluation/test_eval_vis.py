@@ -12,7 +12,7 @@ from deeplab_dpc import eval as eval_main, synthetic, vis as vis_main
 from deeplab_dpc.core.model import ModelConfig, build_deeplab
 from deeplab_dpc.evaluation import eval_lib, vis_lib
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
-from deeplab_dpc.training.checkpoints import checkpoint_path
+from deeplab_dpc.runs import checkpoint_path
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,13 @@ from absl import app, flags
 
 tf = pytest.importorskip("tensorflow")
 
-from deeplab_dpc import export_model  # noqa: E402
+from deeplab_dpc import export_model, runs  # noqa: E402
 from deeplab_dpc.core.model import ModelConfig, build_deeplab  # noqa: E402
 from deeplab_dpc.core.spec import CellSpec  # noqa: E402
 from deeplab_dpc.data.colormaps import get_colormap, label_to_color  # noqa: E402
 from deeplab_dpc.evaluation.inference import predict_probabilities  # noqa: E402
 from deeplab_dpc.export import export_lib  # noqa: E402
-from deeplab_dpc.training.checkpoints import checkpoint_path  # noqa: E402
+from deeplab_dpc.runs import checkpoint_path  # noqa: E402
 from tools import serving_client  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -132,7 +132,7 @@ def test_load_model_for_inference_restores_every_variable(trained):
     ckpt = checkpoint_path(str(logdir), 100)
     with h5py.File(ckpt, "r") as f:
         assert "optimizer" in f  # The file does hold optimizer state, which an uncompiled model skips.
-    restored, restored_config = export_lib.load_model_for_inference(str(logdir))  # A folder: its newest.
+    restored, restored_config = runs.load_model_for_inference(str(logdir))  # A folder: its newest.
     assert restored_config == config
     assert getattr(restored, "optimizer", None) is None  # Never compiled.
     assert len(restored.variables) == len(model.variables)
@@ -141,7 +141,7 @@ def test_load_model_for_inference_restores_every_variable(trained):
         if "seed_generator" in a.path:
             continue  # Dropout's random state: not restored by Keras, and unused at inference.
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
-    same, _ = export_lib.load_model_for_inference(ckpt)  # A file.
+    same, _ = runs.load_model_for_inference(ckpt)  # A file.
     np.testing.assert_array_equal(
         np.asarray(same.get_layer("logits").kernel), np.asarray(model.get_layer("logits").kernel)
     )
@@ -152,7 +152,7 @@ def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
     _config(num_classes=NUM_CLASSES + 1).save(tmp_path / "model_config.json")
     model.save_weights(checkpoint_path(str(tmp_path), 7))
     with pytest.raises(ValueError, match="checkpoint_path=.*does not fit the model"):
-        export_lib.load_model_for_inference(str(tmp_path))
+        runs.load_model_for_inference(str(tmp_path))
 
 
 def test_round_trip_at_two_sizes_equals_keras(trained, exported):
