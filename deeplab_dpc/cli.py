@@ -12,6 +12,13 @@ import re
 
 from absl import app, flags
 
+from deeplab_dpc import console
+
+# Every entry point imports this module before TensorFlow (the conversion tools
+# through tools.conversion_cli): one place keeps TensorFlow's start-up lines off
+# the console. DEEPLAB_DPC_VERBOSE=1 brings them back (console.py).
+console.quiet_tensorflow()
+
 # Flags defined by these helpers belong to the entry point that calls them, so
 # its --help lists them (not only --helpfull).
 flags.disclaim_key_flags()

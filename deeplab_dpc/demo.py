@@ -25,9 +25,9 @@ import pathlib
 import shutil
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
+from deeplab_dpc import cli  # noqa: F401 -- before TensorFlow: keeps its start-up lines off the console
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PUBLISHED_CELL = REPO / "experiments" / "specs" / "dense_prediction_cell_branch5_top1_cityscapes.json"

@@ -17,14 +17,11 @@ Usage (one line each):
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

@@ -16,13 +16,9 @@ Usage::
 
 from __future__ import annotations
 
-import os
+from absl import app, flags
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-from absl import app, flags  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

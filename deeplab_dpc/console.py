@@ -1,0 +1,207 @@
+"""What the command-line entry points print: progress, results and real warnings, not TensorFlow's start-up lines.
+
+Every entry point imports ``deeplab_dpc.cli`` before TensorFlow, and that
+import calls ``quiet_tensorflow()`` once (the conversion tools reach it through
+``tools.conversion_cli``). It does three things, and nothing else:
+
+1. Sets ``TF_CPP_MIN_LOG_LEVEL`` to ``1`` (TensorFlow's C++ warnings and errors
+   stay, its INFO lines go) unless the environment already sets it. It must
+   be set before TensorFlow is imported.
+2. Drops the start-up lines that ``import tensorflow`` writes to file
+   descriptor 2 regardless of that level, because they are logged before
+   TensorFlow reads it ("WARNING: All log messages before
+   absl::InitializeLog() ...", oneDNN, "Could not find cuda drivers", twice:
+   two of TensorFlow's libraries each log them), and, on a machine without an
+   NVIDIA driver, TensorFlow's expected ``failed call to cuInit`` error. Only
+   while ``tensorflow`` is first imported, and only those lines: anything else
+   written meanwhile is passed on after the import, and everything is passed
+   on if the import fails. With an NVIDIA driver installed a cuInit failure
+   is real and is shown.
+3. Hides the INFO records of TensorFlow's Python code (its ``tensorflow``
+   logger, and absl's logger when the caller is in TensorFlow's package: a
+   SavedModel export logs two ~10 KB lines listing renamed signature inputs,
+   "Sharding callback duration", "Writing fingerprint"); its warnings and
+   errors stay, and so does every record of ours. ``--verbosity=1`` (absl's
+   debug level) shows them again.
+
+``DEEPLAB_DPC_VERBOSE=1`` in the environment turns all three off, as does an
+explicit ``TF_CPP_MIN_LOG_LEVEL=0``: TensorFlow then prints what it always
+prints. No TensorFlow import here: a JAX host without TensorFlow runs this too.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import os
+import re
+import sys
+import tempfile
+from typing import Iterable
+
+VERBOSE_ENV = "DEEPLAB_DPC_VERBOSE"
+DEFAULT_TF_CPP_MIN_LOG_LEVEL = "1"
+
+# Lines that ``import tensorflow`` writes before TensorFlow applies
+# TF_CPP_MIN_LOG_LEVEL: absl's pre-initialisation banner, INFO records
+# (``I1201 12:00:00.000000  1234 port.cc:153] ...``) and the second line of
+# the CPU-feature notice.
+_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
+_INFO_RECORD = re.compile(r"I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] ")
+_CPU_FEATURES_CONTINUATION = "To enable the following instructions:"
+# TensorFlow's CUDA build on a machine without a driver: it says so (an INFO
+# record), then its first device query logs cuInit's failure as an ERROR.
+_NO_DRIVER = "Could not find cuda drivers on your machine"
+_CUINIT_FAILED = re.compile(r"E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] failed call to cuInit: ")
+
+_installed = False
+
+
+def verbose() -> bool:
+    """True when the user asked for TensorFlow's full output."""
+    flag = os.environ.get(VERBOSE_ENV, "").strip().lower()
+    return flag not in ("", "0", "false", "no") or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
+
+
+def startup_lines_to_keep(lines: Iterable[str]) -> list[str]:
+    """The lines of ``import tensorflow``'s stderr that are not start-up noise (see the module doc).
+
+    Lines keep their endings; a cuInit failure is dropped only when TensorFlow
+    also said that it found no CUDA driver.
+    """
+    lines = list(lines)
+    no_driver = any(_NO_DRIVER in line for line in lines)
+    kept = []
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if (
+            text == _BANNER
+            or _INFO_RECORD.match(text)
+            or text.startswith(_CPU_FEATURES_CONTINUATION)
+            or (no_driver and _CUINIT_FAILED.match(text))
+        ):
+            continue
+        kept.append(line)
+    return kept
+
+
+class _StderrFilter:
+    """Sends file descriptor 2 to a temporary file until ``close``, then writes on what to keep."""
+
+    def __init__(self):
+        self._saved = None
+        try:
+            sys.stderr.flush()
+            self._file = tempfile.TemporaryFile()
+            self._saved = os.dup(2)
+            os.dup2(self._file.fileno(), 2)
+        except (OSError, ValueError, AttributeError):  # No usable fd 2 (a daemon, an odd sys.stderr).
+            self._restore()
+
+    @property
+    def active(self) -> bool:
+        return self._saved is not None
+
+    def text(self) -> str:
+        self._file.flush()
+        self._file.seek(0)
+        return self._file.read().decode("utf-8", "replace")
+
+    def close(self, keep_everything: bool = False) -> None:
+        if not self.active:
+            return
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+        lines = self.text().splitlines(keepends=True)
+        self._restore()
+        out = "".join(lines if keep_everything else startup_lines_to_keep(lines))
+        if out:
+            os.write(2, out.encode("utf-8", "replace"))
+
+    def _restore(self) -> None:
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+        file = getattr(self, "_file", None)
+        if file is not None:
+            file.close()
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """On the first ``import tensorflow``, runs the package's ``__init__`` under ``_StderrFilter``."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "tensorflow":
+            return None
+        _remove_finder()
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        exec_module = loader.exec_module
+
+        def quiet_exec_module(module):
+            del loader.exec_module  # Back to the loader's own method: this runs once.
+            stderr = _StderrFilter()
+            try:
+                exec_module(module)
+                if stderr.active and _NO_DRIVER in stderr.text():
+                    # No driver: TensorFlow's first device query will log cuInit's
+                    # failure as an error. Make that query here, inside the filter.
+                    module.config.list_physical_devices("GPU")
+            except BaseException:
+                stderr.close(keep_everything=True)
+                raise
+            stderr.close()
+
+        loader.exec_module = quiet_exec_module
+        return spec
+
+
+class _TensorFlowInfoFilter(logging.Filter):
+    """Drops TensorFlow's INFO records unless absl's ``--verbosity`` is 1 or more; passes everything else.
+
+    TensorFlow logs through its own ``tensorflow`` logger and, in newer code
+    (the SavedModel writer), through absl's: there a record is TensorFlow's
+    when the file that logged it lies in TensorFlow's package.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if record.name != "tensorflow" and not _in_tensorflow(record.pathname):
+            return True
+        try:
+            from absl import logging as absl_logging  # noqa: PLC0415
+
+            return absl_logging.get_verbosity() >= 1
+        except ImportError:
+            return False
+
+
+def _in_tensorflow(path: str) -> bool:
+    tensorflow = sys.modules.get("tensorflow")
+    package = os.path.dirname(getattr(tensorflow, "__file__", None) or "")
+    return bool(package) and os.path.abspath(path).startswith(package + os.sep)
+
+
+def _remove_finder() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietTensorFlowImport)]
+
+
+def quiet_tensorflow() -> None:
+    """Keeps TensorFlow's start-up and INFO lines off the console (see the module doc). Idempotent."""
+    global _installed
+    if _installed or verbose():
+        return
+    _installed = True
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", DEFAULT_TF_CPP_MIN_LOG_LEVEL)
+    if "tensorflow" not in sys.modules:
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
+    info_filter = _TensorFlowInfoFilter()
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).addFilter(info_filter)

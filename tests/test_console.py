@@ -1,0 +1,103 @@
+"""The console: TensorFlow's start-up lines and INFO records stay off it, real warnings and errors stay on."""
+
+import logging
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+
+from deeplab_dpc import console, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# What `import tensorflow` (2.21, CPU build, no NVIDIA driver) and its first device query write.
+NO_DRIVER_STARTUP = """\
+WARNING: All log messages before absl::InitializeLog() is called are written to STDERR
+I0000 00:00:1796128326.795010    4620 port.cc:153] oneDNN custom operations are on. You may see slightly \
+different numerical results due to floating-point round-off errors from different computation orders.
+I0000 00:00:1796128326.795419    4620 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.
+I0000 00:00:1796128326.862996    4620 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use \
+available CPU instructions in performance-critical operations.
+To enable the following instructions: AVX2 AVX512F AVX512_VNNI FMA, in other operations, rebuild TensorFlow \
+with the appropriate compiler flags.
+E0000 00:00:1796128329.264334    4620 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error: \
+Failed call to cuInit: UNKNOWN ERROR (303)
+W0000 00:00:1796128329.300000    4620 some_op.cc:12] a real warning
+E0000 00:00:1796128329.300001    4620 some_op.cc:13] a real error
+/x/y.py:3: UserWarning: a Python warning
+"""
+# A C++ log record (TensorFlow's): severity, date, time, thread, file.cc:line].
+CPP_RECORD = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+\.cc:\d+\] ")
+
+
+def test_startup_noise_is_dropped_and_everything_else_kept():
+    kept = console.startup_lines_to_keep(NO_DRIVER_STARTUP.splitlines(keepends=True))
+    assert kept == [
+        "W0000 00:00:1796128329.300000    4620 some_op.cc:12] a real warning\n",
+        "E0000 00:00:1796128329.300001    4620 some_op.cc:13] a real error\n",
+        "/x/y.py:3: UserWarning: a Python warning\n",
+    ]
+
+
+def test_cuinit_failure_is_kept_where_a_driver_is_installed():
+    lines = [line for line in NO_DRIVER_STARTUP.splitlines(keepends=True) if "Could not find cuda drivers" not in line]
+    kept = console.startup_lines_to_keep(lines)
+    assert any("failed call to cuInit" in line for line in kept)
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [({}, False), ({"DEEPLAB_DPC_VERBOSE": "1"}, True), ({"DEEPLAB_DPC_VERBOSE": "0"}, False),
+     ({"TF_CPP_MIN_LOG_LEVEL": "0"}, True), ({"TF_CPP_MIN_LOG_LEVEL": "2"}, False)],
+)
+def test_verbose_when_asked(monkeypatch, env, expected):
+    monkeypatch.delenv("DEEPLAB_DPC_VERBOSE", raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert console.verbose() is expected
+
+
+def _record(name, level, pathname):
+    return logging.LogRecord(name, level, pathname, 1, "message", None, None)
+
+
+def test_tensorflow_info_records_are_filtered_ours_and_warnings_pass(monkeypatch, tmp_path):
+    fake_tf = types.ModuleType("tensorflow")
+    fake_tf.__file__ = str(tmp_path / "tensorflow" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "tensorflow", fake_tf)
+    in_tf = str(tmp_path / "tensorflow" / "python" / "saved_model" / "signature_serialization.py")
+    keep = console._TensorFlowInfoFilter().filter
+    from absl import logging as absl_logging
+
+    monkeypatch.setattr(absl_logging, "get_verbosity", lambda: 0)
+    assert not keep(_record("tensorflow", logging.INFO, "/anywhere.py"))
+    assert not keep(_record("absl", logging.INFO, in_tf))
+    assert keep(_record("absl", logging.WARNING, in_tf))
+    assert keep(_record("tensorflow", logging.ERROR, "/anywhere.py"))
+    assert keep(_record("absl", logging.INFO, str(ROOT / "deeplab_dpc" / "train.py")))
+    monkeypatch.setattr(absl_logging, "get_verbosity", lambda: 1)  # --verbosity=1
+    assert keep(_record("absl", logging.INFO, in_tf))
+
+
+def test_a_tool_prints_no_tensorflow_startup_lines(tmp_path):
+    descriptor = synthetic.write_segnet_folders(tmp_path / "data", {"train": 2}, 16, 16, 3)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", console.VERBOSE_ENV)}
+    env["PYTHONPATH"] = str(ROOT)
+    data = tmp_path / "data"
+    result = subprocess.run(
+        [sys.executable, "-m", "tools.build_folder_data", f"--image_dir={data / 'train'}",
+         f"--label_dir={data / 'trainannot'}", f"--list_file={data / 'train.txt'}", "--split=train",
+         f"--dataset={descriptor}", f"--output_dir={tmp_path / 'out'}", "--num_shards=1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    noise = [line for line in lines if CPP_RECORD.match(line) or re.search(
+        r"absl::InitializeLog|oneDNN|cuda|cuInit|cpu_feature_guard|TensorFlow binary", line, re.IGNORECASE)]
+    assert not noise, result.stderr
+    assert any("train: 2 examples in 1 shards" in line for line in lines), result.stderr
