@@ -1,0 +1,300 @@
+"""The trial store: config checks, dedup by graph, failures, budgets, interruption recovery.
+
+Workers run in this process with the fake objectives of ``tests/nas/fakes.py``.
+"""
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from optuna.trial import TrialState, create_trial
+
+from deeplab_dpc.core.spec import SearchSpace
+from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas import study as study_lib
+from tests.nas import fakes
+
+
+def make_config(tmp_path, **overrides):
+    values = dict(search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8)
+    values.update(overrides)
+    return study_lib.SearchConfig(**values)
+
+
+def start(config):
+    study_lib.prepare_search_dir(config)
+    return study_lib.load_study(config, create=True)
+
+
+def trained_hashes(log_path):
+    if not os.path.exists(log_path):
+        return []
+    with open(log_path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+@pytest.fixture
+def objective_log(tmp_path, monkeypatch):
+    path = str(tmp_path / "trained.log")
+    monkeypatch.setenv("FAKE_OBJECTIVE_LOG", path)
+    return path
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(strategy="grid"), r"^strategy='grid' unknown; valid strategies: \['evolution', 'random', 'tpe'\]"),
+        (dict(executor="slurm"), r"^executor='slurm' unknown"),
+        (dict(max_trials=0), r"^max_trials must be a positive integer"),
+        (dict(max_hours=0.0), r"^max_hours must be positive"),
+        (dict(num_workers=0), r"^num_workers"),
+        (dict(sample_size=30), r"^sample_size must be at most population_size"),
+        (dict(mutation_probability=-0.1), r"^mutation_probability"),
+        (dict(enqueue_published=True, num_branches=3), r"^enqueue_published needs num_branches=5"),
+        (dict(storage="/tmp/somewhere"), r"^storage='/tmp/somewhere' is neither a database URL"),
+        (dict(objective="fakes.deterministic"), r"^objective='fakes.deterministic': expected 'module:function'"),
+        (dict(heartbeat_seconds=10.0, grace_seconds=15.0), r"^grace_seconds must be at least twice"),
+    ],
+)
+def test_config_errors_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, **overrides)
+
+
+def test_storage_urls(tmp_path):
+    d = str(tmp_path)
+    assert study_lib.resolve_storage(None, d) == f"sqlite:///{d}/study.db"
+    assert study_lib.resolve_storage("runs/j.log", d) == "journal:" + os.path.abspath("runs/j.log")
+    assert study_lib.resolve_storage("journal:x", d) == "journal:" + os.path.abspath("x")
+    assert study_lib.resolve_storage("postgresql://u@h/db", d) == "postgresql://u@h/db"
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = make_config(tmp_path, proxy={"proxy_steps": 300, "batch_size": 8}, max_hours=2.5)
+    path = study_lib.prepare_search_dir(config)
+    with open(path) as f:
+        assert study_lib.SearchConfig.from_dict(json.load(f)) == config
+
+
+def test_a_search_dir_refuses_another_config_but_takes_new_budgets(tmp_path):
+    study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))
+    # Budgets and how the search runs may change.
+    study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}, max_trials=50, max_hours=1.0, num_workers=4))
+    with pytest.raises(study_lib.ConfigMismatch, match=r"^strategy='tpe' differs from 'random'") as e:
+        study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}, strategy="tpe"))
+    assert e.value.field == "strategy"
+    with pytest.raises(study_lib.ConfigMismatch, match=r"^proxy.proxy_steps=100 differs from 300") as e:
+        study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 100}))
+    assert (e.value.field, e.value.key) == ("proxy", "proxy_steps")
+    # The file keeps the last accepted config.
+    with open(os.path.join(tmp_path, "search", "search_config.json")) as f:
+        assert json.load(f)["max_trials"] == 50
+
+
+# --------------------------------------------------------------------------- trials
+
+
+def test_failing_trials_are_stored_with_their_error_and_the_search_goes_on(tmp_path, objective_log):
+    config = make_config(tmp_path, objective="tests.nas.fakes:flaky", max_trials=25, mutation_probability=0.0)
+    study = start(config)
+    report = study_lib.run_worker(config, "w")
+    trials = study.get_trials()
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed, "the test needs cells the fake fails on"
+    for t in failed:
+        assert t.value is None
+        assert t.user_attrs["error"] == "FakeNaN: loss became NaN at step 3"
+        assert "FakeNaN" in t.user_attrs["traceback"]
+        assert fakes.fails(space_lib.params_to_spec(t.params, config.space))
+    assert report.failed == len(failed) and report.trained == 25 - len(failed)
+    assert study_lib.budget_used(trials) == 25 and report.stopped_because == "max_trials reached"
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+
+
+def test_a_non_finite_score_is_a_failure_not_a_score(tmp_path):
+    config = make_config(tmp_path, max_trials=2)
+    study = start(config)
+    study_lib.run_worker(config, "w", objective=lambda spec: {"miou": float("nan")})
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    assert "non-finite mIoU" in study.trials[0].user_attrs["error"]
+
+
+def test_a_duplicate_graph_is_never_trained_twice(tmp_path, objective_log):
+    # One branch: 81 cells, so 30 trials propose duplicates (mutations of the best, too).
+    config = make_config(tmp_path, num_branches=1, max_trials=30, mutation_probability=0.7, mutation_top_k=2)
+    study = start(config)
+    study_lib.run_worker(config, "w")
+    trials = study.get_trials()
+    duplicates = [t for t in trials if study_lib.is_duplicate(t)]
+    originals = [t for t in trials if not study_lib.is_duplicate(t)]
+    assert len(duplicates) > 3 and len(originals) == 30
+    trained = trained_hashes(objective_log)
+    assert len(trained) == len(set(trained)) == 30
+    assert sorted(trained) == sorted(t.user_attrs["graph_hash"] for t in originals)
+    by_number = {t.number: t for t in trials}
+    for t in duplicates:
+        original = by_number[t.user_attrs["duplicate_of"]]
+        assert t.state == TrialState.COMPLETE and t.value == original.value
+        assert t.user_attrs["graph_hash"] == original.user_attrs["graph_hash"]
+        assert not study_lib.is_duplicate(original)
+
+
+def test_a_duplicate_of_a_failed_graph_is_failed_without_training(tmp_path, objective_log):
+    config = make_config(tmp_path, num_branches=1, max_trials=30, objective="tests.nas.fakes:flaky")
+    study = start(config)
+    study_lib.run_worker(config, "w")
+    trials = study.get_trials()
+    copies = [t for t in trials if study_lib.is_duplicate(t) and t.state == TrialState.FAIL]
+    assert copies
+    for t in copies:
+        assert t.user_attrs["error"].startswith(f"same graph as trial {t.user_attrs['duplicate_of']}, which failed")
+    trained = trained_hashes(objective_log)
+    assert len(trained) == len(set(trained)) == 30
+
+
+def test_resolution_rules():
+    def trial(number, state, value=None, **attrs):
+        t = create_trial(state=state, value=value, user_attrs={"graph_hash": "h", **attrs}) if state == TrialState.COMPLETE else create_trial(state=state, user_attrs={"graph_hash": "h", **attrs})
+        t.number = number
+        return t
+
+    R = study_lib.resolve_duplicate
+    assert R(9, "h", []) == study_lib.Resolution("train")
+    assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5)]) == study_lib.Resolution("copy", 3)
+    assert R(9, "h", [trial(3, TrialState.RUNNING)]) == study_lib.Resolution("wait", 3)
+    assert R(9, "h", [trial(3, TrialState.FAIL, error="x")]) == study_lib.Resolution("copy_failure", 3)
+    # An interrupted attempt is no result; its queued retry is waited for.
+    assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="killed")]) == study_lib.Resolution("train")
+    assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="k"), trial(5, TrialState.WAITING, retry_of=3)]) == (
+        study_lib.Resolution("wait", 5)
+    )
+    # A duplicate is never an original; a completed result wins over a failure.
+    assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5, duplicate_of=1)]) == study_lib.Resolution("train")
+    assert R(9, "h", [trial(3, TrialState.FAIL, error="x"), trial(4, TrialState.COMPLETE, 0.4)]).action == "copy"
+
+
+def test_reference_cells_run_first_and_are_queued_once(tmp_path):
+    config = make_config(tmp_path, enqueue_published=True, max_trials=3)
+    study = start(config)
+    with study_lib.FileLock(config.lock_path):
+        assert study_lib.enqueue_reference_cells(study) == [0, 1]
+        assert study_lib.enqueue_reference_cells(study) == []
+    study_lib.run_worker(config, "w")
+    trials = study.get_trials()
+    assert [t.user_attrs.get("reference") for t in trials] == ["published_cityscapes", "aspp", None]
+    assert space_lib.params_to_spec(trials[0].params, config.space) == space_lib.published_cell()
+    assert json.loads(trials[1].user_attrs["spec"]) == space_lib.aspp_cell().to_list()
+
+
+def test_max_hours_stops_starting_trials(tmp_path):
+    config = make_config(tmp_path, max_trials=100)
+    start(config)
+    report = study_lib.run_worker(config, "w", deadline=time.time() - 1)
+    assert report.stopped_because == "max_hours reached" and report.trained == 0
+
+
+# --------------------------------------------------------------------------- interruptions
+
+
+def dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def plant_running_trial(study, config, spec, *, owner, heartbeat, retry_of=None):
+    """A RUNNING trial as a killed worker leaves it, started when its last heartbeat was written."""
+    attrs = {"graph_hash": spec.canonical_hash(), "spec": spec.to_json()}
+    if retry_of is not None:
+        attrs["retry_of"] = retry_of
+    template = create_trial(
+        state=TrialState.RUNNING,
+        params=space_lib.spec_to_params(spec),
+        distributions=space_lib.distributions(config.space),
+        user_attrs=attrs,
+        system_attrs={study_lib.OWNER: owner, study_lib.HEARTBEAT: heartbeat},
+    )
+    template.datetime_start = datetime.datetime.fromtimestamp(heartbeat)
+    trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
+    return study._storage.get_trial_number_from_id(trial_id)
+
+
+def test_a_trial_whose_worker_is_gone_is_retried_once(tmp_path, objective_log):
+    config = make_config(tmp_path, max_trials=3)
+    study = start(config)
+    spec = space_lib.published_cell()
+    owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+    number = plant_running_trial(study, config, spec, owner=owner, heartbeat=time.time())
+    # A live owner with a fresh heartbeat is left alone.
+    alive = dict(study_lib.owner_record("me"))
+    plant_running_trial(study, config, space_lib.aspp_cell(), owner=alive, heartbeat=time.time())
+    with study_lib.FileLock(config.lock_path):
+        recovered = study_lib.recover_interrupted(study, config.space, config.grace_seconds)
+        assert recovered == [(number, 2)]
+        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == []
+    interrupted, live, retry = study.get_trials()
+    assert interrupted.state == TrialState.FAIL and live.state == TrialState.RUNNING
+    assert "worker old (pid" in interrupted.user_attrs["interrupted"]
+    assert interrupted.user_attrs["retried_as"] == 2
+    assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == number
+    # The live one now stops (its owner "finished"); the retry runs first and trains the graph.
+    study._storage.set_trial_state_values(live._trial_id, TrialState.COMPLETE, [0.3])
+    study_lib.run_worker(config, "w")
+    retry = study.get_trials()[2]
+    assert retry.state == TrialState.COMPLETE and retry.value == pytest.approx(fakes.score(spec))
+    assert trained_hashes(objective_log)[0] == spec.canonical_hash()
+    # Budget: the interrupted attempt does not count, its retry does.
+    assert study_lib.budget_used(study.get_trials()) == 3
+
+
+def test_a_silent_trial_is_interrupted_after_the_grace_period(tmp_path):
+    config = make_config(tmp_path, heartbeat_seconds=1.0, grace_seconds=5.0)
+    study = start(config)
+    elsewhere = {"host": "another-machine", "pid": 1, "start": None, "worker": "remote"}
+    fresh = plant_running_trial(study, config, space_lib.aspp_cell(), owner=elsewhere, heartbeat=time.time())
+    silent = plant_running_trial(study, config, space_lib.published_cell(), owner=elsewhere, heartbeat=time.time() - 60)
+    with study_lib.FileLock(config.lock_path):
+        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(silent, 2)]
+    trials = study.get_trials()
+    assert trials[fresh].state == TrialState.RUNNING
+    assert trials[silent].user_attrs["interrupted"].startswith("no heartbeat for 6")
+
+
+def test_a_retry_interrupted_again_fails_for_good(tmp_path):
+    config = make_config(tmp_path)
+    study = start(config)
+    owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+    number = plant_running_trial(study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time(), retry_of=7)
+    with study_lib.FileLock(config.lock_path):
+        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(number, None)]
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["error"].startswith("interrupted again")
+    assert study_lib.counts_toward_budget(trial)  # a failure of its own, not retried
+
+
+def test_marking_an_interruption_is_idempotent(tmp_path):
+    """A recovery killed halfway (retry queued, trial still RUNNING) queues no second retry."""
+    config = make_config(tmp_path)
+    study = start(config)
+    owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+    number = plant_running_trial(study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time())
+    frozen = study._storage.get_trial(study.get_trials()[number]._trial_id)
+    study_lib._enqueue(study, frozen.params, {"retry_of": number})  # the first, interrupted recovery
+    with study_lib.FileLock(config.lock_path):
+        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(number, 1)]
+    assert len(study.get_trials()) == 2
+
+
+def test_journal_storage_runs_a_search(tmp_path, objective_log):
+    config = make_config(tmp_path, storage=str(tmp_path / "study.log"), max_trials=4)
+    study = start(config)
+    study_lib.run_worker(config, "w")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4
+    assert config.storage.startswith("journal:")
