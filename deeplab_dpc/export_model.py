@@ -24,14 +24,11 @@ takes any size. ``--crop_size`` only sets the TFLite model's static input.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags, logging
 
-from absl import app, flags, logging  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

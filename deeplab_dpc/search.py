@@ -16,14 +16,11 @@ far is ``search_dir/best_cell.json``, ready for ``train
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli
 
 # Proxy trainer flags -> ``ProxyConfig`` fields.
 PROXY_FLAGS = {
