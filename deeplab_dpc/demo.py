@@ -4,7 +4,8 @@ r"""The whole pipeline on the built-in generated dataset (no download), in a few
 
 1. Statistics of MobileNet-v2 + the published Cityscapes DPC at 1025x2049.
 2. Generates a segmentation dataset (SegNet folder layout + JSON descriptor)
-   and converts it to DeepLab TFRecords (``tools/build_folder_data``).
+   and converts it to DeepLab TFRecords (``data.folder_conversion``, as
+   ``tools/build_folder_data`` does).
 3. Trains MobileNet-v2 + DPC + decoder on it (``deeplab_dpc.train``'s library).
 4. Evaluates mIoU on the val split (``deeplab_dpc.eval``'s library).
 5. Exports a SavedModel (uint8 images in, labels out), reloads it with
@@ -58,12 +59,12 @@ def run_pipeline(fv) -> dict:
     from deeplab_dpc.analysis.stats import model_statistics
     from deeplab_dpc.core.model import ModelConfig
     from deeplab_dpc.data import conversion
+    from deeplab_dpc.data.folder_conversion import FolderConfig, convert_folder
     from deeplab_dpc.data.batches import DataConfig
     from deeplab_dpc.data.colormaps import label_to_color
     from deeplab_dpc.evaluation.eval_lib import EvalConfig, run_evaluation
     from deeplab_dpc.training.config import TrainConfig
     from deeplab_dpc.training.train_lib import train
-    from tools import build_folder_data
 
     height, width = cli.parse_pair(fv.crop_size, "crop_size")
     workdir = pathlib.Path(fv.workdir)
@@ -88,8 +89,8 @@ def run_pipeline(fv) -> dict:
         )
     records = workdir / "tfrecord"
     for split in ("train", "val"):
-        result = build_folder_data.build(
-            build_folder_data.FolderConfig(
+        result = convert_folder(
+            FolderConfig(
                 image_dir=str(folders / split),
                 label_dir=str(folders / f"{split}annot"),
                 list_file=str(folders / f"{split}.txt"),
@@ -143,7 +144,8 @@ def run_pipeline(fv) -> dict:
     import tensorflow as tf
 
     from deeplab_dpc.evaluation.inference import predict_labels
-    from deeplab_dpc.export.export_lib import ExportConfig, load_model_for_inference, run_export
+    from deeplab_dpc.export.export_lib import ExportConfig, run_export
+    from deeplab_dpc.runs import load_model_for_inference
 
     export_dir = workdir / "export" / "1"
     exported = run_export(ExportConfig(checkpoint_path=str(run_dir), export_path=str(export_dir), overwrite=True))

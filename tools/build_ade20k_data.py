@@ -27,6 +27,7 @@ import os
 from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
+from tools import conversion_cli
 
 DATASET = datasets.DATASETS["ade20k"]
 
@@ -91,7 +92,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("val_image_label_folder", None,
                         "Validation labels (default: <root>/annotations/validation).", flag_values=fv)
-    conversion.define_sharding_flags(fv, num_shards=4)
+    conversion_cli.define_sharding_flags(fv, num_shards=4)
     flags.mark_flag_as_required("output_dir", flag_values=fv)
 
 
@@ -106,12 +107,12 @@ def config_from_flags(fv: flags.FlagValues) -> Ade20kConfig:
     return Ade20kConfig(
         folders=folders,
         output_dir=fv.output_dir,
-        sharding=conversion.sharding_from_flags(fv),
+        sharding=conversion_cli.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    conversion.run_tool(argv, flag_values, config_from_flags, build)
+    conversion_cli.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import os
 from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
+from tools import conversion_cli
 
 DATASET = datasets.DATASETS["camvid"]
 VOID_ID = 11
@@ -102,7 +103,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     fv = flag_values
     flags.DEFINE_string("camvid_root", None, "CamVid root holding train/, trainannot/, train.txt, ...", flag_values=fv)
     flags.DEFINE_list("splits", ["train", "val"], "Splits to convert: train, val, test, trainval.", flag_values=fv)
-    conversion.define_sharding_flags(fv, num_shards=4)
+    conversion_cli.define_sharding_flags(fv, num_shards=4)
     flags.mark_flags_as_required(["camvid_root", "output_dir"], flag_values=fv)
 
 
@@ -111,12 +112,12 @@ def config_from_flags(fv: flags.FlagValues) -> CamVidConfig:
         camvid_root=fv.camvid_root,
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
-        sharding=conversion.sharding_from_flags(fv),
+        sharding=conversion_cli.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    conversion.run_tool(argv, flag_values, config_from_flags, build)
+    conversion_cli.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ import os
 from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
+from tools import conversion_cli
 
 DATASET = datasets.DATASETS["cityscapes"]
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -110,7 +111,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     fv = flag_values
     flags.DEFINE_string("cityscapes_root", None, "Cityscapes root holding leftImg8bit/ and gtFine/.", flag_values=fv)
     flags.DEFINE_list("splits", ["train", "val"], "Splits to convert: train, val, test, trainval.", flag_values=fv)
-    conversion.define_sharding_flags(fv, num_shards=10)
+    conversion_cli.define_sharding_flags(fv, num_shards=10)
     flags.mark_flags_as_required(["cityscapes_root", "output_dir"], flag_values=fv)
 
 
@@ -119,12 +120,12 @@ def config_from_flags(fv: flags.FlagValues) -> CityscapesConfig:
         cityscapes_root=fv.cityscapes_root,
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
-        sharding=conversion.sharding_from_flags(fv),
+        sharding=conversion_cli.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    conversion.run_tool(argv, flag_values, config_from_flags, build)
+    conversion_cli.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

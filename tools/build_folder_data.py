@@ -15,42 +15,16 @@ Usage::
 Without ``--label_dir`` the examples have no labels (a test split); without
 ``--list_file`` every image of ``--image_dir`` is taken, sorted by name.
 ``--label_map`` remaps raw label values (``src:dst`` pairs) before the check.
+
+The conversion itself is ``deeplab_dpc.data.folder_conversion``; this is its command line.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 from absl import app, flags
 
-from deeplab_dpc.data import conversion, datasets
-
-
-@dataclasses.dataclass(frozen=True)
-class FolderConfig:
-    """What to convert and how.
-
-    Args:
-      image_dir: folder of images.
-      label_dir: folder of ``<name><label_suffix>`` labels; None for none.
-      list_file: names to take; None for every image of ``image_dir``.
-      split: split name of the shards.
-      dataset: a built-in dataset name or a JSON descriptor path.
-      output_dir: where the shards go.
-      label_suffix: label file ending.
-      label_map: raw label value -> class id, applied before the check.
-      sharding: shard count, workers, shuffling.
-    """
-
-    image_dir: str
-    label_dir: str | None
-    list_file: str | None
-    split: str
-    dataset: str
-    output_dir: str
-    label_suffix: str = ".png"
-    label_map: tuple[tuple[int, int], ...] = ()
-    sharding: conversion.ShardingConfig = conversion.ShardingConfig(num_shards=4)
+from deeplab_dpc.data.folder_conversion import FolderConfig, convert_folder
+from tools import conversion_cli
 
 
 def parse_label_map(items) -> tuple[tuple[int, int], ...]:
@@ -67,29 +41,6 @@ def parse_label_map(items) -> tuple[tuple[int, int], ...]:
     return tuple(pairs)
 
 
-def list_examples(config: FolderConfig) -> list[conversion.SourceExample]:
-    if config.list_file:
-        return conversion.examples_from_list(
-            config.list_file, config.image_dir, config.label_dir, label_suffix=config.label_suffix
-        )
-    return conversion.examples_from_dirs(config.image_dir, config.label_dir, label_suffix=config.label_suffix)
-
-
-def build(config: FolderConfig) -> conversion.ConversionResult:
-    """Converts the listed examples to shards of ``config.split``."""
-    descriptor = datasets.get_dataset(config.dataset)
-    return conversion.convert_split(
-        list_examples(config),
-        config.output_dir,
-        config.split,
-        num_classes=descriptor.num_classes,
-        ignore_label=descriptor.ignore_label,
-        label_fn=conversion.label_lut(dict(config.label_map)) if config.label_map else None,
-        sharding=config.sharding,
-        config=dataclasses.asdict(config),
-    )
-
-
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines this tool's flags (called by ``__main__``; tests pass their own FlagValues)."""
     fv = flag_values
@@ -101,15 +52,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("label_suffix", ".png", "Label file ending after the name.", flag_values=fv)
     flags.DEFINE_list("label_map", [], "Raw label value remapping, src:dst pairs (e.g. 11:255).", flag_values=fv)
-    conversion.define_sharding_flags(fv, num_shards=4, num_shards_help="Shards.")
+    conversion_cli.define_sharding_flags(fv, num_shards=4, num_shards_help="Shards.")
     flags.mark_flags_as_required(["image_dir", "split", "dataset", "output_dir"], flag_values=fv)
 
 
 def config_from_flags(fv: flags.FlagValues) -> FolderConfig:
-    try:
-        label_map = parse_label_map(fv.label_map)
-    except ValueError as e:
-        raise app.UsageError(str(e)) from None
+    """The flags as a ``FolderConfig``; a ``ValueError`` names the flag (``run_tool`` makes it a usage error)."""
     return FolderConfig(
         image_dir=fv.image_dir,
         label_dir=fv.label_dir,
@@ -118,13 +66,13 @@ def config_from_flags(fv: flags.FlagValues) -> FolderConfig:
         dataset=fv.dataset,
         output_dir=fv.output_dir,
         label_suffix=fv.label_suffix,
-        label_map=label_map,
-        sharding=conversion.sharding_from_flags(fv),
+        label_map=parse_label_map(fv.label_map),
+        sharding=conversion_cli.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    conversion.run_tool(argv, flag_values, config_from_flags, build)
+    conversion_cli.run_tool(argv, flag_values, config_from_flags, convert_folder)
 
 
 if __name__ == "__main__":

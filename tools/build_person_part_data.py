@@ -27,6 +27,7 @@ import os
 from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
+from tools import conversion_cli
 
 DATASET = datasets.DATASETS["pascal_person_part"]
 
@@ -82,7 +83,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                         flag_values=fv)
     flags.DEFINE_string("list_folder", None, "Folder of <split>.txt or <split>_id.txt lists.", flag_values=fv)
     flags.DEFINE_list("splits", ["train", "val"], "Splits to convert.", flag_values=fv)
-    conversion.define_sharding_flags(fv, num_shards=4)
+    conversion_cli.define_sharding_flags(fv, num_shards=4)
     flags.mark_flags_as_required(
         ["image_folder", "semantic_segmentation_folder", "list_folder", "output_dir"], flag_values=fv
     )
@@ -95,12 +96,12 @@ def config_from_flags(fv: flags.FlagValues) -> PersonPartConfig:
         list_folder=fv.list_folder,
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
-        sharding=conversion.sharding_from_flags(fv),
+        sharding=conversion_cli.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    conversion.run_tool(argv, flag_values, config_from_flags, build)
+    conversion_cli.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

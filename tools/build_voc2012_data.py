@@ -30,6 +30,7 @@ import numpy as np
 from absl import app, flags
 
 from deeplab_dpc.data import conversion, datasets
+from tools import conversion_cli
 
 DATASET = datasets.DATASETS["pascal_voc_seg"]
 TRAIN_AUG = "train_aug"
@@ -165,7 +166,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
     flags.DEFINE_string("sbd_root", None, "SBD dataset/ folder (cls/*.mat, train.txt, val.txt) for train_aug.",
                         flag_values=fv)
-    conversion.define_sharding_flags(fv, num_shards=4)
+    conversion_cli.define_sharding_flags(fv, num_shards=4)
     flags.mark_flags_as_required(
         ["image_folder", "semantic_segmentation_folder", "list_folder", "output_dir"], flag_values=fv
     )
@@ -179,12 +180,12 @@ def config_from_flags(fv: flags.FlagValues) -> VocConfig:
         output_dir=fv.output_dir,
         splits=tuple(fv.splits),
         sbd_root=fv.sbd_root,
-        sharding=conversion.sharding_from_flags(fv),
+        sharding=conversion_cli.sharding_from_flags(fv),
     )
 
 
 def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
-    conversion.run_tool(argv, flag_values, config_from_flags, build)
+    conversion_cli.run_tool(argv, flag_values, config_from_flags, build)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ ids (a ``label_fn``, e.g. ``label_lut({11: 255})`` for CamVid's void); then
   shard count is refused rather than mixed in;
 * shows a progress bar (tqdm when installed, else a line on stderr).
 
-The tools also share their command line: ``define_sharding_flags`` and
-``sharding_from_flags`` for ``--output_dir`` and the sharding flags,
-``convert_dataset_splits`` for the splits of a built-in dataset, and ``run_tool``
-for the body of ``main``.
+``convert_dataset_splits`` converts the splits of a built-in dataset. The
+tools' shared command line (the sharding flags, ``main``'s body) is
+``tools/conversion_cli.py``: this module raises ``ValueError`` (``ConversionError``)
+and knows no flags.
 
 Labels are read with Pillow, which gives palette indices for palette PNGs and
 raw values for grey ones (8 or 16 bit); OpenCV and TensorFlow would turn a
@@ -57,7 +57,6 @@ import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from absl import app, flags
 
 from deeplab_dpc.data import datasets, tfrecord
 
@@ -67,10 +66,6 @@ LabelFn = Callable[[np.ndarray], np.ndarray]
 LabelReader = Callable[[str], np.ndarray]
 
 _log = logging.getLogger(__name__)
-
-# The flags that ``define_sharding_flags`` defines belong to the tool that
-# calls it (in ``--help`` and ``--helpshort``), not to this module.
-flags.disclaim_key_flags()
 
 
 class ConversionError(ValueError):
@@ -776,53 +771,3 @@ def convert_dataset_splits(
             config=dataclasses.asdict(config),
         )
     return results
-
-
-def define_sharding_flags(
-    flag_values: flags.FlagValues, *, num_shards: int = 4, num_shards_help: str = "Shards per split."
-) -> None:
-    """Defines ``--output_dir`` and the flags that ``sharding_from_flags`` reads.
-
-    ``--num_shards`` (default ``num_shards``), ``--examples_per_shard``,
-    ``--num_workers`` and ``--shuffle_seed``. The tool marks ``--output_dir``
-    as required itself, with its other required flags (absl reports missing
-    flags in the order they were marked).
-    """
-    fv = flag_values
-    flags.DEFINE_string("output_dir", None, "Folder for the TFRecord shards.", flag_values=fv)
-    flags.DEFINE_integer("num_shards", num_shards, num_shards_help, flag_values=fv)
-    flags.DEFINE_integer("examples_per_shard", 0, "Examples per shard (overrides --num_shards when > 0).", flag_values=fv)
-    flags.DEFINE_integer("num_workers", 0, "Encoding threads (0: one per CPU).", flag_values=fv)
-    flags.DEFINE_integer("shuffle_seed", None, "Shuffle examples with this seed before sharding.", flag_values=fv)
-
-
-def sharding_from_flags(fv: flags.FlagValues) -> ShardingConfig:
-    """The ``ShardingConfig`` of the flags defined by ``define_sharding_flags``."""
-    return ShardingConfig.from_flags(
-        num_shards=fv.num_shards, examples_per_shard=fv.examples_per_shard,
-        num_workers=fv.num_workers, shuffle_seed=fv.shuffle_seed,
-    )
-
-
-def run_tool(
-    argv: Sequence[str],
-    flag_values: flags.FlagValues,
-    config_from_flags: Callable[[flags.FlagValues], Any],
-    build: Callable[[Any], ConversionResult | Mapping[str, ConversionResult]],
-) -> None:
-    """The ``main`` of a conversion tool: builds the config from the flags, converts, logs each result.
-
-    Args:
-      argv: what ``app.run`` passes to ``main``; anything after the program
-        name is a usage error.
-      flag_values: the parsed flags.
-      config_from_flags: flags -> the tool's config (may raise ``app.UsageError``).
-      build: config -> one ``ConversionResult`` or a dict of them (one per split).
-    """
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = build(config_from_flags(flag_values))
-    if isinstance(results, ConversionResult):
-        results = {results.split: results}
-    for result in results.values():
-        _log.info(result.summary())
