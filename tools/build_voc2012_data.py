@@ -29,7 +29,7 @@ import os
 import numpy as np
 from absl import app, flags
 
-from deeplab_dpc.data import conversion, datasets
+from deeplab_dpc.data import conversion, datasets, splits
 from tools import conversion_cli
 
 DATASET = datasets.DATASETS["pascal_voc_seg"]
@@ -117,7 +117,7 @@ def _train_aug_examples(config: VocConfig) -> list[conversion.SourceExample]:
     def names(path):
         if not os.path.isfile(path):
             raise conversion.ConversionError(f"train_aug needs the list file {path}")
-        return conversion.read_list_file(path)
+        return splits.list_names(path)
 
     ordered = train_aug_names(
         names(os.path.join(config.list_folder, "train.txt")),
@@ -127,9 +127,9 @@ def _train_aug_examples(config: VocConfig) -> list[conversion.SourceExample]:
     )
     examples = []
     for name in ordered:
-        image = conversion.find_file(config.image_folder, name, conversion.IMAGE_EXTENSIONS)
+        image = splits.find_file(name, config.image_folder, extensions=splits.IMAGE_EXTENSIONS)
         if image is None:
-            image = conversion.find_file(os.path.join(config.sbd_root, "img"), name, conversion.IMAGE_EXTENSIONS)
+            image = splits.find_file(name, os.path.join(config.sbd_root, "img"), extensions=splits.IMAGE_EXTENSIONS)
         if image is None:
             raise conversion.ConversionError(
                 f"train_aug example {name!r}: no image in {config.image_folder} or {config.sbd_root}/img"

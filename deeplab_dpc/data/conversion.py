@@ -58,9 +58,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from deeplab_dpc.data import datasets, tfrecord
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+from deeplab_dpc.data import datasets, splits, tfrecord
+from deeplab_dpc.data.splits import IMAGE_EXTENSIONS, LABEL_SUFFIX
 
 LabelFn = Callable[[np.ndarray], np.ndarray]
 LabelReader = Callable[[str], np.ndarray]
@@ -160,75 +159,32 @@ class ConversionResult:
 # --------------------------------------------------------------------------- listing examples
 
 
-def read_list_file(list_file: str | os.PathLike) -> list[str]:
-    """Example names from a list file, one per line.
-
-    Blank lines and ``#`` comments are skipped. A line may also be a path, or
-    SegNet's ``image_path label_path`` pair: the name is then the basename of
-    the first field without its image extension.
-    """
-    list_file = os.fspath(list_file)
-    try:
-        with open(list_file, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        raise ConversionError(f"cannot read list file {list_file}: {e}") from None
-    names = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name = os.path.basename(line.split()[0])
-        stem, ext = os.path.splitext(name)
-        names.append(stem if ext.lower() in IMAGE_EXTENSIONS else name)
-    return names
-
-
-def find_file(directory: str, name: str, extensions: Sequence[str]) -> str | None:
-    """The first existing ``directory/name<ext>`` over ``extensions``, or None."""
-    for ext in extensions:
-        path = os.path.join(directory, name + ext)
-        if os.path.isfile(path):
-            return path
-    return None
-
-
 def examples_from_list(
     list_file: str | os.PathLike,
     image_dir: str | os.PathLike,
     label_dir: str | os.PathLike | None,
     *,
     image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
-    label_suffix: str = ".png",
+    label_suffix: str = LABEL_SUFFIX,
 ) -> list[SourceExample]:
-    """Examples named by a list file: ``image_dir/<name><ext>`` and ``label_dir/<name><label_suffix>``.
+    """The examples a list file names (``splits.read_list``: the rules of every folder reader).
 
     Args:
-      list_file: names, one per line (see ``read_list_file``).
-      image_dir: folder of images; the first of ``image_extensions`` that
-        exists is taken.
-      label_dir: folder of labels, or None for unlabelled examples.
+      list_file: names or ``image label`` pairs, one per line (see ``splits``).
+      image_dir: folder of images; a name takes the first of ``image_extensions`` that exists.
+      label_dir: folder of ``<name><label_suffix>`` labels, or None for unlabelled examples.
 
     Raises:
-      ConversionError: a listed image that is not there (naming the list file
-        and the name); an empty list. Missing labels are reported by
-        ``convert_split``.
+      ConversionError: a missing list file, image or label (naming the list
+        file, the line and the field); an empty list.
     """
-    image_dir = os.fspath(image_dir)
-    names = read_list_file(list_file)
-    if not names:
-        raise ConversionError(f"list file {os.fspath(list_file)} names no examples")
-    examples = []
-    for name in names:
-        image = find_file(image_dir, name, image_extensions)
-        if image is None:
-            raise ConversionError(
-                f"list file {os.fspath(list_file)} names {name!r} but there is no image "
-                f"{os.path.join(image_dir, name)}{{{','.join(image_extensions)}}}"
-            )
-        label = os.path.join(os.fspath(label_dir), name + label_suffix) if label_dir is not None else None
-        examples.append(SourceExample(image, label, name))
-    return examples
+    try:
+        entries = splits.read_list(
+            list_file, image_dir, label_dir, image_extensions=image_extensions, label_suffix=label_suffix
+        )
+    except (OSError, ValueError) as e:
+        raise ConversionError(str(e)) from None
+    return [SourceExample(entry.image_path, entry.label_path, entry.name) for entry in entries]
 
 
 def examples_from_dirs(
@@ -236,7 +192,7 @@ def examples_from_dirs(
     label_dir: str | os.PathLike | None,
     *,
     image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
-    label_suffix: str = ".png",
+    label_suffix: str = LABEL_SUFFIX,
 ) -> list[SourceExample]:
     """Every image of ``image_dir`` (sorted by name), paired with ``label_dir/<stem><label_suffix>``."""
     image_dir = os.fspath(image_dir)
@@ -249,7 +205,7 @@ def examples_from_dirs(
         stem, ext = os.path.splitext(entry)
         if ext.lower() not in image_extensions or entry.startswith("."):
             continue
-        label = os.path.join(os.fspath(label_dir), stem + label_suffix) if label_dir is not None else None
+        label = splits.label_path(label_dir, stem, label_suffix) if label_dir is not None else None
         examples.append(SourceExample(os.path.join(image_dir, entry), label, stem))
     if not examples:
         raise ConversionError(f"no images ({', '.join(image_extensions)}) in {image_dir}")
@@ -298,16 +254,7 @@ def label_lut(mapping: Mapping[int, int], *, default: int | None = None) -> Labe
         and reported with their file).
     """
     mapping = {int(k): int(v) for k, v in mapping.items()}
-    for source, target in mapping.items():
-        if not 0 <= target <= 255:
-            raise ValueError(f"label_lut: target {target} of value {source} is outside 0..255")
-    if default is not None and not 0 <= default <= 255:
-        raise ValueError(f"label_lut: default {default} is outside 0..255")
-    table = np.arange(256, dtype=np.int64) if default is None else np.full(256, default, dtype=np.int64)
-    for source, target in mapping.items():
-        if 0 <= source < 256:
-            table[source] = target
-    table8 = table.astype(np.uint8)
+    table8 = splits.label_table(mapping, default=default, what="label_lut")
 
     def apply(label: np.ndarray) -> np.ndarray:
         label = np.asarray(label)

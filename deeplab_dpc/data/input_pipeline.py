@@ -11,7 +11,7 @@ Sources (``dataset_source``; the ``--dataset`` flag's forms):
 
 * ``tfds:NAME[/CONFIG]``: a TensorFlow Datasets builder (``tfds.py``);
 * ``folder`` / ``folder:segnet`` / ``folder:voc``: image and label files
-  listed in ``<split>.txt`` (``numpy_loader.split_entries``), read with
+  listed in ``<split>.txt`` (``splits.split_entries``, as the NumPy loader), read with
   ``tf.io.read_file``;
 * anything else (``tfrecord``, a dataset name, a descriptor path): DeepLab
   TFRecord shards ``<split>-*-of-*.tfrecord`` in ``dataset_dir``
@@ -39,6 +39,7 @@ import tensorflow as tf
 
 from deeplab_dpc.data import tfrecord
 from deeplab_dpc.data.preprocess import PreprocessConfig, preprocess_sample
+from deeplab_dpc.data.splits import remap_table, split_entries
 
 AUTOTUNE = tf.data.AUTOTUNE
 DEFAULT_SHUFFLE_BUFFER = 256
@@ -68,9 +69,7 @@ class Source:
 
 
 def _label_lut(label_remap: Mapping[int, int] | None):
-    from deeplab_dpc.data.numpy_loader import label_lut  # noqa: PLC0415 (imports cv2, keras)
-
-    table = label_lut(label_remap)
+    table = remap_table(label_remap)
     return None if table is None else tf.constant(table, tf.uint8)
 
 
@@ -120,9 +119,7 @@ def _decode_label_file(contents, path):
 
 
 def folder_source(dataset_dir, split: str, *, layout: str = "auto", labels: bool = True) -> Source:
-    """Listed image/label files (see ``numpy_loader.split_entries``), read with TF."""
-    from deeplab_dpc.data.numpy_loader import split_entries  # noqa: PLC0415 (imports cv2, keras)
-
+    """Listed image/label files (see ``splits.split_entries``), read with TF."""
     entries = split_entries(dataset_dir, split, layout=layout, labels=labels)
     table = {
         "image_path": [e.image_path for e in entries],

@@ -11,13 +11,10 @@ Pieces:
   ``[H, W, 3]`` RGB, ``label`` uint8 ``[H, W, 1]`` when labelled,
   ``image_name``, ``height``, ``width``):
 
-  - ``FolderSource``: image and label folders plus a list file. Layouts
-    ``segnet`` (CamVid as SegNet ships it: ``<split>/``, ``<split>annot/``,
-    ``<split>.txt``), ``voc`` (``JPEGImages/``, ``SegmentationClassRaw/``,
-    ``ImageSets/Segmentation/<split>.txt``) and explicit folders. A list line
-    is either a stem / file name, or two paths "image label" (SegNet's own
-    lists, whose absolute paths are re-rooted to the folders when they do not
-    exist).
+  - ``FolderSource``: image and label folders plus a list file, in the
+    ``segnet`` or ``voc`` layout or explicit folders; list files, image
+    endings and label paths are ``splits.py``'s, shared with tf.data and the
+    TFRecord conversion.
   - ``TFRecordSource``: the DeepLab TFRecord shards training reads, parsed
     in pure Python (``tfrecord.parse_example``).
   - ``NpzSource``: one ``.npz`` file, read with ``allow_pickle=False``
@@ -27,8 +24,8 @@ Pieces:
   palette PNGs are refused, as DeepLab's ``remove_gt_colormap.py`` requires.
 
 * ``preprocess_numpy``: ``preprocess.preprocess_sample`` in NumPy/OpenCV,
-  with the same ``PreprocessConfig``, the same size arithmetic, padding and
-  crop rules. Resizing: ``cv2.INTER_LINEAR`` for images (half-pixel centres,
+  with the same ``PreprocessConfig``, size arithmetic and flip probability
+  (``augmentation.py``), the same padding and crop rules. Resizing: ``cv2.INTER_LINEAR`` for images (half-pixel centres,
   like ``tf.image.resize``; the two differ by float rounding, below 5e-3 on
   the 0-255 scale, because OpenCV and TF accumulate the weights differently);
   labels by index arrays computed with TF's own float32 formula, so they are
@@ -59,7 +56,6 @@ OpenCV uses.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import pathlib
@@ -80,15 +76,14 @@ except ImportError as error:  # Keras' default backend is TensorFlow.
         f"before importing it ({error})"
     ) from error
 
-from deeplab_dpc.data.preprocess import (
+from deeplab_dpc.data.augmentation import (
+    FLIP_PROBABILITY,
     MEAN_PIXEL,
     PreprocessConfig,
     resize_to_range_size,
     scaled_size,
 )
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
-_FLIP_PROBABILITY = 0.5
+from deeplab_dpc.data.splits import Entry, read_list, remap_table, split_entries
 
 # ---------------------------------------------------------------------------
 # Decoding.
@@ -124,18 +119,6 @@ def decode_label(data: bytes | np.ndarray, what: str = "label") -> np.ndarray:
     return label.reshape(label.shape[0], label.shape[1], 1)
 
 
-def label_lut(label_remap: Mapping[int, int] | None) -> np.ndarray | None:
-    """``{stored value: label}`` -> a 256-entry uint8 table (None if empty)."""
-    if not label_remap:
-        return None
-    table = np.arange(256, dtype=np.uint8)
-    for src, dst in label_remap.items():
-        if not (0 <= int(src) <= 255 and 0 <= int(dst) <= 255):
-            raise ValueError(f"label_remap entries must map 0..255 to 0..255, got {src} -> {dst}")
-        table[int(src)] = int(dst)
-    return table
-
-
 def _sample(image: np.ndarray, label: np.ndarray | None, name: str) -> dict[str, Any]:
     if label is not None and label.shape[:2] != image.shape[:2]:
         raise ValueError(f"{name}: image {image.shape[:2]} and label {label.shape[:2]} sizes differ")
@@ -147,141 +130,6 @@ def _sample(image: np.ndarray, label: np.ndarray | None, name: str) -> dict[str,
 
 # ---------------------------------------------------------------------------
 # Folder + list file reader.
-
-
-@dataclasses.dataclass(frozen=True)
-class Entry:
-    """One listed example: its name and files (``label_path`` None if unlabelled)."""
-
-    name: str
-    image_path: str
-    label_path: str | None
-
-
-def _find_file(directory: pathlib.Path, token: str, extensions: Sequence[str]) -> pathlib.Path | None:
-    candidate = directory / token
-    if candidate.suffix and candidate.is_file():
-        return candidate
-    for ext in extensions:
-        path = directory / (token + ext)
-        if path.is_file():
-            return path
-    return None
-
-
-def _resolve_listed(
-    token: str, list_dir: pathlib.Path, root: pathlib.Path, folder: pathlib.Path
-) -> pathlib.Path | None:
-    path = pathlib.Path(token)
-    for candidate in (path, list_dir / token.lstrip("/"), root / token.lstrip("/"), folder / path.name):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_list(
-    list_file: str | os.PathLike,
-    image_dir: str | os.PathLike,
-    label_dir: str | os.PathLike | None,
-    *,
-    root: str | os.PathLike | None = None,
-    image_extensions: Sequence[str] = IMAGE_EXTENSIONS,
-    label_extensions: Sequence[str] = (".png",),
-) -> list[Entry]:
-    """Parses a list file into entries whose files all exist.
-
-    Lines: ``stem`` or ``file.ext`` (looked up in ``image_dir`` and
-    ``label_dir``), or ``image_path label_path``. Blank lines and lines
-    starting with ``#`` are skipped.
-
-    Raises:
-        FileNotFoundError: the list file or a folder is missing, or listed
-            files are missing (the message names the list file, the line
-            numbers and the paths looked for).
-    """
-    list_file = pathlib.Path(list_file)
-    image_dir = pathlib.Path(image_dir)
-    label_dir = pathlib.Path(label_dir) if label_dir is not None else None
-    root = pathlib.Path(root) if root is not None else list_file.parent
-    if not list_file.is_file():
-        raise FileNotFoundError(f"list file not found: {list_file}")
-    for what, folder in (("image folder", image_dir), ("label folder", label_dir)):
-        if folder is not None and not folder.is_dir():
-            raise FileNotFoundError(f"{what} not found: {folder} (list file {list_file})")
-
-    entries, missing = [], []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        tokens = line.split()
-        if len(tokens) == 1:
-            token = tokens[0]
-            stem = pathlib.Path(token).stem if pathlib.Path(token).suffix.lower() in image_extensions else token
-            image_path = _find_file(image_dir, token, image_extensions)
-            label_path = _find_file(label_dir, stem, label_extensions) if label_dir is not None else None
-            name = stem
-        elif len(tokens) == 2:
-            image_path = _resolve_listed(tokens[0], list_file.parent, root, image_dir)
-            label_path = (
-                _resolve_listed(tokens[1], list_file.parent, root, label_dir) if label_dir is not None else None
-            )
-            name = pathlib.Path(tokens[0]).stem
-        else:
-            raise ValueError(f"{list_file}:{lineno}: expected 'name' or 'image label', got {line!r}")
-        if image_path is None:
-            missing.append(f"{list_file}:{lineno}: image {tokens[0]!r} not found in {image_dir}")
-            continue
-        if label_dir is not None and label_path is None:
-            missing.append(f"{list_file}:{lineno}: label {tokens[-1]!r} not found in {label_dir}")
-            continue
-        entries.append(Entry(name, str(image_path), str(label_path) if label_path is not None else None))
-    if missing:
-        shown = "\n  ".join(missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise FileNotFoundError(f"{len(missing)} listed file(s) missing:\n  {shown}{more}")
-    if not entries:
-        raise ValueError(f"list file {list_file} lists no examples")
-    return entries
-
-
-def split_entries(
-    root: str | os.PathLike,
-    split: str,
-    *,
-    layout: str = "auto",
-    labels: bool = True,
-) -> list[Entry]:
-    """Entries of ``split`` under ``root`` in a known layout.
-
-    Args:
-        root: dataset folder.
-        split: e.g. ``"train"``, ``"val"``.
-        layout: ``"segnet"`` (``<split>/``, ``<split>annot/``, ``<split>.txt``),
-            ``"voc"`` (``JPEGImages/``, ``SegmentationClassRaw/``,
-            ``ImageSets/Segmentation/<split>.txt``) or ``"auto"`` (the first
-            whose list file exists).
-        labels: False reads images only (e.g. a test split).
-    """
-    root = pathlib.Path(root)
-    layouts = {
-        "segnet": (root / f"{split}.txt", root / split, root / f"{split}annot"),
-        "voc": (
-            root / "ImageSets" / "Segmentation" / f"{split}.txt",
-            root / "JPEGImages",
-            root / "SegmentationClassRaw",
-        ),
-    }
-    if layout == "auto":
-        found = [name for name, (list_file, _, _) in layouts.items() if list_file.is_file()]
-        if not found:
-            looked = ", ".join(str(v[0]) for v in layouts.values())
-            raise FileNotFoundError(f"no list file for split {split!r} under {root} (looked for {looked})")
-        layout = found[0]
-    if layout not in layouts:
-        raise ValueError(f"unknown layout {layout!r}; valid: {sorted(layouts)} or 'auto'")
-    list_file, image_dir, label_dir = layouts[layout]
-    return read_list(list_file, image_dir, label_dir if labels else None, root=root)
 
 
 class FolderSource:
@@ -297,7 +145,7 @@ class FolderSource:
         if not entries:
             raise ValueError("FolderSource needs at least one entry")
         self.entries = list(entries)
-        self._lut = label_lut(label_remap)
+        self._lut = remap_table(label_remap)
 
     @classmethod
     def from_split(
@@ -370,7 +218,7 @@ class TFRecordSource:
         ]
         if not self._index:
             raise ValueError(f"no records of split {split!r} in {dataset_dir}")
-        self._lut = label_lut(label_remap)
+        self._lut = remap_table(label_remap)
 
     def __len__(self) -> int:
         return len(self._index)
@@ -442,7 +290,7 @@ class NpzSource:
 
     def __init__(self, path: str | os.PathLike, *, label_remap: Mapping[int, int] | None = None):
         self.path = str(path)
-        self._lut = label_lut(label_remap)
+        self._lut = remap_table(label_remap)
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"npz file not found: {self.path}")
         with open(self.path, "rb") as f:
@@ -628,7 +476,7 @@ def preprocess_numpy(
         padded_h, padded_w = max(image.shape[0], crop_h), max(image.shape[1], crop_w)
         top = int(rng.integers(padded_h - crop_h + 1))
         left = int(rng.integers(padded_w - crop_w + 1))
-        flip = rng.random() < _FLIP_PROBABILITY
+        flip = rng.random() < FLIP_PROBABILITY
     else:
         top = left = 0
         flip = False

@@ -13,14 +13,8 @@ import numpy as np
 import pytest
 
 from deeplab_dpc.data import numpy_loader
-from deeplab_dpc.data.numpy_loader import (
-    FolderSource,
-    NpzSource,
-    SegmentationPyDataset,
-    read_list,
-    split_entries,
-    write_npz,
-)
+from deeplab_dpc.data.numpy_loader import FolderSource, NpzSource, SegmentationPyDataset, write_npz
+from deeplab_dpc.data.splits import read_list, split_entries
 from deeplab_dpc.data.preprocess import PreprocessConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
