@@ -87,14 +87,50 @@ def test_flipping_twice_is_the_identity_and_flip_averages():
     np.testing.assert_allclose(p, (plain + mirrored) / 2, atol=1e-6)
 
 
+def _resize_align_corners(x, size):
+    """NumPy bilinear resize with align_corners=True: output i samples input i * (in - 1) / (out - 1)."""
+
+    def axis_weights(n_in, n_out):
+        pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+        lo = np.minimum(np.floor(pos).astype(int), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, (pos - lo)[:, None]
+
+    (r0, r1, fr), (c0, c1, fc) = axis_weights(x.shape[1], size[0]), axis_weights(x.shape[2], size[1])
+    rows = x[:, r0] * (1 - fr[None, :, :, None]) + x[:, r1] * fr[None, :, :, None]
+    return rows[:, :, c0] * (1 - fc[None, None]) + rows[:, :, c1] * fc[None, None]
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def test_multi_scale_averages_probabilities_at_image_size():
-    model = _PositionModel()
-    images = _images()
-    p = np.asarray(predict_probabilities(model, images, [0.5, 1.0, 1.75], False))
-    assert p.shape == (2, 17, 23, 3)
-    np.testing.assert_allclose(p.sum(axis=-1), 1.0, atol=1e-5)
+    conv = _PositionModel()
+    images = _images()  # 17 x 23
+    seen = []
+
+    def model(batch, training=False):
+        return 10.0 * conv(batch)  # logits of a few units: averaging logits or probabilities differs
+
+    def recording(batch, training=False):
+        seen.append(tuple(batch.shape[1:3]))
+        return model(batch, training=training)
+
+    p = np.asarray(predict_probabilities(recording, images, [0.5, 1.0, 1.75], False))
+    # DeepLab's scale_dimension: int((size - 1) * scale + 1).
+    assert seen == [(9, 12), (17, 23), (29, 39)]
+    # Reference: resize the image (align corners), run, resize logits back, softmax, average.
+    expected = []
+    for size in seen:
+        logits = np.asarray(model(_resize_align_corners(images, size).astype("float32")))
+        expected.append(_softmax(_resize_align_corners(logits, (17, 23))))
+    np.testing.assert_allclose(p, np.mean(expected, axis=0), atol=1e-5)
+    # (Averaging logits instead, or resizing half-pixel, misses this by > 0.1.)
+    # The scales change the answer: the average is not the single-scale probabilities.
     single = np.asarray(predict_probabilities(model, images, [1.0], False))
-    assert not np.allclose(p, single)
+    assert np.abs(p - single).max() > 0.1  # measured 0.39
     with pytest.raises(ValueError, match="scales must be positive"):
         predict_probabilities(model, images, [0.0])
 
