@@ -30,7 +30,6 @@ import threading
 import time
 from typing import Any, TextIO
 
-from deeplab_dpc.nas import progress as progress_lib
 from deeplab_dpc.nas import study as study_lib
 
 SETUP_FAILED_EXIT = 3  # A local worker's exit code when its objective could not be built.
@@ -248,8 +247,8 @@ def prepare(config: study_lib.SearchConfig):
     killed search (queueing their retries) and queues the reference cells. Returns the study and
     what was recovered."""
     study_lib.prepare_search_dir(config)
-    study = study_lib.load_study(config, create=True)
-    with study_lib.FileLock(config.lock_path):
+    with study_lib.FileLock(config.lock_path):  # two drivers starting at once create one study
+        study = study_lib.load_study(config, create=True)
         recovered = study_lib.recover_interrupted(study, config.space, config.grace_seconds)
         enqueued = study_lib.enqueue_reference_cells(study) if config.enqueue_published else []
     return study, recovered, enqueued
@@ -266,6 +265,8 @@ def run_search(
 
     Raises ``SearchError`` if a worker cannot build its objective or workers keep dying.
     """
+    from deeplab_dpc.nas import progress as progress_lib  # noqa: PLC0415  (not in the workers: no cv2 there)
+
     stream = stream or sys.stderr
     start = time.time()
     deadline = start + config.max_hours * 3600 if config.max_hours is not None else None
@@ -288,7 +289,7 @@ def run_search(
     driver_id = f"{socket.gethostname()}:{os.getpid()}"
     executor = EXECUTORS[config.executor](config, driver_id, deadline)
     max_deaths = max_worker_deaths if max_worker_deaths is not None else 2 * config.max_trials + config.num_workers
-    deaths = 0
+    deaths = crashes = 0
     last_recovery = time.time()
     try:
         for _ in range(config.num_workers):
@@ -310,8 +311,11 @@ def run_search(
                             f"trial {number} was interrupted; "
                             + (f"retried as trial {retry}" if retry is not None else "not retried")
                         )
-                    if deaths > max_deaths:
-                        raise SearchError(f"{deaths} workers died; the last:\n{detail}")
+                    # A worker that dies holding no trial crashed outside any trial: a bug or a broken
+                    # environment, which a new worker would meet again.
+                    crashes = 0 if lost else crashes + 1
+                    if deaths > max_deaths or crashes >= 3:
+                        raise SearchError(f"{deaths} workers died ({crashes} holding no trial); the last:\n{detail}")
             trials = study_lib.all_trials(study)
             if time.time() - last_recovery > config.grace_seconds / 2:
                 # Trials of workers elsewhere (another driver, a lost Ray node) that went silent.

@@ -1,0 +1,144 @@
+"""Executors: many worker processes share one study; a dead worker's trial is retried; Ray tasks.
+
+Workers are real processes (multiprocessing spawn, Ray tasks) running the fake objectives of
+``tests/nas/fakes.py``, which log every training so a test counts them across processes.
+"""
+
+import io
+import os
+import signal
+import threading
+import time
+
+import pytest
+from optuna.trial import TrialState
+
+from deeplab_dpc.nas import executors
+from deeplab_dpc.nas import study as study_lib
+
+
+def make_config(tmp_path, **overrides):
+    values = dict(search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8)
+    values.update(overrides)
+    return study_lib.SearchConfig(**values)
+
+
+@pytest.fixture
+def objective_log(tmp_path, monkeypatch):
+    path = str(tmp_path / "trained.log")
+    monkeypatch.setenv("FAKE_OBJECTIVE_LOG", path)
+    return path
+
+
+def trained_hashes(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def check_every_graph_trained_once(config, objective_log):
+    """Every trial finished; originals = the budget, each graph trained exactly once."""
+    study = study_lib.load_study(config)
+    trials = study.get_trials()
+    assert not [t.number for t in trials if not t.state.is_finished()]
+    assert [t.number for t in trials] == list(range(len(trials)))
+    originals = [t for t in trials if study_lib.counts_toward_budget(t)]
+    assert len(originals) == config.max_trials
+    trained = trained_hashes(objective_log)
+    assert len(trained) == len(set(trained))
+    assert sorted(trained) == sorted(t.user_attrs["graph_hash"] for t in originals if t.state == TrialState.COMPLETE)
+    return trials
+
+
+def test_eight_workers_lose_and_duplicate_no_trial(tmp_path, objective_log):
+    # One branch (81 cells) and mutations of the top 2: workers often propose the same graph at once.
+    config = make_config(
+        tmp_path, num_branches=1, max_trials=24, num_workers=8, mutation_probability=0.8, mutation_top_k=2
+    )
+    out = io.StringIO()
+    summary = executors.run_search(config, stream=out, poll_seconds=0.2)
+    trials = check_every_graph_trained_once(config, objective_log)
+    duplicates = [t for t in trials if study_lib.is_duplicate(t)]
+    assert summary["completed"] == 24 and summary["duplicates"] == len(duplicates) > 0
+    # Owners: the trials were spread over several worker processes.
+    workers = {study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[study_lib.OWNER]["pid"] for t in trials}
+    assert len(workers) > 1
+    # One console line per finished trial, and a TensorBoard run per original.
+    text = out.getvalue()
+    for t in trials:
+        assert text.count(f"trial {t.number} done:") + text.count(f"trial {t.number} duplicate of") == 1
+    runs = sorted(os.listdir(config.tensorboard_dir))
+    assert [r for r in runs if r.startswith("trial_")] == sorted(f"trial_{t.number:05d}" for t in trials if not study_lib.is_duplicate(t))
+    assert "optuna-dashboard sqlite:///" in text
+
+
+def test_a_killed_worker_is_replaced_and_its_trial_retried_once(tmp_path, objective_log, monkeypatch):
+    monkeypatch.setenv("FAKE_OBJECTIVE_SLEEP", "2")
+    config = make_config(tmp_path, objective="tests.nas.fakes:sleepy", max_trials=4, num_workers=2)
+    out = io.StringIO()
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(executors.run_search(config, stream=out, poll_seconds=0.2)))
+    thread.start()
+    victim = None
+    deadline = time.time() + 60
+    while victim is None and time.time() < deadline:
+        time.sleep(0.2)
+        if not os.path.isdir(os.path.join(config.search_dir, "workers")):
+            continue  # The study is created before the workers start.
+        study = study_lib.load_study(config)
+        for t in study_lib.all_trials(study, states=(TrialState.RUNNING,)):
+            if "graph_hash" in t.user_attrs and study_lib.OWNER in t.system_attrs:
+                victim = t
+                break
+    assert victim is not None, "no trial started"
+    os.kill(victim.system_attrs[study_lib.OWNER]["pid"], signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive()
+    trials = check_every_graph_trained_once(config, objective_log)
+    killed = trials[victim.number]
+    assert killed.state == TrialState.FAIL and "died" in killed.user_attrs["interrupted"]
+    retry = trials[killed.user_attrs["retried_as"]]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == victim.number
+    assert retry.params == killed.params
+    assert f"trial {victim.number} was interrupted; retried as trial {retry.number}" in out.getvalue()
+    assert result["interrupted"] == 1
+
+
+def test_a_worker_that_cannot_build_its_objective_stops_the_search(tmp_path):
+    config = make_config(tmp_path, objective="tests.nas.fakes:broken_factory", num_workers=2)
+    with pytest.raises(executors.SearchError, match="could not build its objective(.|\n)*has no features"):
+        executors.run_search(config, stream=io.StringIO(), poll_seconds=0.2)
+    assert study_lib.load_study(config).get_trials() == []
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray":
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(executors.SearchError, match=r"pip install -e \.\[ray\]"):
+        executors.RayExecutor(make_config(tmp_path, executor="ray"), "driver", None)
+
+
+@pytest.mark.slow
+def test_ray_executor_completes_trials_on_a_local_ray(tmp_path, objective_log):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[ray])")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd(), "FAKE_OBJECTIVE_LOG": objective_log}})
+    try:
+        config = make_config(tmp_path, executor="ray", num_workers=2, max_trials=6, enqueue_published=True)
+        summary = executors.run_search(config, stream=io.StringIO(), poll_seconds=0.2)
+    finally:
+        ray.shutdown()
+    trials = check_every_graph_trained_once(config, objective_log)
+    assert summary["completed"] == 6
+    owners = {study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[study_lib.OWNER]["worker"] for t in trials}
+    assert all(":ray-" in w for w in owners)
+    assert trials[0].user_attrs["reference"] == "published_cityscapes"
