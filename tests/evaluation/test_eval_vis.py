@@ -11,6 +11,7 @@ from absl import app, flags
 from deeplab_dpc import eval as eval_main, synthetic, vis as vis_main
 from deeplab_dpc.core.model import ModelConfig, build_deeplab
 from deeplab_dpc.evaluation import eval_lib, vis_lib
+from deeplab_dpc.evaluation.inference import predict_labels
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
 from deeplab_dpc.runs import checkpoint_path
 
@@ -69,14 +70,29 @@ def test_eval_miou_equals_a_confusion_matrix_of_the_model(run, tmp_path):
     assert set(written["per_class_iou"]) == {"background", "shape1", "shape2"}
 
 
-def test_eval_with_scales_and_flips_runs_and_differs(run, tmp_path):
+def test_eval_with_scales_and_flips_equals_a_confusion_matrix_of_that_inference(run, tmp_path):
+    root, _, _, model = run
     config = eval_main.config_from_flags(
         _flags(eval_main, *_common(run), f"--eval_logdir={tmp_path}", "--eval_crop_size=48,64",
                "--eval_scales=0.75,1.0,1.25", "--add_flipped_images")
     )
     [results] = eval_lib.run_evaluation(config)
     assert results["eval_scales"] == [0.75, 1.0, 1.25] and results["add_flipped_images"]
-    assert 0.0 <= results["miou"] <= 1.0
+    multi, single = ConfusionMatrix(3), ConfusionMatrix(3)
+    changed = 0
+    for name in open(os.path.join(root, "val.txt")).read().split():
+        image = cv2.imread(os.path.join(root, "val", name))[:, :, ::-1].astype("float32")
+        label = cv2.imread(os.path.join(root, "valannot", name), cv2.IMREAD_GRAYSCALE)
+        labels = np.asarray(predict_labels(model, image[None], (0.75, 1.0, 1.25), True))[0]
+        plain = np.argmax(np.asarray(model(image[None])), axis=-1)[0]
+        multi.update(label, labels)
+        single.update(label, plain)
+        changed += int((labels != plain).sum())
+    assert results["miou"] == pytest.approx(multi.mean_iou(), abs=1e-9)
+    assert results["num_pixels"] == 3 * 48 * 64
+    # The scales and flips were used: they change predictions, and the single-scale mIoU is not the result.
+    assert changed > 0
+    assert results["miou"] != pytest.approx(single.mean_iou(), abs=1e-6)
 
 
 def test_model_flags_are_read_from_the_run_and_contradictions_refused(run):
