@@ -4,7 +4,10 @@ r"""Trains a DeepLab model (DPC, ASPP or none) with DeepLab's flags.
 
 Flags become one ``TrainConfig`` (written to ``train_logdir/train_config.json``
 with ``model_config.json``) and ``training.train_lib.train`` runs it. Rerunning
-the same command resumes from the newest checkpoint in ``train_logdir``.
+the same command resumes from the newest checkpoint in ``train_logdir``; a
+rerun may change only logging, saving and evaluation flags
+(``training.config.RESUMABLE_FIELDS``), any other change is refused naming
+the flags.
 """
 
 from __future__ import annotations
@@ -58,8 +61,17 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("save_interval_secs", 1200, "Seconds between checkpoints.", **f)
     flags.DEFINE_integer("log_steps", 10, "Steps between log lines, summaries and checkpoint checks.", **f)
     flags.DEFINE_string("eval_split", None, "Split for mIoU during training.", **f)
-    flags.DEFINE_integer("eval_interval_steps", 0, "Steps between validation mIoU (0: never).", **f)
-    flags.DEFINE_integer("eval_max_examples", 50, "Validation examples per evaluation during training.", **f)
+    flags.DEFINE_integer("eval_interval_steps", 0, "Steps between validation mIoU (0: never; also at the last step).", **f)
+    flags.DEFINE_list(
+        "eval_crop_size", ["513", "513"],
+        "Evaluation during training pads whole images to 'height,width', as deeplab_dpc.eval's flag of that "
+        "name (which must be given the same value to reproduce the mIoU); must cover the images.", **f,
+    )
+    flags.DEFINE_integer(
+        "eval_max_examples", None,
+        "Evaluate only the first N examples of eval_split during training (unset: all; the mIoU's "
+        "TensorBoard tag then says so).", **f,
+    )
     flags.DEFINE_boolean("mixed_precision", False, "mixed_bfloat16 compute.", **f)
     flags.DEFINE_boolean("jit_compile", False, "XLA (slower on CPU; use on GPU).", **f)
     flags.DEFINE_integer("num_clones", 1, "GPUs for MirroredStrategy (TensorFlow backend).", **f)
@@ -112,6 +124,7 @@ def config_from_flags(fv: flags.FlagValues):
             log_steps=fv.log_steps,
             eval_split=fv.eval_split,
             eval_interval_steps=fv.eval_interval_steps,
+            eval_crop_size=cli.parse_pair(fv.eval_crop_size, "eval_crop_size"),
             eval_max_examples=fv.eval_max_examples,
             mixed_precision=fv.mixed_precision,
             jit_compile=fv.jit_compile,
@@ -122,16 +135,25 @@ def config_from_flags(fv: flags.FlagValues):
         raise app.UsageError(cli.flag_message(str(e), fv)) from None
 
 
+def train_from_flags(fv: flags.FlagValues, verbose: int | str = "auto") -> dict:
+    """Builds the config and trains; a rerun that would change the saved run is an ``app.UsageError``."""
+    config = config_from_flags(fv)
+    from deeplab_dpc.training.config import ResumeMismatch  # noqa: PLC0415
+    from deeplab_dpc.training.train_lib import train  # noqa: PLC0415
+
+    try:
+        return train(config, verbose=verbose)
+    except ResumeMismatch as e:
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger("deeplab_dpc").setLevel(logging.INFO)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    config = config_from_flags(flags.FLAGS)
-    from deeplab_dpc.training.train_lib import train  # noqa: PLC0415
-
-    summary = train(config)
-    logging.info("done: step %d, checkpoints in %s", summary["step"], config.train_logdir)
+    summary = train_from_flags(flags.FLAGS)
+    logging.info("done: step %d, checkpoints in %s", summary["step"], flags.FLAGS.train_logdir)
 
 
 def console_main():

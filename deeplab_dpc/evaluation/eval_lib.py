@@ -109,6 +109,17 @@ def _jit_with_weights(model, fn):
     return lambda images: compiled([v.value for v in variables], images)
 
 
+def make_eval_batches(data: DataConfig, split: str, eval_crop_size, batch_size: int = 1):
+    """One pass over ``split`` as sample dicts: whole images padded to ``eval_crop_size`` (DeepLab's eval).
+
+    Training's in-loop evaluation uses this too, so its mIoU is the one this module reports.
+    """
+    preprocess = PreprocessConfig(
+        crop_size=tuple(eval_crop_size), ignore_label=data.descriptor.ignore_label, is_training=False
+    )
+    return make_batches(data, split, preprocess, batch_size, as_tuple=False)
+
+
 def confusion_over(
     predict_fn, batches: Iterable, num_classes: int, ignore_label: int, max_examples: int | None = None
 ) -> ConfusionMatrix:
@@ -132,10 +143,7 @@ def evaluate_checkpoint(config: EvalConfig, checkpoint: str) -> dict:
     """One pass over the split; returns and writes the results."""
     descriptor = config.data.descriptor
     model, _ = load_model_for_inference(checkpoint)
-    preprocess = PreprocessConfig(
-        crop_size=config.eval_crop_size, ignore_label=descriptor.ignore_label, is_training=False
-    )
-    batches = make_batches(config.data, config.eval_split, preprocess, config.eval_batch_size, as_tuple=False)
+    batches = make_eval_batches(config.data, config.eval_split, config.eval_crop_size, config.eval_batch_size)
     start = time.time()
     predict_fn = make_predict_fn(model, config.eval_scales, config.add_flipped_images)
     matrix = confusion_over(predict_fn, batches, descriptor.num_classes, descriptor.ignore_label, config.max_examples)

@@ -4,11 +4,19 @@ Field names are DeepLab's flag names, so an error naming a field names the
 flag too. ``train.py`` builds this from flags; tests and scripts build it
 directly. Written as ``train_config.json`` next to the checkpoints, with the
 model's ``model_config.json``.
+
+A train_logdir holds one run. Rerunning in it resumes that run, so
+``check_resume`` compares the new config with the saved one first: only the
+fields in ``RESUMABLE_FIELDS`` (what is logged, saved and evaluated, and how
+the data is read) may change; any other change (model, data, schedule, loss,
+initialisation) raises ``ResumeMismatch`` naming the flags, and nothing is
+written.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -16,6 +24,33 @@ from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.training.schedules import BURNIN_TYPES, POLICIES
+
+TRAIN_CONFIG_NAME = "train_config.json"
+
+# What a resumed run may change: where and how often it logs, saves and evaluates, and how the data is
+# read (not which data). Nothing here changes the weights a step computes. Names are TrainConfig fields;
+# ``data.`` prefixes DataConfig fields.
+RESUMABLE_FIELDS = frozenset({
+    "train_logdir",  # the folder may have moved
+    "log_steps",
+    "save_interval_secs",
+    "keep_checkpoint_max",
+    "eval_split",
+    "eval_interval_steps",
+    "eval_crop_size",
+    "eval_max_examples",
+    "num_summary_images",
+    "jit_compile",  # how a step is compiled, not what it computes
+    "data.loader",  # tf.data or NumPy: the same preprocessing
+    "data.num_workers",
+})
+
+# Config fields whose flag has another name (the rest are their own flag's name).
+_FLAG_NAMES = {
+    "model.dense_prediction_cell": "dense_prediction_cell_json",
+    "model.num_classes": "num_classes (of the dataset)",
+    "data.num_workers": "num_readers",
+}
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -57,7 +92,8 @@ class TrainConfig:
     log_steps: int = 10
     eval_split: str | None = None
     eval_interval_steps: int = 0
-    eval_max_examples: int = 50
+    eval_crop_size: tuple[int, int] = (513, 513)
+    eval_max_examples: int | None = None
     num_summary_images: int = 3
     mixed_precision: bool = False
     jit_compile: bool = False
@@ -65,10 +101,10 @@ class TrainConfig:
     seed: int | None = 0
 
     def __post_init__(self):
-        for name in ("train_crop_size",):
+        for name in ("train_crop_size", "eval_crop_size"):
             value = tuple(int(v) for v in getattr(self, name))
-            if len(value) != 2:
-                raise ValueError(f"{name} must be height,width, got {getattr(self, name)!r}")
+            if len(value) != 2 or min(value) < 1:
+                raise ValueError(f"{name} must be two positive integers height,width, got {getattr(self, name)!r}")
             object.__setattr__(self, name, value)
         stride = self.model.output_stride
         if min(self.train_crop_size) < stride:
@@ -99,6 +135,8 @@ class TrainConfig:
             raise ValueError(f"eval_interval_steps must be >= 0, got {self.eval_interval_steps}")
         if self.eval_interval_steps and not self.eval_split:
             raise ValueError("eval_interval_steps needs eval_split")
+        if self.eval_max_examples is not None and self.eval_max_examples < 1:
+            raise ValueError(f"eval_max_examples must be positive (or unset: the whole split), got {self.eval_max_examples}")
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
         if self.tf_initial_checkpoint and not _checkpoint_exists(self.tf_initial_checkpoint):
@@ -119,8 +157,99 @@ class TrainConfig:
 
     def save(self, directory: str) -> None:
         """Writes ``train_config.json`` and ``model_config.json`` atomically."""
-        write_json(os.path.join(directory, "train_config.json"), self.to_dict())
+        write_json(os.path.join(directory, TRAIN_CONFIG_NAME), self.to_dict())
         self.model.save(os.path.join(directory, "model_config.json"))
+
+
+class ResumeMismatch(ValueError):
+    """A rerun in a train_logdir changes what defines the run saved there."""
+
+
+def _flat(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"context": ..}, ..} -> {"model.context": .., ..}; values as JSON reads them back."""
+    out = {}
+    for key, value in data.items():
+        if key in ("model", "data") and not prefix and isinstance(value, dict):
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[prefix + key] = json.loads(json.dumps(value))
+    return out
+
+
+def _defaults() -> dict[str, Any]:
+    """Flat field defaults, for keys an older train_config.json lacks."""
+    out = {}
+    for owner, prefix in ((TrainConfig, ""), (ModelConfig, "model."), (DataConfig, "data.")):
+        for field in dataclasses.fields(owner):
+            if field.default is not dataclasses.MISSING:
+                out[prefix + field.name] = json.loads(json.dumps(field.default))
+    return out
+
+
+def flag_name(field: str) -> str:
+    """The flag of a flat config field (``model.atrous_rates`` -> ``atrous_rates``)."""
+    return _FLAG_NAMES.get(field, field.rpartition(".")[2])
+
+
+def resume_changes(saved: dict, config: TrainConfig) -> tuple[list, list]:
+    """(refused, allowed) changes from a saved ``train_config.json`` dict to ``config``.
+
+    Each change is ``(field, old, new)`` with flat field names; a field absent
+    from the saved file (written before the field existed) counts as its default.
+    """
+    old, new, defaults = _flat(saved), _flat(config.to_dict()), _defaults()
+    refused, allowed = [], []
+    for field, value in new.items():
+        before = old.get(field, defaults.get(field, "<not recorded>"))
+        if before != value:
+            (allowed if field in RESUMABLE_FIELDS else refused).append((field, before, value))
+    return refused, allowed
+
+
+def check_resume(config: TrainConfig, has_checkpoints: bool) -> bool:
+    """Checks a (re)run against the run saved in its train_logdir; True when the config files need writing.
+
+    Args:
+        config: the new run's settings.
+        has_checkpoints: the train_logdir already holds checkpoints.
+
+    Returns:
+        True when there is no saved config yet or only ``RESUMABLE_FIELDS``
+        changed (the files should then describe the new settings); False when
+        nothing changed.
+
+    Raises:
+        ResumeMismatch: the saved run differs in a field outside
+            ``RESUMABLE_FIELDS`` (each named by its flag, with the old and new
+            values), or checkpoints exist without a ``train_config.json`` to check.
+    """
+    path = os.path.join(config.train_logdir, TRAIN_CONFIG_NAME)
+    if not os.path.isfile(path):
+        if has_checkpoints:
+            raise ResumeMismatch(
+                f"train_logdir={config.train_logdir} holds checkpoints but no {TRAIN_CONFIG_NAME}, so resuming "
+                "them cannot be checked; use a new train_logdir (and tf_initial_checkpoint to start from them)"
+            )
+        return True
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ResumeMismatch(f"train_logdir={config.train_logdir}: cannot read {path}: {e}") from None
+    refused, allowed = resume_changes(saved, config)
+    if refused:
+        changes = "; ".join(f"{flag_name(f)}: {_show(a)} -> {_show(b)}" for f, a, b in refused)
+        may = ", ".join(sorted(flag_name(f) for f in RESUMABLE_FIELDS))
+        raise ResumeMismatch(
+            f"train_logdir={config.train_logdir} already holds a run with other settings ({path}); "
+            f"rerunning there resumes it, and these would change it: {changes}. A resume may change only "
+            f"{may}. Use a new train_logdir (tf_initial_checkpoint={config.train_logdir} starts from its weights)."
+        )
+    return bool(allowed)
+
+
+def _show(value) -> str:
+    return json.dumps(value, separators=(",", ":"))
 
 
 def _checkpoint_exists(path: str) -> bool:

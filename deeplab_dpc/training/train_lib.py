@@ -4,10 +4,19 @@
 over an endless stream (DeepLab trains by iterations, not epochs). At each
 epoch end the run logs, maybe evaluates, and saves a checkpoint when
 ``save_interval_secs`` have passed; a final checkpoint is written at the end.
-A restarted run loads the newest checkpoint: the optimizer's step, hence the
-learning rate schedule, continues where it was, and ``initial_epoch`` is
-derived from it. A NaN loss stops training with a message, and no checkpoint
-is written after it, so the last one on disk is good.
+The progress bar counts the run's steps, not an epoch's.
+
+A restarted run first checks its config against the ``train_config.json`` in
+``train_logdir`` (``config.check_resume``: only logging, saving and
+evaluation settings may change), then loads the newest checkpoint: the
+optimizer's step, hence the learning rate schedule, continues where it was,
+and ``initial_epoch`` is derived from it. A NaN loss stops training with a
+message, and no checkpoint is written after it, so the last one on disk is good.
+
+Evaluation during training is ``eval_lib``'s: the same batches (whole images
+padded to ``eval_crop_size``, all of ``eval_split`` unless
+``eval_max_examples``), the same compiled prediction and confusion matrix, so
+``python -m deeplab_dpc.eval`` on a checkpoint reproduces its mIoU.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
 
 import keras
@@ -24,10 +34,10 @@ import numpy as np
 from deeplab_dpc.core.model import build_deeplab
 from deeplab_dpc.data.batches import make_batches
 from deeplab_dpc.data.preprocess import PreprocessConfig
-from deeplab_dpc.evaluation.eval_lib import confusion_over, make_predict_fn
+from deeplab_dpc.evaluation.eval_lib import confusion_over, make_eval_batches, make_predict_fn
 from deeplab_dpc.summaries import write_images, write_scalars
-from deeplab_dpc.training.checkpoints import CheckpointManager
-from deeplab_dpc.training.config import TrainConfig
+from deeplab_dpc.training.checkpoints import CheckpointManager, list_checkpoints
+from deeplab_dpc.training.config import TrainConfig, check_resume
 from deeplab_dpc.training.losses import SegmentationLoss
 from deeplab_dpc.training.schedules import DeepLabSchedule
 
@@ -77,11 +87,14 @@ def warm_start_batch_norm(model: keras.Model, images, keep=()) -> int:
         images: one batch of input images.
         keep: paths of moving-statistics weights that must not change (those
             restored from a checkpoint); their layers keep their statistics.
+            A path is either form a restore report uses: the model's
+            (``tf1_checkpoint.model_weight_paths``: ``backbone/bn_Conv1/moving_mean``)
+            or Keras' own variable path (``bn_Conv1/moving_mean``).
 
     Returns:
         The number of batch norm layers warm-started.
     """
-    keep = set(keep)
+    kept_variables = _variables_at(model, set(keep))
     layers = [
         layer for layer in _all_layers(model)
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
@@ -89,7 +102,7 @@ def warm_start_batch_norm(model: keras.Model, images, keep=()) -> int:
     momenta = [layer.momentum for layer in layers]
     started = 0
     for layer in layers:
-        kept = layer.moving_mean.path in keep or layer.moving_variance.path in keep
+        kept = id(layer.moving_mean) in kept_variables or id(layer.moving_variance) in kept_variables
         layer.momentum = 1.0 if kept else 0.0  # 1: the forward pass leaves the average as it is
         started += not kept
     try:
@@ -99,6 +112,16 @@ def warm_start_batch_norm(model: keras.Model, images, keep=()) -> int:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
     return started
+
+
+def _variables_at(model: keras.Model, paths: set) -> set[int]:
+    """ids of the model's variables named by ``paths`` (model paths or Keras variable paths)."""
+    if not paths:
+        return set()
+    from deeplab_dpc.training.tf1_checkpoint import model_weight_paths  # noqa: PLC0415 (no TensorFlow)
+
+    found = {id(v) for path, v in model_weight_paths(model).items() if path in paths}
+    return found | {id(v) for v in model.weights if v.path in paths}
 
 
 def _first_images(batches):
@@ -194,6 +217,49 @@ def restore_keras_weights(model: keras.Model, path: str, initialize_last_layer: 
     return report
 
 
+def eval_miou_tag(config: TrainConfig) -> str:
+    """TensorBoard tag of the in-training mIoU; it says so when only the first examples are evaluated."""
+    if config.eval_max_examples is None:
+        return "eval/miou"
+    return f"eval/miou_first_{config.eval_max_examples}_examples"
+
+
+class _Progress(keras.callbacks.Callback):
+    """A progress bar over the run's steps (this session's: from the resumed step to the last).
+
+    Keras' own bar counts an "epoch" of ``log_steps`` and jumps to its end
+    when the run stops inside one (a 10-step run with ``log_steps=100``
+    showed 100/100). Counting finished batches is host work only, so this is
+    ``async_safe`` like the monitor; the lock orders updates from Keras' worker threads.
+    """
+
+    async_safe = True
+
+    def __init__(self, total_steps: int, verbose: int):
+        super().__init__()
+        self.total_steps = total_steps
+        self.verbose = verbose
+        self.bar = None
+        self.done = 0
+        self._lock = threading.Lock()
+
+    def on_train_begin(self, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        self.target = max(self.total_steps - step, 0)
+        self.bar = keras.utils.Progbar(self.target, verbose=self.verbose, stateful_metrics=["loss"], unit_name="step")
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        with self._lock:
+            self.done += 1
+            self.bar.update(min(self.done, self.target), [("loss", float(loss))] if loss is not None else None,
+                            finalize=False)
+
+    def on_train_end(self, logs=None):
+        with self._lock:
+            self.bar.update(self.done, finalize=True)
+
+
 class _Monitor(keras.callbacks.Callback):
     """Stops at the last step or on NaN; logs, evaluates and checkpoints at epoch ends.
 
@@ -255,15 +321,18 @@ class _Monitor(keras.callbacks.Callback):
         eta = (self.config.training_number_of_steps - step) / speed if speed > 0 else float("nan")
         record = {"step": step, "loss": float(logs.get("loss", float("nan"))), "learning_rate": rate}
         scalars = {"train/loss": record["loss"], "train/learning_rate": rate}
+        evaluated = ""
         if self._eval_due(step):
             record["val_miou"] = self._evaluate(step)
-            scalars["eval/miou"] = record["val_miou"]
+            scalars[eval_miou_tag(self.config)] = record["val_miou"]
+            evaluated = f" {self.config.eval_split} mIoU {record['val_miou']:.4f}"
+            if self.config.eval_max_examples is not None:
+                evaluated += f" (its first {self.config.eval_max_examples} examples only: eval_max_examples)"
         self.history.append(record)
         write_scalars(self.config.train_logdir, step, scalars)
         log.info(
             "step %d/%d loss %.4f lr %.3g%s  %.2f steps/s ETA %.0f s",
-            step, self.config.training_number_of_steps, record["loss"], rate,
-            f" val mIoU {record['val_miou']:.4f}" if "val_miou" in record else "", speed, eta,
+            step, self.config.training_number_of_steps, record["loss"], rate, evaluated, speed, eta,
         )
         if time.time() - self.last_save >= self.config.save_interval_secs:
             self.manager.save(self.model, step)
@@ -277,6 +346,7 @@ class _Monitor(keras.callbacks.Callback):
         return step - last >= interval or step >= self.config.training_number_of_steps
 
     def _evaluate(self, step: int) -> float:
+        """The mIoU ``eval_lib.evaluate_checkpoint`` computes (at its default scale 1, no flip)."""
         descriptor = self.config.data.descriptor
         if self._predict_fn is None:  # compiled once, reads the current weights at each call
             self._predict_fn = make_predict_fn(self.model, (1.0,), False)
@@ -290,17 +360,22 @@ class _Monitor(keras.callbacks.Callback):
         return matrix.mean_iou()
 
     def _write_images(self, step: int, predict_fn) -> None:
-        """Input, ground truth and prediction in colour, for TensorBoard."""
-        if not self.config.num_summary_images:
+        """Input, ground truth and prediction in colour of the first ``num_summary_images`` examples."""
+        n = self.config.num_summary_images
+        if not n:
             return
         from deeplab_dpc.data.colormaps import label_to_color  # noqa: PLC0415
 
         descriptor = self.config.data.descriptor
-        batch = next(iter(self.eval_batches))
-        n = self.config.num_summary_images
-        images = np.asarray(batch["image"])[:n]
+        images, labels = [], []
+        for batch in self.eval_batches:  # eval batches may hold one image each
+            images.extend(np.asarray(batch["image"])[: n - len(images)])
+            labels.extend(np.asarray(batch["label"])[: n - len(labels), ..., 0])
+            if len(images) >= n:
+                break
+        images = np.stack(images)
         predictions = np.asarray(predict_fn(images))
-        labels = np.asarray(batch["label"])[:n, ..., 0]
+        labels = np.stack(labels)
         colour = lambda x: np.stack(  # noqa: E731
             [label_to_color(v, descriptor.colormap, ignore_label=descriptor.ignore_label) for v in x]
         )
@@ -314,13 +389,22 @@ class _Monitor(keras.callbacks.Callback):
 def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
     """Trains (or resumes) until ``training_number_of_steps``; returns a summary.
 
+    Args:
+        config: the run.
+        verbose: the progress bar: 0 none, 1 (or "auto") live, 2 one line at the end.
+
     Raises:
+        ResumeMismatch: ``train_logdir`` holds a run with other settings
+            (``config.check_resume``); nothing was written.
         TrainingDiverged: the loss became NaN; the newest checkpoint on disk
             is the last good one.
     """
+    has_checkpoints = bool(list_checkpoints(config.train_logdir))
+    if check_resume(config, has_checkpoints):
+        os.makedirs(config.train_logdir, exist_ok=True)
+        config.save(config.train_logdir)
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
-    config.save(config.train_logdir)
     manager = CheckpointManager(config.train_logdir, config.keep_checkpoint_max)
     with _strategy_scope(config):
         model = build_and_compile(config)
@@ -355,17 +439,21 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
     )
     eval_batches = None
     if config.eval_interval_steps:
-        eval_batches = make_batches(
-            config.data,
-            config.eval_split,
-            PreprocessConfig(crop_size=config.train_crop_size, ignore_label=descriptor.ignore_label, is_training=False),
-            1,
-            as_tuple=False,
+        eval_batches = make_eval_batches(config.data, config.eval_split, config.eval_crop_size)
+        log.info(
+            "evaluating every %d steps on %s of %s, whole images padded to eval_crop_size=%s",
+            config.eval_interval_steps,
+            "all" if config.eval_max_examples is None else f"the first {config.eval_max_examples} examples",
+            config.eval_split, ",".join(map(str, config.eval_crop_size)),
         )
     if step == 0 and config.fine_tune_batch_norm and config.batch_norm_warm_start:
         restored = report["restored"] if report else ()
         warm_start_batch_norm(model, _first_images(train_batches), keep=restored)
     monitor = _Monitor(config, manager, eval_batches, make_schedule(config))
+    callbacks = [monitor]
+    verbose = 1 if verbose == "auto" else int(verbose)
+    if verbose:
+        callbacks.append(_Progress(config.training_number_of_steps, verbose))
     chunk = config.log_steps
     if not hasattr(train_batches, "element_spec"):  # a PyDataset: an epoch is at most its length
         chunk = min(chunk, len(train_batches))
@@ -375,8 +463,8 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
         steps_per_epoch=chunk,
         epochs=math.ceil(config.training_number_of_steps / chunk),
         initial_epoch=step // chunk,
-        callbacks=[monitor],
-        verbose=verbose,
+        callbacks=callbacks,
+        verbose=0,  # Keras' bar counts an epoch (log_steps); _Progress counts the run
         shuffle=False,  # the pipelines shuffle (and PyDataset order is seeded per epoch)
     )
     if monitor.diverged_at is not None:

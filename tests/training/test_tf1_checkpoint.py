@@ -383,3 +383,52 @@ def test_xception_65_aspp_decoder(tmp_path):
     assert {p.split("/")[0] for p in report["missing"]} == {"aspp", "decoder"}
     assert report["skipped"] == ["logits/kernel", "logits/bias"]
     assert report["ignored"] == ["xception_65/logits/weights"]
+
+
+# --- training from a TF1 checkpoint ----------------------------------------------------
+
+def test_training_from_a_tf1_checkpoint_keeps_its_batch_norm_statistics(mobilenet_source, tmp_path, monkeypatch):
+    """At step 0 the backbone's moving statistics are the checkpoint's; the cell's and decoder's are warm-started.
+
+    The batch norm warm start runs after the restore; warm-starting every layer
+    (as before) replaced the pretrained statistics by one batch's.
+    """
+    from deeplab_dpc import synthetic
+    from deeplab_dpc.data.batches import DataConfig
+    from deeplab_dpc.training import train_lib
+    from deeplab_dpc.training.config import TrainConfig
+
+    variables = mobilenet_source[2]
+    prefix = write_tf1_checkpoint(str(tmp_path / "imagenet"), {n: v for n, v in variables.items()
+                                                               if n.startswith("MobilenetV2/")})
+    root = tmp_path / "data"
+    descriptor = synthetic.write_segnet_folders(root, {"train": 4}, 33, 33, num_classes=3)
+    config = TrainConfig(
+        model=ModelConfig(num_classes=3, depth_multiplier=0.35, dense_prediction_cell=SPEC, decoder_output_stride=4),
+        data=DataConfig(dataset=descriptor, dataset_dir=str(root), dataset_format="folder:segnet"),
+        train_logdir=str(tmp_path / "run"), train_crop_size=(33, 33), train_batch_size=2, min_scale_factor=1.0,
+        max_scale_factor=1.0, training_number_of_steps=1, log_steps=1, save_interval_secs=0,
+        tf_initial_checkpoint=prefix, initialize_last_layer=False,
+    )
+    at_step_0 = {}
+    begin = train_lib._Monitor.on_train_begin
+
+    def record_statistics(self, logs=None):  # after initialisation and warm start, before the first step
+        at_step_0.update({p: np.array(v.numpy()) for p, v in model_weight_paths(self.model).items()
+                          if p.endswith(("/moving_mean", "/moving_variance"))})
+        begin(self, logs)
+
+    monkeypatch.setattr(train_lib._Monitor, "on_train_begin", record_statistics)
+    summary = train_lib.train(config, verbose=0)
+    assert summary["step"] == 1
+
+    restored = [p for p in at_step_0 if p.startswith("backbone/")]
+    fresh = [p for p in at_step_0 if not p.startswith("backbone/")]
+    assert set(restored) <= set(summary["initialization"]["restored"])
+    assert len(restored) == 2 * 51 and len(fresh) > 0  # MobileNet-v2 (without Conv_1) has 51 batch norms
+    for path in restored:  # the checkpoint's values, exactly
+        np.testing.assert_array_equal(at_step_0[path], variables[weight_path_to_deeplab_name(path, "mobilenet_v2")],
+                                      err_msg=path)
+    for path in fresh:  # not Keras' 0 / 1 start: one batch's statistics
+        start = 0.0 if path.endswith("moving_mean") else 1.0
+        assert np.abs(at_step_0[path] - start).max() > 1e-3, path
