@@ -38,9 +38,22 @@ def test_forward_pass_at_camvid_size_with_any_size_input():
     images = np.random.default_rng(0).integers(0, 256, (1, 360, 480, 3)).astype("uint8")
     logits = np.asarray(model(images))
     assert logits.shape == (1, 360, 480, 11) and logits.dtype == np.float32
-    assert np.isfinite(logits).all()
-    # Same model, another size.
-    assert np.asarray(model(images[:, :97, :131])).shape == (1, 97, 131, 11)
+    # Same model, another size; uint8 pixels mean the same as their float32 values,
+    # and each image of a batch is predicted as it would be alone (inference mode).
+    rng = np.random.default_rng(1)
+    small = rng.integers(0, 256, (2, 97, 131, 3)).astype("uint8")
+    # Untrained batch norm in inference mode shrinks logits to ~1e-7: warm it first.
+    from deeplab_dpc.training.train_lib import warm_start_batch_norm
+
+    warm_start_batch_norm(model, small.astype("float32"))
+    batch = np.asarray(model(small))
+    assert batch.shape == (2, 97, 131, 11)
+    scale = np.abs(batch).max()
+    assert scale > 1e-3, f"logits ~{scale}: the comparisons below would be vacuous"
+    np.testing.assert_allclose(np.asarray(model(small.astype("float32"))), batch, rtol=0, atol=1e-6 * scale)
+    for i in range(2):
+        np.testing.assert_allclose(np.asarray(model(small[i : i + 1]))[0], batch[i], rtol=0, atol=1e-5 * scale)
+    assert np.abs(batch[0] - batch[1]).max() > 0.01 * scale  # different images, different logits
 
 
 @pytest.mark.parametrize("variant", ["xception_65", "xception_71"])
