@@ -52,7 +52,8 @@ def test_forward_pass_at_camvid_size_with_any_size_input():
     assert scale > 1e-3, f"logits ~{scale}: the comparisons below would be vacuous"
     np.testing.assert_allclose(np.asarray(model(small.astype("float32"))), batch, rtol=0, atol=1e-6 * scale)
     for i in range(2):
-        np.testing.assert_allclose(np.asarray(model(small[i : i + 1]))[0], batch[i], rtol=0, atol=1e-5 * scale)
+        alone = np.asarray(model(small[i : i + 1]))[0]
+        np.testing.assert_allclose(alone, batch[i], rtol=0, atol=1e-5 * scale)
     assert np.abs(batch[0] - batch[1]).max() > 0.01 * scale  # different images, different logits
 
 
