@@ -1,0 +1,145 @@
+"""``python -m deeplab_dpc.search``: flags, errors naming flags, and kill -9 then restart."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from absl import app, flags
+from optuna.trial import TrialState
+
+from deeplab_dpc import search
+from deeplab_dpc.nas import study as study_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse(*argv):
+    fv = flags.FlagValues()
+    search.define_flags(fv)
+    fv(["search", *argv])
+    return fv
+
+
+def test_flags_become_the_search_config(tmp_path):
+    fv = parse(
+        f"--search_dir={tmp_path}", "--strategy=evolution", "--max_trials=7", "--max_hours=1.5", "--num_branches=4",
+        "--population_size=8", "--sample_size=3", "--num_workers=2", "--seed=3",
+        "--objective=tests.nas.fakes:deterministic", "--proxy_steps=300", "--proxy_batch_size=8",
+        "--proxy_learning_rate=0.05", "--cache_dir=/data/features",
+    )
+    config = search.config_from_flags(fv)
+    assert (config.strategy, config.max_trials, config.max_hours, config.num_branches) == ("evolution", 7, 1.5, 4)
+    assert (config.population_size, config.sample_size, config.num_workers, config.seed) == (8, 3, 2, 3)
+    assert config.storage == f"sqlite:///{tmp_path}/study.db"
+    # Proxy flags pass through under the proxy trainer's field names, with the seed.
+    assert config.proxy == {
+        "proxy_steps": 300, "batch_size": 8, "learning_rate": 0.05, "cache_dir": "/data/features", "seed": 3
+    }
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "--search_dir is required"),
+        (["--search_dir=/tmp/x", "--strategy=grid"], r"--strategy='grid' unknown; valid strategies: \['evolution'"),
+        (["--search_dir=/tmp/x", "--executor=slurm"], r"--executor='slurm' unknown"),
+        (["--search_dir=/tmp/x", "--population_size=4", "--sample_size=5"], "--sample_size must be at most"),
+        (["--search_dir=/tmp/x", "--num_branches=3", "--enqueue_published"], "--enqueue_published needs num_branches=5"),
+        (["--search_dir=/tmp/x", "--storage=/tmp/x/db"], "--storage='/tmp/x/db' is neither"),
+        (["--search_dir=/tmp/x", "--max_trials=0"], "--max_trials must be a positive integer"),
+    ],
+)
+def test_usage_errors_name_the_flag(argv, message):
+    fv = parse(*argv, "--objective=tests.nas.fakes:deterministic")
+    with pytest.raises(app.UsageError, match=message):
+        search.config_from_flags(fv)
+
+
+def test_the_default_objective_needs_the_feature_cache(tmp_path):
+    with pytest.raises(app.UsageError, match="--cache_dir is required"):
+        search.config_from_flags(parse(f"--search_dir={tmp_path}"))
+
+
+def test_a_search_dir_started_with_other_flags_is_refused_naming_the_flag(tmp_path):
+    common = [f"--search_dir={tmp_path}", "--objective=tests.nas.fakes:deterministic", "--proxy_steps=300"]
+    study_lib.prepare_search_dir(search.config_from_flags(parse(*common)))
+    with pytest.raises(app.UsageError, match=r"^--strategy='tpe' differs from 'random'"):
+        search.run(search.config_from_flags(parse(*common, "--strategy=tpe")))
+    with pytest.raises(app.UsageError, match=r"^--proxy_steps=100 differs from 300"):
+        search.run(search.config_from_flags(parse(*[a for a in common if "proxy_steps" not in a], "--proxy_steps=100")))
+    with pytest.raises(app.UsageError, match=r"^--seed=1 differs from 0"):
+        search.run(search.config_from_flags(parse(*common, "--seed=1")))
+
+
+def search_command(search_dir, *extra):
+    return [
+        sys.executable, "-m", "deeplab_dpc.search", f"--search_dir={search_dir}",
+        "--objective=tests.nas.fakes:sleepy", "--max_trials=6", "--num_workers=2", "--num_branches=2",
+        "--heartbeat_seconds=1", "--grace_seconds=4", *extra,
+    ]
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
+    search_dir = tmp_path / "search"
+    log = tmp_path / "trained.log"
+    env = dict(os.environ, FAKE_OBJECTIVE_LOG=str(log), FAKE_OBJECTIVE_SLEEP="1.5", PYTHONPATH=REPO)
+    first = subprocess.Popen(search_command(search_dir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    config = study_lib.SearchConfig(search_dir=str(search_dir), num_branches=2)
+    # Kill the driver once 2 trials have finished and another is training.
+    running, deadline = [], time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.3)
+        if not (search_dir / "workers").is_dir():
+            continue
+        trials = study_lib.all_trials(study_lib.load_study(config))
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and "graph_hash" in t.user_attrs]
+        if len(done) >= 2 and running:
+            break
+    assert running, "no trial was training"
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    # Its workers die with it (no orphan keeps training).
+    workers = {t.system_attrs[study_lib.OWNER]["pid"] for t in study_lib.all_trials(study_lib.load_study(config))}
+    end = time.time() + 10
+    while any(pid_alive(p) for p in workers) and time.time() < end:
+        time.sleep(0.2)
+    assert not any(pid_alive(p) for p in workers)
+    trained_before = len(log.read_text().splitlines())
+
+    second = subprocess.run(search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    trials = study_lib.all_trials(study_lib.load_study(config))
+    assert all(t.state.is_finished() for t in trials)
+    originals = [t for t in trials if study_lib.counts_toward_budget(t)]
+    assert len(originals) == 6 and all(t.state == TrialState.COMPLETE for t in originals)
+    trained = log.read_text().split()[::2]
+    assert len(trained) == len(set(trained)) == 6 > trained_before
+    interrupted = [t for t in trials if study_lib.is_interrupted(t)]
+    assert {t.number for t in interrupted} >= {t.number for t in running}
+    by_number = {t.number: t for t in trials}
+    for t in interrupted:
+        retry = by_number[t.user_attrs["retried_as"]]
+        assert retry.state == TrialState.COMPLETE and retry.user_attrs["retry_of"] == t.number
+        assert retry.params == t.params
+        assert f"trial {t.number} was interrupted; retried as trial {retry.number}" in second.stderr
+    # A third run has nothing left to do and trains nothing.
+    third = subprocess.run(search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr
+    assert len(log.read_text().splitlines()) == 6
+    assert "best proxy mIoU" in third.stderr
+    with open(search_dir / "best_cell.json") as f:
+        assert len(json.load(f)) == 2
