@@ -279,6 +279,12 @@ def test_model_fit_consumes_the_tuple_dataset(tmp_path):
     write_tfrecords(tmp_path, "train", random_samples(6), num_shards=1)
     ds = build_dataset(tmp_path, "train", TRAIN, 2, seed=0, as_tuple=True)
     model = keras.Sequential([keras.Input((32, 40, 3)), keras.layers.Conv2D(12, 1)])
-    model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255)
+    # Learning rate 0: the weights stay put, so fit's loss is the mean loss of the
+    # first two (image, label) batches of the same seeded pipeline.
+    model.compile(keras.optimizers.SGD(0.0), loss)
+    again = build_dataset(tmp_path, "train", TRAIN, 2, seed=0, as_tuple=True)
+    expected = [float(loss(labels, model(images))) for images, labels in again.take(2)]
+    assert abs(expected[0] - expected[1]) > 1e-3  # two different batches
     history = model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)
-    assert np.isfinite(history.history["loss"][0])
+    assert history.history["loss"][0] == pytest.approx(np.mean(expected), rel=1e-5)

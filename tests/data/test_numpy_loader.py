@@ -53,12 +53,19 @@ def test_folder_source_reads_camvid(camvid_root):
     sample = source[0]
     assert sample["image"].shape == (360, 480, 3) and sample["image"].dtype == np.uint8
     assert sample["label"].shape == (360, 480, 1) and sample["label"].dtype == np.uint8
-    assert sample["label"].max() <= 11
     assert (sample["height"], sample["width"]) == (360, 480)
-    # RGB order: CamVid's sky (label 0) is grey-blue, more blue than red on average.
+    # The files' pixels, in RGB order (OpenCV reads BGR), and the annotation's class ids:
+    # this image holds all 11 classes and void (11).
+    name = source.names[0]
+    bgr = cv2.imread(str(camvid_root / "val" / f"{name}.png"))
+    np.testing.assert_array_equal(sample["image"], bgr[:, :, ::-1])
+    annotation = cv2.imread(str(camvid_root / "valannot" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+    np.testing.assert_array_equal(sample["label"][..., 0], annotation)
+    assert np.unique(sample["label"]).tolist() == list(range(12))
+    # CamVid's sky (label 0) is pale blue: measured mean RGB (221, 254, 255).
     sky = sample["label"][..., 0] == 0
-    if sky.any():
-        assert sample["image"][sky][:, 2].mean() >= sample["image"][sky][:, 0].mean()
+    assert sky.sum() == 15008
+    assert sample["image"][sky][:, 2].mean() - sample["image"][sky][:, 0].mean() > 20
 
 
 def test_label_remap_maps_void_to_ignore(tmp_path):
@@ -207,7 +214,17 @@ def test_pydataset_batches_shapes_and_length(tmp_path):
     eval_ds = SegmentationPyDataset(
         FolderSource.from_split(root, "train"), PreprocessConfig((48, 48), is_training=False), 4
     )
-    assert len(eval_ds) == 3 and eval_ds[2][0].shape == (2, 48, 48, 3)
+    assert len(eval_ds) == 3
+    # Evaluation batches are the images themselves, in list order, padded at the bottom
+    # with the mean pixel (127.5) and, in the labels, the ignore label.
+    images, labels = eval_ds[2]  # images 8 and 9 (the last, partial batch)
+    assert images.shape == (2, 48, 48, 3) and labels.shape == (2, 48, 48, 1)
+    source = FolderSource.from_split(root, "train")
+    for k, i in enumerate((8, 9)):
+        np.testing.assert_array_equal(images[k, :40], source[i]["image"].astype(np.float32))
+        np.testing.assert_array_equal(labels[k, :40], source[i]["label"].astype(np.int32))
+        np.testing.assert_array_equal(images[k, 40:], 127.5)
+        np.testing.assert_array_equal(labels[k, 40:], 255)
 
 
 def test_pydataset_is_deterministic_per_seed_epoch_and_index(tmp_path):
