@@ -160,6 +160,8 @@ def main(argv):
     config = config_from_flags(flags.FLAGS)
     from deeplab_dpc.nas.executors import SearchError  # noqa: PLC0415
 
+    # SIGTERM stops like Ctrl-C: workers are stopped and their running trials queued for a retry now.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         run(config)
     except SearchError as e:

@@ -7,9 +7,10 @@ loop every worker process runs against the shared study. The rules:
   under the search's claim lock, with every other trial's: a graph that
   already completed is recorded COMPLETE with the stored score and user attr
   ``duplicate_of`` (no training); one that failed on its own is recorded FAIL
-  with the stored error and ``duplicate_of``; one that is running (or whose
-  retry is queued) is waited for, then copied. Duplicates do not count
-  against ``max_trials``.
+  with the stored error and ``duplicate_of``; one that is running is waited
+  for, then copied (if that attempt is interrupted, the waiting trial trains
+  the graph itself, and the queued retry will find it done). Duplicates do
+  not count against ``max_trials``.
 * **Budgets.** ``max_trials`` counts trials that trained: completed, failed
   on their own, or running now (duplicates and interrupted attempts left
   out; a retried trial counts once, as its retry). A worker starts a trial
@@ -401,11 +402,8 @@ def resolve_duplicate(number: int, graph_hash: str, trials: Iterable[FrozenTrial
     done = [t for t in same if t.state == TrialState.COMPLETE]
     if done:
         return Resolution("copy", min(t.number for t in done))
-    running = [
-        t
-        for t in same
-        if t.state == TrialState.RUNNING or (t.state == TrialState.WAITING and t.user_attrs.get(RETRY_OF) is not None)
-    ]
+    # Only a running attempt is waited for: a queued retry may wait for a worker that is this one.
+    running = [t for t in same if t.state == TrialState.RUNNING]
     if running:
         return Resolution("wait", min(t.number for t in running))
     failed = [t for t in same if t.state == TrialState.FAIL and not is_interrupted(t)]
@@ -532,7 +530,11 @@ def mark_interrupted(
     a trial killed before it had all its parameters). ``UpdateFinishedTrialError`` if the trial
     finished meanwhile.
     """
-    complete_params = set(trial.params) == set(space_lib.distributions(space))
+    names = set(space_lib.distributions(space))
+    params = dict(trial.params)
+    if set(params) != names:  # killed while suggesting: a queued trial still has its fixed parameters
+        params = {**trial.system_attrs.get("fixed_params", {}), **params}
+    complete_params = set(params) == names
     retry_number = None
     if trial.user_attrs.get(RETRY_OF) is not None:
         _set_attr(study, trial, ERROR, f"interrupted again ({reason}); a retry is not retried")
@@ -549,7 +551,7 @@ def mark_interrupted(
             for key in (SPEC, GRAPH_HASH, PROPOSAL, "parent", REFERENCE):
                 if key in trial.user_attrs:
                     attrs[key] = trial.user_attrs[key]
-            retry_number = _enqueue(study, trial.params, attrs)
+            retry_number = _enqueue(study, params, attrs)
         _set_attr(study, trial, RETRIED_AS, retry_number)
         _set_attr(study, trial, ERROR, f"interrupted ({reason}); retried as trial {retry_number}")
     study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)

@@ -128,17 +128,36 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_ray_executor_completes_trials_on_a_local_ray(tmp_path, objective_log):
+def test_ray_executor_completes_trials_and_retries_a_lost_task(tmp_path, objective_log):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[ray])")
+    env = {"PYTHONPATH": os.getcwd(), "FAKE_OBJECTIVE_LOG": objective_log, "FAKE_OBJECTIVE_SLEEP": "1.5"}
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.getcwd(), "FAKE_OBJECTIVE_LOG": objective_log}})
+             runtime_env={"env_vars": env})
+    config = make_config(tmp_path, objective="tests.nas.fakes:sleepy", executor="ray", num_workers=2,
+                         max_trials=5, enqueue_published=True)
+    out, result = io.StringIO(), {}
+    thread = threading.Thread(target=lambda: result.update(executors.run_search(config, stream=out, poll_seconds=0.2)))
     try:
-        config = make_config(tmp_path, executor="ray", num_workers=2, max_trials=6, enqueue_published=True)
-        summary = executors.run_search(config, stream=io.StringIO(), poll_seconds=0.2)
+        thread.start()
+        victim, deadline = None, time.time() + 120
+        while victim is None and time.time() < deadline:
+            time.sleep(0.2)
+            if "optuna-dashboard" not in out.getvalue():
+                continue  # printed once the study exists
+            for t in study_lib.all_trials(study_lib.load_study(config), states=(TrialState.RUNNING,)):
+                if len(t.params) == 10 and study_lib.OWNER in t.system_attrs:  # training
+                    victim = t
+                    break
+        assert victim is not None, "no trial started"
+        assert ":ray-" in victim.system_attrs[study_lib.OWNER]["worker"]
+        os.kill(victim.system_attrs[study_lib.OWNER]["pid"], signal.SIGKILL)  # a lost Ray worker
+        thread.join(timeout=180)
     finally:
         ray.shutdown()
+    assert not thread.is_alive()
     trials = check_every_graph_trained_once(config, objective_log)
-    assert summary["completed"] == 6
-    owners = {study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[study_lib.OWNER]["worker"] for t in trials}
-    assert all(":ray-" in w for w in owners)
+    assert result["completed"] == 5 and result["interrupted"] == 1
     assert trials[0].user_attrs["reference"] == "published_cityscapes"
+    killed = trials[victim.number]
+    retry = trials[killed.user_attrs["retried_as"]]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params

@@ -170,10 +170,11 @@ def test_resolution_rules():
     assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5)]) == study_lib.Resolution("copy", 3)
     assert R(9, "h", [trial(3, TrialState.RUNNING)]) == study_lib.Resolution("wait", 3)
     assert R(9, "h", [trial(3, TrialState.FAIL, error="x")]) == study_lib.Resolution("copy_failure", 3)
-    # An interrupted attempt is no result; its queued retry is waited for.
+    # An interrupted attempt is no result, and its queued retry is not waited for (this worker may be
+    # the one that would run it): the new trial trains, the retry will find the graph done.
     assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="killed")]) == study_lib.Resolution("train")
     assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="k"), trial(5, TrialState.WAITING, retry_of=3)]) == (
-        study_lib.Resolution("wait", 5)
+        study_lib.Resolution("train")
     )
     # A duplicate is never an original; a completed result wins over a failure.
     assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5, duplicate_of=1)]) == study_lib.Resolution("train")
@@ -277,6 +278,21 @@ def test_a_retry_interrupted_again_fails_for_good(tmp_path):
     (trial,) = study.get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["error"].startswith("interrupted again")
     assert study_lib.counts_toward_budget(trial)  # a failure of its own, not retried
+
+
+def test_a_queued_trial_killed_before_its_parameters_were_written_is_retried(tmp_path):
+    config = make_config(tmp_path, enqueue_published=True)
+    study = start(config)
+    with study_lib.FileLock(config.lock_path):
+        study_lib.enqueue_reference_cells(study)
+        # A worker popped trial 0 and was killed before suggesting its parameters.
+        trial_id = study_lib._pop_or_create(study, study_lib.all_trials(study))
+        owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+        study._storage.set_trial_system_attr(trial_id, study_lib.OWNER, owner)
+        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(0, 2)]
+    retry = study.get_trials()[2]
+    assert retry.user_attrs["reference"] == "published_cityscapes" and retry.user_attrs["retry_of"] == 0
+    assert retry.system_attrs["fixed_params"] == space_lib.spec_to_params(space_lib.published_cell())
 
 
 def test_marking_an_interruption_is_idempotent(tmp_path):
