@@ -1,0 +1,548 @@
+"""The proxy trainer: one Dense Prediction Cell trained on cached backbone features, scored by val mIoU.
+
+This is the search's inner loop (the paper's proxy task: cached MobileNet-v2
+features, the cell alone trained for 30K steps at batch 8, mIoU on val). The
+cell is the model's own ``DensePredictionCell`` (``filters`` and
+``concat_channels`` = ``proxy_filters``) followed by the model's ``Logits``
+layer (a 1x1 conv with DeepLab's initialiser); there is no backbone. Features
+are resident in memory, so a step is the cell's forward and backward pass and
+nothing else.
+
+    >>> config = ProxyConfig(cache_dir="/tmp/camvid_cache")
+    >>> data = load_proxy_data(config)              # once per worker process
+    >>> result = run_proxy(CellSpec.load("cell.json"), config, features=data)
+    >>> result["miou"], result["seconds"]
+
+What each knob costs in fidelity (against end-to-end training of the model):
+
+* ``proxy_filters``: the paper's cells have 256 filters; fewer make a step
+  several times cheaper on a CPU (measured: 256 -> 64 filters about 3.7x) but
+  rank cells at another width (NSGA-Net searched at 16). ``params_256`` and
+  ``madds_256`` in the result are the cell's cost at the paper's width.
+* ``proxy_steps``: the paper trained 30K steps; a few hundred steps score how
+  fast a cell learns more than where it ends. Intermediate scores
+  (``eval_interval``) show whether the ranking has settled.
+* ``loss_resolution``: ``features4x`` (default) computes the loss on labels
+  nearest-sampled to 4x the feature grid (92x120 for 23x30 features), with
+  logits resized to it as the model resizes them to the image (bilinear,
+  align corners): thin classes (poles, signs) lose pixels. ``label`` uses the
+  cached labels at the crop size (16x more pixels per step at stride 16).
+* ``eval_resolution``: the same choice for scoring; ``label`` (default) is the
+  model's evaluation at the crop size, ``features4x`` is 16x cheaper and noisier.
+* ``batch_norm_momentum``: DeepLab's 0.9997 keeps ~74% of its start after
+  1,000 steps; 0.99 (default) forgets it within a few hundred. Moving
+  statistics also start from the first batch (``train_lib.warm_start_batch_norm``).
+* ``feature_dtype``: float16 (default, as cached) halves memory at no cost in
+  accuracy (the layers compute in float32); float32 skips one cast per step.
+* ``seed``: the spread between seeds is about half the spread between cells
+  (GUIDE.md §6): compare cells over equal seeds, or several.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from deeplab_dpc.nas.features import CacheError, FeatureCache
+
+RESOLUTIONS = ("features4x", "label")
+FEATURE_DTYPES = ("float16", "float32")
+PAPER_FILTERS = 256
+_NAN_CHECK_STEPS = 20
+
+
+class TrialFailed(RuntimeError):
+    """A proxy trial that cannot be scored (the loss became NaN or infinite); ``reason`` says why.
+
+    The search records it as a failed trial, never as a score of 0.
+    """
+
+    def __init__(self, reason: str, step: int | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.step = step
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxyConfig:
+    """How a proxy trial trains and scores a cell. Field names are ``proxy_train``'s flag names.
+
+    Args:
+        cache_dir: the feature cache (``cache_features``).
+        train_split: cached split to train on.
+        eval_split: cached split to score on.
+        proxy_steps: training steps.
+        batch_size: examples per step.
+        proxy_filters: filters of every branch and of the projection.
+        learning_rate: base rate of DeepLab's poly schedule (to 0 at ``proxy_steps``).
+        weight_decay: DeepLab's weight decay.
+        batch_norm_momentum: moving-average momentum of the cell's batch norms.
+        loss_resolution: ``features4x`` or ``label`` (see the module doc).
+        eval_resolution: ``label`` or ``features4x``.
+        seed: initial weights, batch order and dropout.
+        momentum: SGD momentum.
+        learning_power: poly power.
+        dropout_rate: dropout on the concatenated branches (the model's is 0.1).
+        eval_interval: steps between intermediate val scores (``history``);
+            0 scores only at the end.
+        feature_dtype: ``float16`` or ``float32`` resident features.
+        max_train_examples, max_eval_examples: use only the first N cached
+            examples (None: all).
+        eval_batch_size: examples per prediction call.
+        jit_compile: compile with XLA; None: on TensorFlow only with a GPU
+            (XLA is several times slower on CPU), always on JAX.
+        steps_per_execution: training steps per compiled call (GPUs).
+    """
+
+    cache_dir: str
+    train_split: str = "train"
+    eval_split: str = "val"
+    proxy_steps: int = 300
+    batch_size: int = 8
+    proxy_filters: int = 64
+    learning_rate: float = 0.05
+    weight_decay: float = 4e-5
+    batch_norm_momentum: float = 0.99
+    loss_resolution: str = "features4x"
+    eval_resolution: str = "label"
+    seed: int = 0
+    momentum: float = 0.9
+    learning_power: float = 0.9
+    dropout_rate: float = 0.1
+    eval_interval: int = 0
+    feature_dtype: str = "float16"
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    eval_batch_size: int = 16
+    jit_compile: bool | None = None
+    steps_per_execution: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.cache_dir, str) or not self.cache_dir:
+            raise ValueError("cache_dir is required (a feature cache made by cache_features)")
+        if not os.path.isdir(self.cache_dir):
+            raise ValueError(f"cache_dir={self.cache_dir} is not a folder")
+        for name in ("train_split", "eval_split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a split name")
+        for name in ("proxy_steps", "batch_size", "proxy_filters", "eval_batch_size", "steps_per_execution"):
+            _positive_int(self, name)
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None:
+                _positive_int(self, name)
+        for name in ("seed", "eval_interval"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an integer >= 0")
+        for name in ("learning_rate", "weight_decay", "batch_norm_momentum", "momentum", "learning_power",
+                     "dropout_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r} must be a finite number")
+            object.__setattr__(self, name, float(value))
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate={self.learning_rate} must be positive")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay} must be >= 0")
+        if not 0 <= self.batch_norm_momentum < 1:
+            raise ValueError(f"batch_norm_momentum={self.batch_norm_momentum} must be in [0, 1)")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
+        for name in ("loss_resolution", "eval_resolution"):
+            if getattr(self, name) not in RESOLUTIONS:
+                raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(RESOLUTIONS)}")
+        if self.feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"feature_dtype={self.feature_dtype!r} is unknown; valid: {list(FEATURE_DTYPES)}")
+        if self.jit_compile is not None and not isinstance(self.jit_compile, bool):
+            raise ValueError(f"jit_compile={self.jit_compile!r} must be true, false or None (automatic)")
+
+    def to_dict(self) -> dict:
+        """JSON-safe: every value is a str, int, float, bool or None."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ProxyConfig":
+        """The config ``to_dict`` wrote (or a subset: missing fields take their defaults)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"{unknown[0]} is not a ProxyConfig field (unknown: {unknown}; valid: {names})")
+        return cls(**dict(data))
+
+    def data_key(self) -> tuple:
+        """What ``load_proxy_data`` depends on: trials whose keys are equal share loaded data."""
+        return (
+            os.path.abspath(self.cache_dir), self.train_split, self.eval_split, self.loss_resolution,
+            self.eval_resolution, self.feature_dtype, self.max_train_examples, self.max_eval_examples,
+        )
+
+
+def _positive_int(config, name):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Data.
+
+
+@dataclasses.dataclass
+class ProxyData:
+    """Cached features and labels in memory, at the resolutions a ``ProxyConfig`` asks for.
+
+    ``train_labels`` are at the loss resolution, ``eval_labels`` at the eval
+    resolution; both uint8 ``[N, H, W]``. ``key`` is the config's ``data_key()``.
+    """
+
+    train_features: np.ndarray
+    train_labels: np.ndarray
+    eval_features: np.ndarray
+    eval_labels: np.ndarray
+    num_classes: int
+    ignore_label: int
+    output_stride: int
+    class_names: tuple[str, ...]
+    key: tuple
+    source: dict
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train_features.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.train_features, self.train_labels, self.eval_features, self.eval_labels))
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Rows (or columns) of a grid of ``in_size`` nearest to ``out_size`` points spread corner to corner.
+
+    The points are where an align-corners resize to ``out_size`` samples, so
+    labels sampled here line up with logits resized as the model resizes them.
+    """
+    if out_size == 1:
+        return np.zeros(1, np.int64)
+    return np.floor(np.arange(out_size) * ((in_size - 1) / (out_size - 1)) + 0.5).astype(np.int64)
+
+
+def label_grid(resolution: str, feature_shape, label_shape) -> tuple[int, int]:
+    """The (height, width) of labels at ``resolution``."""
+    if resolution == "label":
+        return tuple(int(s) for s in label_shape[:2])
+    return (4 * int(feature_shape[0]), 4 * int(feature_shape[1]))
+
+
+def _sampler(grid, label_shape) -> Callable[[np.ndarray], np.ndarray]:
+    if tuple(grid) == tuple(label_shape[:2]):
+        return lambda labels: labels
+    rows = nearest_indices(label_shape[0], grid[0])
+    cols = nearest_indices(label_shape[1], grid[1])
+    return lambda labels: np.ascontiguousarray(labels[:, rows[:, None], cols[None, :]])
+
+
+def load_proxy_data(config: ProxyConfig) -> ProxyData:
+    """Loads the train and eval splits of ``config.cache_dir`` for ``run_proxy`` (once per worker).
+
+    Raises:
+        CacheError: a split is missing, incomplete or corrupt, or the two splits
+            come from different backbones (the message names the file).
+    """
+    train = FeatureCache(config.cache_dir, config.train_split)
+    val = FeatureCache(config.cache_dir, config.eval_split)
+    for what in ("feature_shape", "num_classes", "ignore_label", "output_stride"):
+        if getattr(train, what) != getattr(val, what):
+            raise CacheError(
+                f"{train.manifest_file} and {val.manifest_file} differ in {what} "
+                f"({getattr(train, what)} vs {getattr(val, what)}): cache both splits with one backbone"
+            )
+    for what in ("model_variant", "checkpoint", "weights"):
+        a, b = train.manifest["backbone"].get(what), val.manifest["backbone"].get(what)
+        if a != b:
+            raise CacheError(
+                f"{train.manifest_file} and {val.manifest_file} come from different backbones ({what}: {a} vs {b})"
+            )
+    loss_grid = label_grid(config.loss_resolution, train.feature_shape, train.label_shape)
+    eval_grid = label_grid(config.eval_resolution, val.feature_shape, val.label_shape)
+    train_x, train_y = train.load_all(
+        config.feature_dtype, _sampler(loss_grid, train.label_shape), config.max_train_examples
+    )
+    val_x, val_y = val.load_all(config.feature_dtype, _sampler(eval_grid, val.label_shape), config.max_eval_examples)
+    if len(train_x) < config.batch_size:
+        raise CacheError(
+            f"{train.manifest_file}: {len(train_x)} training examples, fewer than batch_size={config.batch_size}"
+        )
+    return ProxyData(
+        train_features=train_x,
+        train_labels=train_y,
+        eval_features=val_x,
+        eval_labels=val_y,
+        num_classes=train.num_classes,
+        ignore_label=train.ignore_label,
+        output_stride=train.output_stride,
+        class_names=tuple(train.manifest.get("dataset", {}).get("class_names") or
+                          [str(i) for i in range(train.num_classes)]),
+        key=config.data_key(),
+        source={
+            "cache_dir": os.path.abspath(config.cache_dir),
+            "backbone": train.manifest["backbone"].get("checkpoint"),
+            "train_examples": len(train_x),
+            "eval_examples": len(val_x),
+            "loss_grid": list(loss_grid),
+            "eval_grid": list(eval_grid),
+        },
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model and its evaluation.
+
+
+def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int, output_stride: int):
+    """features ``[B, h, w, c]`` -> ``DensePredictionCell`` -> ``Logits``: logits ``[B, h, w, classes]``."""
+    import keras  # noqa: PLC0415
+
+    from deeplab_dpc.core.common import l2_regularizer  # noqa: PLC0415
+    from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell  # noqa: PLC0415
+    from deeplab_dpc.core.model import Logits  # noqa: PLC0415
+
+    features = keras.Input(tuple(feature_shape), dtype=config.feature_dtype, name="features")
+    x = DensePredictionCell(
+        spec,
+        output_stride=output_stride,
+        filters=config.proxy_filters,
+        concat_channels=config.proxy_filters,
+        dropout_rate=config.dropout_rate,
+        weight_decay=config.weight_decay,
+        batch_norm_momentum=config.batch_norm_momentum,
+    )(features)
+    logits = Logits(num_classes, kernel_regularizer=l2_regularizer(config.weight_decay), name="logits")(x)
+    return keras.Model(features, logits, name="proxy")
+
+
+def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``[out, in]`` weights of a 1-D bilinear resize with aligned corners (DeepLab's resize)."""
+    matrix = np.zeros((out_size, in_size), np.float32)
+    if out_size == 1 or in_size == 1:
+        matrix[:, 0] = 1.0
+        return matrix
+    position = np.arange(out_size) * ((in_size - 1) / (out_size - 1))
+    low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight = (position - low).astype(np.float32)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, low), 1.0 - weight)
+    np.add.at(matrix, (rows, high), weight)
+    return matrix
+
+
+def resized_argmax(logits: np.ndarray, grid) -> np.ndarray:
+    """Argmax of ``logits`` ``[B, h, w, C]`` resized (bilinear, align corners) to ``grid``: ``[B, H, W]``."""
+    b, h, w, c = logits.shape
+    if (h, w) == tuple(grid):
+        return np.argmax(logits, axis=-1)
+    rows = interpolation_matrix(h, grid[0])  # [H, h]
+    cols = interpolation_matrix(w, grid[1])  # [W, w]
+    x = np.matmul(rows, logits.reshape(b, h, w * c))  # [B, H, w*C]
+    x = x.reshape(b, grid[0], w, c).transpose(0, 1, 3, 2)  # [B, H, C, w]
+    x = np.matmul(x, cols.T)  # [B, H, C, W]
+    return np.argmax(x, axis=2)
+
+
+def evaluate(model, features: np.ndarray, labels: np.ndarray, num_classes: int, ignore_label: int,
+             batch_size: int):
+    """The confusion matrix of ``model`` on ``features`` against ``labels`` (at the labels' grid)."""
+    from deeplab_dpc.evaluation.metrics import ConfusionMatrix  # noqa: PLC0415
+
+    matrix = ConfusionMatrix(num_classes, ignore_label)
+    grid = labels.shape[1:3]
+    for start in range(0, len(features), batch_size):
+        batch = features[start : start + batch_size]
+        n = len(batch)
+        if n < batch_size:  # One compiled shape for every call.
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        logits = np.asarray(model.predict_on_batch(batch), np.float32)[:n]
+        matrix.update(labels[start : start + n], resized_argmax(logits, grid))
+    return matrix
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A trial.
+
+
+def cell_cost(spec, feature_shape, filters: int) -> dict:
+    """Parameters and multiply-adds of the cell at ``filters`` (analysis.stats' analytical counts)."""
+    from deeplab_dpc.analysis.stats import dense_prediction_cell  # noqa: PLC0415
+
+    count = dense_prediction_cell(spec, tuple(feature_shape[:2]), int(feature_shape[2]), filters, filters)["total"]
+    return {"params": int(count.params), "madds": int(count.macs)}
+
+
+def _batches(features, labels, batch_size, seed):
+    """Endless (features, labels) batches: a new permutation each pass, the last partial batch dropped."""
+    rng = np.random.default_rng([seed, 1])
+    n = len(features)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            index = np.sort(order[start : start + batch_size])
+            yield features[index], labels[index]
+
+
+def _default_jit_compile() -> bool:
+    from deeplab_dpc.nas.features import default_jit_compile  # noqa: PLC0415
+
+    return default_jit_compile()
+
+
+def run_proxy(
+    spec,
+    config: ProxyConfig,
+    features: ProxyData | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Trains ``spec`` on cached features and scores it on the eval split.
+
+    Args:
+        spec: a ``CellSpec`` (or DeepLab's JSON list).
+        config: the ``ProxyConfig``.
+        features: ``load_proxy_data(config)``, to share between trials
+            (loaded here when None); it must have been loaded for an equal
+            ``config.data_key()``.
+        progress: called as ``progress(step, total)`` as steps start, and with
+            ``(total, total)`` at the end.
+
+    Returns:
+        ``miou`` (0..1), ``per_class_iou`` (class name -> IoU or None),
+        ``pixel_accuracy``, ``params`` / ``madds`` (the cell at
+        ``proxy_filters`` on the cached feature size; analytical),
+        ``params_256`` / ``madds_256`` (at the paper's 256 filters),
+        ``seconds`` (wall, the whole call), ``train_seconds``,
+        ``eval_seconds``, ``steps``, ``filters``, ``final_loss``,
+        ``history`` (``{"step", "miou", "loss"}`` at every ``eval_interval``
+        and the end), ``backend``, ``feature_size``, ``spec``, ``config``.
+
+    Raises:
+        TrialFailed: the loss became NaN or infinite.
+        CacheError: the cache cannot be read (``features`` None).
+        ValueError: ``features`` were loaded for another config.
+
+    Sets Keras' global random seed (``keras.utils.set_random_seed``) to ``config.seed``.
+    """
+    start = time.perf_counter()
+    import keras  # noqa: PLC0415
+
+    from deeplab_dpc.core.spec import CellSpec  # noqa: PLC0415
+    from deeplab_dpc.training.losses import SegmentationLoss  # noqa: PLC0415
+    from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
+    from deeplab_dpc.training.train_lib import warm_start_batch_norm  # noqa: PLC0415
+
+    spec = spec if isinstance(spec, CellSpec) else CellSpec.from_list(spec)
+    if features is None:
+        features = load_proxy_data(config)
+    elif features.key != config.data_key():
+        raise ValueError(
+            f"features were loaded for {features.key}, the config asks for {config.data_key()}: "
+            "call load_proxy_data(config) with this config"
+        )
+    data = features
+    keras.backend.clear_session()  # Every trial starts from the same global state: equal seeds, equal results.
+    keras.utils.set_random_seed(config.seed)
+    model = build_proxy_model(spec, config, data.feature_shape, data.num_classes, data.output_stride)
+    schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum),
+        loss=SegmentationLoss(data.num_classes, data.ignore_label),
+        jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+    batches = _batches(data.train_features, data.train_labels, config.batch_size, config.seed)
+    first_images, _ = next(_batches(data.train_features, data.train_labels, config.batch_size, config.seed + 1))
+    warm_start_batch_norm(model, first_images)
+
+    total = config.proxy_steps
+    interval = config.eval_interval or total
+    ends = sorted({*range(interval, total, interval), total})
+    monitor = _make_monitor(total, progress)
+    history = []
+    train_seconds = eval_seconds = 0.0
+    done = 0
+    matrix = None
+    loss = float("nan")
+    for end in ends:
+        t = time.perf_counter()
+        monitor.offset = done
+        fit = model.fit(
+            batches, steps_per_epoch=end - done, epochs=1, verbose=0, shuffle=False, callbacks=[monitor]
+        )
+        train_seconds += time.perf_counter() - t
+        loss = float(fit.history["loss"][-1])
+        if monitor.failed is not None or not math.isfinite(loss):
+            step, value = monitor.failed or (end, loss)
+            raise TrialFailed(f"the loss became {value} by step {step} (learning_rate={config.learning_rate})", step)
+        done = end
+        t = time.perf_counter()
+        matrix = evaluate(model, data.eval_features, data.eval_labels, data.num_classes, data.ignore_label,
+                          config.eval_batch_size)
+        eval_seconds += time.perf_counter() - t
+        history.append({"step": end, "miou": matrix.mean_iou(), "loss": loss})
+    if progress is not None:
+        progress(total, total)
+    iou = matrix.per_class_iou()
+    cost = cell_cost(spec, data.feature_shape, config.proxy_filters)
+    cost_256 = cell_cost(spec, data.feature_shape, PAPER_FILTERS)
+    result = {
+        "miou": float(matrix.mean_iou()),
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(data.class_names, iou)},
+        "pixel_accuracy": float(matrix.pixel_accuracy()),
+        "params": cost["params"],
+        "madds": cost["madds"],
+        "params_256": cost_256["params"],
+        "madds_256": cost_256["madds"],
+        "seconds": time.perf_counter() - start,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "steps": total,
+        "filters": config.proxy_filters,
+        "final_loss": loss,
+        "history": history,
+        "backend": keras.backend.backend(),
+        "feature_size": list(data.feature_shape),
+        "spec": spec.to_list(),
+        "config": config.to_dict(),
+    }
+    del model
+    keras.backend.clear_session()
+    return result
+
+
+def _make_monitor(total: int, progress):
+    """A Keras callback: counts steps on the host for ``progress``, reads the loss every few steps, stops on NaN."""
+    import keras  # noqa: PLC0415
+
+    class Monitor(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.offset = 0
+            self.failed: tuple[int, float] | None = None
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if progress is not None:
+                progress(self.offset + batch, total)
+
+        def on_train_batch_end(self, batch, logs=None):
+            if (batch + 1) % _NAN_CHECK_STEPS or not logs or "loss" not in logs:
+                return
+            loss = float(logs["loss"])
+            if not math.isfinite(loss):
+                self.failed = (self.offset + batch + 1, loss)
+                self.model.stop_training = True
+
+    return Monitor()

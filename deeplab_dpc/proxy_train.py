@@ -1,0 +1,156 @@
+r"""Trains one Dense Prediction Cell on cached backbone features and scores it: one proxy trial.
+
+    python -m deeplab_dpc.proxy_train --cache_dir=/tmp/camvid_cache \
+        --dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json \
+        --proxy_steps=300 --batch_size=8 --proxy_filters=64 --output_json=/tmp/trial.json
+
+The cache comes from ``python -m deeplab_dpc.cache_features`` (a ``--train_split``
+and an ``--eval_split``). Prints progress with ETA, then the result (val mIoU,
+per-class IoU, the cell's parameters and multiply-adds, seconds); writes it to
+``--output_json`` with ``"status": "ok"``, or ``"status": "failed"`` and the
+reason when the loss diverges (exit status 1). Runs on any Keras backend
+(``KERAS_BACKEND=jax`` too); what each knob costs in fidelity is in
+``deeplab_dpc/nas/proxy.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from absl import app, flags
+
+from deeplab_dpc import cli
+
+# Every ProxyConfig field is a flag of the same name.
+PROXY_FIELDS = (
+    "cache_dir", "train_split", "eval_split", "proxy_steps", "batch_size", "proxy_filters", "learning_rate",
+    "weight_decay", "batch_norm_momentum", "loss_resolution", "eval_resolution", "seed", "momentum",
+    "learning_power", "dropout_rate", "eval_interval", "feature_dtype", "max_train_examples",
+    "max_eval_examples", "eval_batch_size", "jit_compile", "steps_per_execution",
+)
+SUMMARY_KEYS = (
+    "miou", "pixel_accuracy", "per_class_iou", "params", "madds", "params_256", "madds_256", "seconds",
+    "train_seconds", "eval_seconds", "steps", "filters", "history", "backend",
+)
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    f = dict(flag_values=fv)
+    flags.DEFINE_string("cache_dir", None, "The feature cache (python -m deeplab_dpc.cache_features).", **f)
+    flags.DEFINE_string("train_split", "train", "Cached split to train on.", **f)
+    flags.DEFINE_string("eval_split", "val", "Cached split to score on.", **f)
+    flags.DEFINE_string("dense_prediction_cell_json", None, "The cell to train (DeepLab's JSON format).", **f)
+    flags.DEFINE_string("output_json", None, "Where the result goes (written atomically).", **f)
+    flags.DEFINE_integer(
+        "proxy_steps", 300, "Training steps (the paper: 30K; a few hundred rank how fast a cell learns).", **f
+    )
+    flags.DEFINE_integer("batch_size", 8, "Examples per step (the paper: 8).", **f)
+    flags.DEFINE_integer(
+        "proxy_filters", 64,
+        "Filters of every branch and the projection (the paper: 256; 64 is ~4x cheaper per step on a CPU "
+        "but ranks cells at another width).", **f,
+    )
+    flags.DEFINE_float("learning_rate", 0.05, "Base rate of the poly schedule (to 0 at --proxy_steps).", **f)
+    flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's weight decay.", **f)
+    flags.DEFINE_float(
+        "batch_norm_momentum", 0.99,
+        "Batch norm moving-average momentum (DeepLab's 0.9997 barely leaves its start in a short run).", **f,
+    )
+    flags.DEFINE_enum(
+        "loss_resolution", "features4x", ["features4x", "label"],
+        "Labels of the loss: features4x = nearest-sampled to 4x the feature grid (cheap; thin classes lose "
+        "pixels); label = the cached crop (16x the pixels at stride 16).", **f,
+    )
+    flags.DEFINE_enum(
+        "eval_resolution", "label", ["label", "features4x"],
+        "Labels the score is computed on: label = the crop, as evaluation does; features4x = 16x cheaper, noisier.",
+        **f,
+    )
+    flags.DEFINE_integer("seed", 0, "Initial weights, batch order and dropout.", **f)
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.", **f)
+    flags.DEFINE_float("learning_power", 0.9, "Poly power.", **f)
+    flags.DEFINE_float("dropout_rate", 0.1, "Dropout on the concatenated branches (the model's: 0.1).", **f)
+    flags.DEFINE_integer("eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f)
+    flags.DEFINE_enum(
+        "feature_dtype", "float16", ["float16", "float32"],
+        "Resident features: float16 (as cached; half the memory, computed in float32) or float32.", **f,
+    )
+    flags.DEFINE_integer("max_train_examples", None, "Train on the first N cached examples only.", **f)
+    flags.DEFINE_integer("max_eval_examples", None, "Score on the first N cached examples only.", **f)
+    flags.DEFINE_integer("eval_batch_size", 16, "Examples per prediction call.", **f)
+    flags.DEFINE_enum(
+        "jit_compile", "auto", ["auto", "true", "false"],
+        "XLA: auto = on JAX and on TensorFlow with a GPU, off on a TensorFlow CPU (several times slower there).",
+        **f,
+    )
+    flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (raise on a GPU).", **f)
+
+
+def config_from_flags(fv: flags.FlagValues):
+    """Flags -> (``CellSpec``, ``ProxyConfig``); errors are ``app.UsageError`` naming the flag."""
+    from deeplab_dpc.nas.proxy import ProxyConfig  # noqa: PLC0415
+
+    if not fv.cache_dir:
+        raise app.UsageError("--cache_dir is required (a feature cache made by cache_features)")
+    if not fv.dense_prediction_cell_json:
+        raise app.UsageError("--dense_prediction_cell_json is required (the cell to train)")
+    spec = cli.load_cell(fv.dense_prediction_cell_json)
+    values = {name: fv[name].value for name in PROXY_FIELDS}
+    values["jit_compile"] = {"auto": None, "true": True, "false": False}[fv.jit_compile]
+    try:
+        return spec, ProxyConfig(**values)
+    except ValueError as e:
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+
+
+def run(fv: flags.FlagValues) -> dict:
+    """One trial for the flags; writes ``--output_json``; returns the result (``status`` ok or failed)."""
+    spec, config = config_from_flags(fv)
+    from deeplab_dpc.fileio import write_json  # noqa: PLC0415
+    from deeplab_dpc.nas.features import CacheError, Progress  # noqa: PLC0415
+    from deeplab_dpc.nas.proxy import TrialFailed, load_proxy_data, run_proxy  # noqa: PLC0415
+
+    try:
+        data = load_proxy_data(config)
+    except CacheError as e:
+        raise app.UsageError(str(e)) from None
+    sys.stderr.write(
+        f"loaded {len(data.train_features)} training and {len(data.eval_features)} validation examples, "
+        f"features {list(data.feature_shape)}, {data.nbytes / 2**20:.0f} MiB\n"
+    )
+    bar = Progress(config.proxy_steps, "proxy training", unit="steps")
+
+    def progress(step, total):
+        if step > bar.done:
+            bar.update(step - bar.done)
+
+    try:
+        result = {"status": "ok", **run_proxy(spec, config, features=data, progress=progress)}
+    except TrialFailed as e:
+        sys.stderr.write("\n")
+        result = {"status": "failed", "reason": e.reason, "step": e.step, "spec": spec.to_list(),
+                  "config": config.to_dict()}
+    if fv.output_json:
+        write_json(fv.output_json, result)
+    return result
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    result = run(flags.FLAGS)
+    if result["status"] != "ok":
+        sys.stderr.write(f"trial failed: {result['reason']}\n")
+        sys.exit(1)
+    summary = {k: result[k] for k in SUMMARY_KEYS}
+    sys.stdout.write(json.dumps(summary, indent=1) + "\n")
+
+
+def console_main():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()

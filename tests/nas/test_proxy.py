@@ -1,0 +1,200 @@
+"""The proxy trainer: it learns a cached task, fails loudly on NaN, and its config and output round-trip."""
+
+import dataclasses
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from absl import app, flags
+
+from deeplab_dpc import proxy_train
+from deeplab_dpc.evaluation.metrics import ConfusionMatrix
+from deeplab_dpc.nas.features import write_arrays
+from deeplab_dpc.nas.proxy import (
+    ProxyConfig,
+    TrialFailed,
+    interpolation_matrix,
+    load_proxy_data,
+    nearest_indices,
+    resized_argmax,
+    run_proxy,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+# A 1x1 conv and a 3x3 conv on it: enough for a task whose label is a per-cell function of the features.
+CELL = [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}, {"op": "conv", "kernel": 3, "rate": [1, 1], "input": 0}]
+CROP = (96, 128)  # stride 16: 6 x 8 features
+
+
+def _task(n, seed):
+    """Features N(0, 1) [n, 6, 8, 16]; the label of a cell is the argmax of its first 3 channels, at the crop size."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(n, 6, 8, 16)).astype("float32")
+    labels = np.argmax(features[..., :3], axis=-1).astype("uint8")
+    rows, cols = nearest_indices(6, CROP[0]), nearest_indices(8, CROP[1])
+    return features, labels[:, rows[:, None], cols[None, :]]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    for split, n, seed in (("train", 48, 0), ("val", 16, 1)):
+        features, labels = _task(n, seed)
+        write_arrays(str(root), split, features, labels, num_classes=3, shard_size=20,
+                     class_names=["a", "b", "c"])
+    return str(root)
+
+
+def _fast(cache_dir, **kw):
+    args = dict(cache_dir=cache_dir, proxy_steps=40, batch_size=8, proxy_filters=16, learning_rate=0.3,
+                eval_interval=20)
+    args.update(kw)
+    return ProxyConfig(**args)
+
+
+def _flags(*args):
+    fv = flags.FlagValues()
+    proxy_train.define_flags(fv)
+    fv(["proxy_train", *args])
+    return fv
+
+
+def test_a_proxy_trial_learns_the_cached_task_and_writes_its_result(cache_dir, tmp_path):
+    val_labels = _task(16, 1)[1]
+    chance = ConfusionMatrix(3)
+    chance.update(val_labels, np.random.default_rng(0).integers(0, 3, val_labels.shape))
+    assert 0.15 < chance.mean_iou() < 0.25  # uniform guessing
+
+    spec_path = tmp_path / "cell.json"
+    spec_path.write_text(json.dumps(CELL))
+    out = tmp_path / "out" / "trial.json"
+    fv = _flags(f"--cache_dir={cache_dir}", f"--dense_prediction_cell_json={spec_path}", "--proxy_steps=40",
+                "--batch_size=8", "--proxy_filters=16", "--learning_rate=0.3", "--eval_interval=20",
+                f"--output_json={out}")
+    result = proxy_train.run(fv)
+    # Measured 0.63 after 40 steps (2 CPU cores, TensorFlow); uniform guessing scores 0.20.
+    assert result["status"] == "ok" and result["miou"] > 0.45
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    assert not [n for n in os.listdir(out.parent) if n != "trial.json"]  # written through a renamed temporary
+    for key in ("miou", "params", "madds", "params_256", "madds_256", "seconds", "steps", "filters",
+                "per_class_iou", "history", "backend"):
+        assert key in result, key
+    assert result["steps"] == 40 and result["filters"] == 16 and result["backend"] == "tensorflow"
+    assert [h["step"] for h in result["history"]] == [20, 40] and result["history"][-1]["miou"] == result["miou"]
+    assert set(result["per_class_iou"]) == {"a", "b", "c"}
+    # 1x1 conv 16->16 + BN; 3x3 separable 16->16 (depthwise + BN + pointwise + BN); projection 32->16 + BN.
+    assert result["params"] == (256 + 64) + (144 + 64 + 256 + 64) + (512 + 64)
+    assert result["madds"] == 48 * (256 + 144 + 256 + 512)
+    assert result["params_256"] > 10 * result["params"] and result["madds_256"] > 10 * result["madds"]
+    assert 0 < result["train_seconds"] < result["seconds"]
+
+
+def test_a_diverging_trial_raises_trial_failed_and_the_command_records_it(cache_dir, tmp_path):
+    config = _fast(cache_dir, learning_rate=1e12, proxy_steps=20, eval_interval=0)
+    with pytest.raises(TrialFailed, match="the loss became (nan|inf)") as failure:
+        run_proxy(CELL, config)
+    assert failure.value.step == 20
+
+    spec_path = tmp_path / "cell.json"
+    spec_path.write_text(json.dumps(CELL))
+    out = tmp_path / "failed.json"
+    fv = _flags(f"--cache_dir={cache_dir}", f"--dense_prediction_cell_json={spec_path}", "--proxy_steps=20",
+                "--proxy_filters=16", "--learning_rate=1e12", f"--output_json={out}")
+    result = proxy_train.run(fv)
+    assert result["status"] == "failed" and "the loss became" in result["reason"]
+    assert json.loads(out.read_text())["status"] == "failed"
+
+
+def test_equal_seeds_give_equal_scores_in_one_process(cache_dir):
+    config = _fast(cache_dir, proxy_steps=10, eval_interval=0)
+    data = load_proxy_data(config)
+    first = run_proxy(CELL, config, features=data)
+    again = run_proxy(CELL, config, features=data)  # dropout included
+    assert first["miou"] == again["miou"] and first["final_loss"] == again["final_loss"]
+
+
+def test_features_loaded_for_another_config_are_refused(cache_dir):
+    data = load_proxy_data(_fast(cache_dir))
+    assert data.train_labels.shape == (48, 24, 32) and data.eval_labels.shape == (16, *CROP)  # features4x, label
+    assert data.train_features.dtype == np.float16
+    with pytest.raises(ValueError, match="call load_proxy_data"):
+        run_proxy(CELL, _fast(cache_dir, loss_resolution="label"), features=data)
+
+
+def test_config_round_trips_through_json():
+    config = ProxyConfig(cache_dir=os.getcwd(), proxy_steps=123, learning_rate=0.01, loss_resolution="label",
+                         jit_compile=False, max_eval_examples=5)
+    assert ProxyConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert ProxyConfig.from_dict({"cache_dir": os.getcwd()}) == ProxyConfig(cache_dir=os.getcwd())
+    assert {f.name for f in dataclasses.fields(ProxyConfig)} == set(config.to_dict())
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("proxy_steps", 0, "proxy_steps=0 must be a positive integer"),
+        ("batch_size", 2.5, "batch_size=2.5 must be a positive integer"),
+        ("proxy_filters", True, "proxy_filters=True must be a positive integer"),
+        ("learning_rate", 0.0, "learning_rate=0.0 must be positive"),
+        ("learning_rate", float("nan"), "learning_rate=nan must be a finite number"),
+        ("weight_decay", -1.0, "weight_decay=-1.0 must be >= 0"),
+        ("batch_norm_momentum", 1.0, r"batch_norm_momentum=1.0 must be in \[0, 1\)"),
+        ("loss_resolution", "pixels", "loss_resolution='pixels' is unknown; valid: \\['features4x', 'label'\\]"),
+        ("eval_resolution", "x", "eval_resolution='x' is unknown"),
+        ("feature_dtype", "bfloat16", "feature_dtype='bfloat16' is unknown"),
+        ("seed", -1, "seed=-1 must be an integer >= 0"),
+        ("cache_dir", "/nonexistent/cache", "cache_dir=/nonexistent/cache is not a folder"),
+    ],
+)
+def test_validation_errors_name_the_field(field, value, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        ProxyConfig.from_dict({"cache_dir": os.getcwd(), field: value})
+
+
+def test_unknown_fields_are_named():
+    with pytest.raises(ValueError, match=r"^proxy_stepz is not a ProxyConfig field"):
+        ProxyConfig.from_dict({"cache_dir": os.getcwd(), "proxy_stepz": 3})
+
+
+def test_command_flag_errors_name_the_flag(cache_dir):
+    with pytest.raises(app.UsageError, match="--proxy_filters=0 must be a positive integer"):
+        proxy_train.config_from_flags(_flags(f"--cache_dir={cache_dir}", "--proxy_filters=0",
+                                             f"--dense_prediction_cell_json={REPO}/experiments/specs/"
+                                             "dense_prediction_cell_branch5_top1_cityscapes.json"))
+    with pytest.raises(app.UsageError, match="--dense_prediction_cell_json is required"):
+        proxy_train.config_from_flags(_flags(f"--cache_dir={cache_dir}"))
+
+
+def test_labels_are_sampled_where_an_align_corners_resize_samples():
+    import keras
+
+    from deeplab_dpc.core.layers import resize_bilinear_align_corners
+
+    assert nearest_indices(360, 92)[[0, -1]].tolist() == [0, 359]
+    assert nearest_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
+    logits = np.random.default_rng(0).normal(size=(2, 4, 5, 3)).astype("float32")
+    resized = np.asarray(resize_bilinear_align_corners(keras.ops.convert_to_tensor(logits), (13, 17)))
+    rows, cols = interpolation_matrix(4, 13), interpolation_matrix(5, 17)
+    np.testing.assert_allclose(np.einsum("Hh,bhwc,Ww->bHWc", rows, logits, cols), resized, atol=1e-5)
+    np.testing.assert_array_equal(resized_argmax(logits, (13, 17)), np.argmax(resized, axis=-1))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
+def test_the_proxy_trains_on_jax(cache_dir):
+    code = (
+        "import json, sys; from deeplab_dpc.nas.proxy import ProxyConfig, run_proxy; "
+        f"r = run_proxy({CELL!r}, ProxyConfig(cache_dir={cache_dir!r}, proxy_steps=40, batch_size=8, "
+        "proxy_filters=16, learning_rate=0.3)); print(json.dumps([r['backend'], r['miou']]))"
+    )
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    backend, miou = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert backend == "jax" and miou > 0.45
