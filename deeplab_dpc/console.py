@@ -31,6 +31,7 @@ prints. No TensorFlow import here: a JAX host without TensorFlow runs this too.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import logging
@@ -38,7 +39,7 @@ import os
 import re
 import sys
 import tempfile
-from typing import Iterable
+from typing import Callable, Iterable, Iterator
 
 VERBOSE_ENV = "DEEPLAB_DPC_VERBOSE"
 DEFAULT_TF_CPP_MIN_LOG_LEVEL = "1"
@@ -87,9 +88,10 @@ def startup_lines_to_keep(lines: Iterable[str]) -> list[str]:
 
 
 class _StderrFilter:
-    """Sends file descriptor 2 to a temporary file until ``close``, then writes on what to keep."""
+    """Sends file descriptor 2 to a temporary file until ``close``, then writes on the lines ``keep`` returns."""
 
-    def __init__(self):
+    def __init__(self, keep: Callable[[list[str]], list[str]] = startup_lines_to_keep):
+        self._keep = keep
         self._saved = None
         try:
             sys.stderr.flush()
@@ -117,7 +119,7 @@ class _StderrFilter:
             pass
         lines = self.text().splitlines(keepends=True)
         self._restore()
-        out = "".join(lines if keep_everything else startup_lines_to_keep(lines))
+        out = "".join(lines if keep_everything else self._keep(lines))
         if out:
             os.write(2, out.encode("utf-8", "replace"))
 
@@ -187,6 +189,31 @@ def _in_tensorflow(path: str) -> bool:
     tensorflow = sys.modules.get("tensorflow")
     package = os.path.dirname(getattr(tensorflow, "__file__", None) or "")
     return bool(package) and os.path.abspath(path).startswith(package + os.sep)
+
+
+# The TFLite converter's notices about options that TensorFlow itself sets (logged as warnings).
+TFLITE_CONVERTER_NOTICES = (r"\S+\.cc:\d+\] Ignored (output_format|drop_control_dependency)\.$",)
+
+
+@contextlib.contextmanager
+def without_stderr_lines(patterns: Iterable[str]) -> Iterator[None]:
+    """Inside the block, drops the lines of file descriptor 2 that match one of ``patterns`` (``re.search``).
+
+    For TensorFlow's C++ code, which writes there directly. The other lines are
+    written on when the block ends, all of them if it raises; in verbose mode
+    (``DEEPLAB_DPC_VERBOSE=1``) nothing is held back.
+    """
+    if verbose():
+        yield
+        return
+    compiled = [re.compile(p) for p in patterns]
+    stderr = _StderrFilter(lambda lines: [l for l in lines if not any(c.search(l.rstrip("\r\n")) for c in compiled)])
+    try:
+        yield
+    except BaseException:
+        stderr.close(keep_everything=True)
+        raise
+    stderr.close()
 
 
 def _remove_finder() -> None:

@@ -101,3 +101,21 @@ def test_a_tool_prints_no_tensorflow_startup_lines(tmp_path):
         r"absl::InitializeLog|oneDNN|cuda|cuInit|cpu_feature_guard|TensorFlow binary", line, re.IGNORECASE)]
     assert not noise, result.stderr
     assert any("train: 2 examples in 1 shards" in line for line in lines), result.stderr
+
+
+def test_without_stderr_lines_drops_only_matching_lines(capfd, monkeypatch):
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    notices = (
+        b"W0000 00:00:1796129430.460755   15583 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.\n"
+        b"W0000 00:00:1796129430.460817   15583 tf_tfl_flatbuffer_helpers.cc:367] Ignored drop_control_dependency.\n"
+    )
+    with console.without_stderr_lines(console.TFLITE_CONVERTER_NOTICES):
+        os.write(2, b"before\n" + notices + b"E0000 00:00:1.2  1 x.cc:1] a real error\n")
+    assert capfd.readouterr().err == "before\nE0000 00:00:1.2  1 x.cc:1] a real error\n"
+    # When the block fails, everything it wrote is passed on.
+    with pytest.raises(RuntimeError):
+        with console.without_stderr_lines(console.TFLITE_CONVERTER_NOTICES):
+            os.write(2, notices)
+            raise RuntimeError
+    assert capfd.readouterr().err == notices.decode()

@@ -46,6 +46,7 @@ from typing import Sequence
 
 from absl import logging
 
+from deeplab_dpc import console
 from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.fileio import temporary_sibling, write_bytes_atomically
 from deeplab_dpc.runs import checkpoint_model_config_path, load_model_config, load_model_for_inference
@@ -238,7 +239,8 @@ def convert_to_tflite(
     module.model_variables = _tf_variables(model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([predict.get_concrete_function()], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return converter.convert()
+    with console.without_stderr_lines(console.TFLITE_CONVERTER_NOTICES):
+        return converter.convert()
 
 
 # ----------------------------------------------------------------------------------------------------------
