@@ -243,6 +243,24 @@ def convert_to_tflite(
         return converter.convert()
 
 
+def tflite_interpreter(model_path: str | None = None, model_content: bytes | None = None, num_threads=None):
+    """An interpreter for a TFLite model (a file or the bytes ``convert_to_tflite`` returns).
+
+    LiteRT's (``pip install ai-edge-litert``, pinned in requirements-dev.txt)
+    where it is installed: TensorFlow deprecates ``tf.lite.Interpreter`` and
+    has announced its removal in favour of LiteRT. Without it (LiteRT ships
+    binary wheels only, e.g. none for musl Linux), TensorFlow's interpreter,
+    which runs the same models. Both have ``get_signature_runner("serving_default")``.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415
+    except ImportError:
+        import tensorflow as tf  # noqa: PLC0415
+
+        Interpreter = tf.lite.Interpreter  # noqa: N806
+    return Interpreter(model_path=model_path, model_content=model_content, num_threads=num_threads)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Files.
 

@@ -238,7 +238,7 @@ def test_cli_single_scale_is_plain_argmax_and_tflite_agrees(trained, tmp_path):
         labels = loaded.signatures["serving_default"](images=tf.constant(images))["semantic_predictions"]
         _assert_labels_match(labels.numpy(), probabilities)
 
-    interpreter = tf.lite.Interpreter(model_path=str(tflite_path))
+    interpreter = export_lib.tflite_interpreter(model_path=str(tflite_path))  # LiteRT where installed
     runner = interpreter.get_signature_runner("serving_default")
     image = _images(*TFLITE_CROP, count=1, seed=7).astype(np.float32)
     out = runner(images=image)
@@ -490,9 +490,33 @@ def test_command_line_export(trained, tmp_path):
 def test_tflite_with_scales_and_flips_agrees_with_keras(trained):
     _, model, _ = trained
     flatbuffer = export_lib.convert_to_tflite(model, TFLITE_CROP, SCALES, True, save_probabilities=True)
-    runner = tf.lite.Interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
+    runner = export_lib.tflite_interpreter(model_content=flatbuffer).get_signature_runner("serving_default")
     image = _images(*TFLITE_CROP, count=1, seed=9).astype(np.float32)
     out = runner(images=image)
     expected = np.asarray(predict_probabilities(model, image, SCALES, add_flipped_images=True))
     np.testing.assert_allclose(out["semantic_probabilities"], expected, atol=1e-4)
     assert (out["semantic_predictions"] == expected.argmax(-1)).mean() >= 0.995
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")  # The fallback's own notice.
+def test_tflite_interpreter_is_litert_where_installed_else_tensorflows(monkeypatch):
+    @tf.function(input_signature=[tf.TensorSpec([1, 3], tf.float32, name="x")])
+    def double(x):
+        return {"y": 2.0 * x}
+
+    module = tf.Module()
+    module.double = double
+    flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([double.get_concrete_function()], module).convert()
+    try:
+        import ai_edge_litert.interpreter as litert
+    except ImportError:
+        litert = None
+    interpreters = [export_lib.tflite_interpreter(model_content=flatbuffer)]
+    if litert is not None:
+        assert isinstance(interpreters[0], litert.Interpreter)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # Not installed: import fails.
+    interpreters.append(export_lib.tflite_interpreter(model_content=flatbuffer))
+    assert isinstance(interpreters[1], tf.lite.Interpreter)
+    for interpreter in interpreters:
+        out = interpreter.get_signature_runner("serving_default")(x=np.array([[1, 2, 3]], np.float32))
+        np.testing.assert_array_equal(out["y"], [[2, 4, 6]])
