@@ -16,6 +16,7 @@ far is ``search_dir/best_cell.json``, ready for ``train
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from absl import app, flags

@@ -171,6 +171,7 @@ class SearchProgress:
         self.reported: set[int] = {t.number for t in known if t.state.is_finished()}
         self.finished_this_run = 0
         self.best: FrozenTrial | None = None
+        self._logged: set[int] = set()
         self._live = ""
         self._last_live_print = 0.0
         os.makedirs(config.tensorboard_dir, exist_ok=True)
@@ -191,8 +192,10 @@ class SearchProgress:
         for trial in sorted(trials, key=lambda t: t.number):
             if not trial.state.is_finished():
                 continue
-            if not study_lib.is_duplicate(trial) and not study_lib.is_interrupted(trial):
-                write_hparams_trial(self.config.tensorboard_dir, trial)
+            if trial.number not in self._logged:
+                if not study_lib.is_duplicate(trial) and not study_lib.is_interrupted(trial):
+                    write_hparams_trial(self.config.tensorboard_dir, trial)  # once, also across restarts
+                self._logged.add(trial.number)
             if trial.number in self.reported:
                 continue
             self.reported.add(trial.number)

@@ -662,7 +662,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: 
         return False
 
 
-def _copy_result_attrs(study, trial, source: FrozenTrial) -> None:
+def _copy_result_attrs(trial: optuna.Trial, source: FrozenTrial) -> None:
     for key in RESULT_ATTRS:
         if key in source.user_attrs and key != "seconds":
             trial.set_user_attr(key, source.user_attrs[key])
@@ -761,7 +761,7 @@ def run_worker(
                 duplicates_in_a_row += 1
                 source = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, resolution.of))
                 if resolution.action == "copy":
-                    _copy_result_attrs(study, trial, source)
+                    _copy_result_attrs(trial, source)
                     report.duplicates += _finish(study, trial, TrialState.COMPLETE, source.value)
                 else:
                     trial.set_user_attr(ERROR, f"same graph as trial {source.number}, which failed: {source.user_attrs.get(ERROR, '')}"[:2000])

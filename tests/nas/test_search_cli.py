@@ -64,6 +64,18 @@ def test_the_default_objective_needs_the_feature_cache(tmp_path):
         search.config_from_flags(parse(f"--search_dir={tmp_path}"))
 
 
+def test_proxy_flags_are_checked_by_the_proxy_trainer_naming_the_flag(tmp_path):
+    pytest.importorskip("deeplab_dpc.nas.proxy", reason="the proxy trainer is not in this checkout")
+    with pytest.raises(app.UsageError, match="^--cache_dir=/nonexistent/features is not a folder"):
+        search.config_from_flags(parse(f"--search_dir={tmp_path}", "--cache_dir=/nonexistent/features"))
+    with pytest.raises(app.UsageError, match="^--proxy_batch_size=0 must be a positive integer"):
+        search.config_from_flags(parse(f"--search_dir={tmp_path}", f"--cache_dir={tmp_path}", "--proxy_batch_size=0"))
+    config = search.config_from_flags(parse(f"--search_dir={tmp_path}", f"--cache_dir={tmp_path}", "--proxy_steps=50"))
+    # The resolved proxy config (its defaults included) is part of the search config.
+    assert config.proxy["proxy_steps"] == 50 and config.proxy["cache_dir"] == str(tmp_path)
+    assert {"batch_size", "learning_rate", "proxy_filters", "seed"} <= set(config.proxy)
+
+
 def test_a_search_dir_started_with_other_flags_is_refused_naming_the_flag(tmp_path):
     common = [f"--search_dir={tmp_path}", "--objective=tests.nas.fakes:deterministic", "--proxy_steps=300"]
     study_lib.prepare_search_dir(search.config_from_flags(parse(*common)))
@@ -95,21 +107,25 @@ def pid_alive(pid):
 def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     search_dir = tmp_path / "search"
     log = tmp_path / "trained.log"
-    env = dict(os.environ, FAKE_OBJECTIVE_LOG=str(log), FAKE_OBJECTIVE_SLEEP="1.5", PYTHONPATH=REPO)
-    first = subprocess.Popen(search_command(search_dir), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = dict(os.environ, FAKE_OBJECTIVE_LOG=str(log), FAKE_OBJECTIVE_SLEEP="3", PYTHONPATH=REPO)
+    output = open(tmp_path / "first.txt", "w+")
+    first = subprocess.Popen(search_command(search_dir), cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
     config = study_lib.SearchConfig(search_dir=str(search_dir), num_branches=2)
-    # Kill the driver once 2 trials have finished and another is training.
-    running, deadline = [], time.time() + 120
-    while time.time() < deadline:
-        time.sleep(0.3)
-        if not (search_dir / "workers").is_dir():
-            continue
-        trials = study_lib.all_trials(study_lib.load_study(config))
+    deadline = time.time() + 180
+    while not (search_dir / "workers").is_dir() and time.time() < deadline:  # the study exists then
+        assert first.poll() is None, (tmp_path / "first.txt").read_text()
+        time.sleep(0.2)
+    study = study_lib.load_study(config)
+    # Kill the driver once a trial has finished and another is training.
+    running = []
+    while time.time() < deadline and first.poll() is None:
+        trials = study_lib.all_trials(study)
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and "graph_hash" in t.user_attrs]
-        if len(done) >= 2 and running:
+        if done and running:
             break
-    assert running, "no trial was training"
+        time.sleep(0.2)
+    assert running and first.poll() is None, "no trial was training: " + (tmp_path / "first.txt").read_text()
     first.send_signal(signal.SIGKILL)
     first.wait()
     # Its workers die with it (no orphan keeps training).
