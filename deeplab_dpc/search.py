@@ -43,13 +43,17 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f = dict(flag_values=fv)
     flags.DEFINE_string("search_dir", None, "Where the search config, study, logs and best cell go.", **f)
     flags.DEFINE_string(
-        "storage", None,
+        "storage",
+        None,
         "Optuna storage: unset for sqlite:///<search_dir>/study.db, a database URL, or a journal file "
-        "(journal:PATH or PATH.log) for many processes.", **f,
+        "(journal:PATH or PATH.log) for many processes.",
+        **f,
     )
     flags.DEFINE_string("study_name", "dpc_search", "The study's name in the storage.", **f)
     flags.DEFINE_string("strategy", "random", f"Search strategy: one of {sorted(STRATEGIES)}.", **f)
-    flags.DEFINE_integer("max_trials", 100, "Trials that train (duplicates and interrupted attempts not counted).", **f)
+    flags.DEFINE_integer(
+        "max_trials", 100, "Trials that train (duplicates and interrupted attempts not counted).", **f
+    )
     flags.DEFINE_float("max_hours", None, "Start no trial after this many hours of this run.", **f)
     flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).", **f)
     flags.DEFINE_integer("seed", 0, "Seed of the strategy and of the proxy trainer.", **f)
@@ -58,17 +62,25 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("population_size", 20, "evolution: population (most recent completed trials).", **f)
     flags.DEFINE_integer("sample_size", 5, "evolution: tournament size.", **f)
     flags.DEFINE_boolean(
-        "enqueue_published", False, "Run the published Cityscapes cell and an ASPP cell as the first trials.", **f
+        "enqueue_published",
+        False,
+        "Run the published Cityscapes cell and an ASPP cell as the first trials.",
+        **f,
     )
     flags.DEFINE_string("executor", "local", f"Where trials run: one of {list(EXECUTORS)}.", **f)
     flags.DEFINE_integer("num_workers", 1, "Trials running at once (worker processes or Ray tasks).", **f)
     flags.DEFINE_string("ray_address", None, "Ray cluster address (unset: start Ray on this machine).", **f)
     flags.DEFINE_string(
-        "objective", DEFAULT_OBJECTIVE,
-        "module:function building the per-process objective from the SearchConfig (default: the proxy trainer).", **f,
+        "objective",
+        DEFAULT_OBJECTIVE,
+        "module:function building the per-process objective from the SearchConfig "
+        "(default: the proxy trainer).",
+        **f,
     )
     flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
-    flags.DEFINE_float("grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f)
+    flags.DEFINE_float(
+        "grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f
+    )
     # The proxy trainer's flags, passed through (unset: the proxy trainer's defaults).
     flags.DEFINE_string("cache_dir", None, "Cached backbone features (from the feature cache).", **f)
     flags.DEFINE_string("proxy_train_split", None, "Split of cached features to train each cell on.", **f)

@@ -118,7 +118,14 @@ class LocalExecutor:
         worker = f"{self.driver_id}:local-{self._count}"
         proc = self._ctx.Process(
             target=_local_worker_main,
-            args=(self.config.to_dict(), worker, self._count, self.log_path(worker), os.getpid(), self.deadline),
+            args=(
+                self.config.to_dict(),
+                worker,
+                self._count,
+                self.log_path(worker),
+                os.getpid(),
+                self.deadline,
+            ),
             name=f"dpc-worker-{self._count}",
         )
         self._count += 1
@@ -141,7 +148,9 @@ class LocalExecutor:
                 ended.append((worker, "setup", _tail(self.log_path(worker))))
             else:
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-                ended.append((worker, "died", f"{how}; log {self.log_path(worker)}:\n{_tail(self.log_path(worker))}"))
+                ended.append(
+                    (worker, "died", f"{how}; log {self.log_path(worker)}:\n{_tail(self.log_path(worker))}")
+                )
         return ended
 
     def running(self) -> int:
@@ -166,7 +175,9 @@ class RayExecutor:
         try:
             import ray  # noqa: PLC0415
         except ImportError as e:
-            raise SearchError(f"executor=ray needs Ray, which is not installed ({e}): pip install -e .[ray]") from None
+            raise SearchError(
+                f"executor=ray needs Ray, which is not installed ({e}): pip install -e .[ray]"
+            ) from None
         self._ray = ray
         self.config = config
         self.driver_id = driver_id
@@ -282,13 +293,16 @@ def run_search(
     report.message(f"  tensorboard: tensorboard --logdir {config.tensorboard_dir}")
     for number, retry in recovered:
         report.message(
-            f"trial {number} was interrupted; " + (f"retried as trial {retry}" if retry is not None else "not retried")
+            f"trial {number} was interrupted; "
+            + (f"retried as trial {retry}" if retry is not None else "not retried")
         )
     if enqueued:
         report.message(f"queued the published Cityscapes cell and an ASPP cell as trials {enqueued}")
     driver_id = f"{socket.gethostname()}:{os.getpid()}"
     executor = EXECUTORS[config.executor](config, driver_id, deadline)
-    max_deaths = max_worker_deaths if max_worker_deaths is not None else 2 * config.max_trials + config.num_workers
+    max_deaths = (
+        max_worker_deaths if max_worker_deaths is not None else 2 * config.max_trials + config.num_workers
+    )
     deaths = crashes = 0
     last_recovery = time.time()
     try:
@@ -303,9 +317,15 @@ def run_search(
                     deaths += 1
                     with study_lib.FileLock(config.lock_path):
                         lost = study_lib.recover_interrupted(
-                            study, config.space, config.grace_seconds, worker=worker, reason=f"worker {worker} died"
+                            study,
+                            config.space,
+                            config.grace_seconds,
+                            worker=worker,
+                            reason=f"worker {worker} died",
                         )
-                    report.message(f"worker {worker} died ({detail.splitlines()[0] if detail else 'no detail'})")
+                    report.message(
+                        f"worker {worker} died ({detail.splitlines()[0] if detail else 'no detail'})"
+                    )
                     for number, retry in lost:
                         report.message(
                             f"trial {number} was interrupted; "
@@ -315,19 +335,24 @@ def run_search(
                     # environment, which a new worker would meet again.
                     crashes = 0 if lost else crashes + 1
                     if deaths > max_deaths or crashes >= 3:
-                        raise SearchError(f"{deaths} workers died ({crashes} holding no trial); the last:\n{detail}")
+                        raise SearchError(
+                            f"{deaths} workers died ({crashes} holding no trial); the last:\n{detail}"
+                        )
             trials = study_lib.all_trials(study)
             if time.time() - last_recovery > config.grace_seconds / 2:
                 # Trials of workers elsewhere (another driver, a lost Ray node) that went silent.
                 with study_lib.FileLock(config.lock_path):
-                    for number, retry in study_lib.recover_interrupted(study, config.space, config.grace_seconds):
+                    for number, retry in study_lib.recover_interrupted(
+                        study, config.space, config.grace_seconds
+                    ):
                         report.message(f"trial {number} went silent; retried as trial {retry}")
                 last_recovery = time.time()
                 trials = study_lib.all_trials(study)
             # Replace workers that died while there is work left.
             if any(how == "died" for _, how, _ in ended):
                 work_left = study_lib.budget_used(trials) < config.max_trials or any(
-                    t.state.name == "WAITING" and t.user_attrs.get(study_lib.RETRY_OF) is not None for t in trials
+                    t.state.name == "WAITING" and t.user_attrs.get(study_lib.RETRY_OF) is not None
+                    for t in trials
                 )
                 if work_left and (deadline is None or time.time() < deadline):
                     while executor.running() < config.num_workers:

@@ -60,7 +60,11 @@ def trial_line(trial: FrozenTrial) -> str:
     if attrs.get("madds") is not None:
         parts.append(f"{attrs['madds'] / 1e9:.2f} GMAdds")
     if study_lib.is_duplicate(trial):
-        return f"trial {trial.number} duplicate of trial {attrs[study_lib.DUPLICATE_OF]}: " + ", ".join(parts) + " (not retrained)"
+        return (
+            f"trial {trial.number} duplicate of trial {attrs[study_lib.DUPLICATE_OF]}: "
+            + ", ".join(parts)
+            + " (not retrained)"
+        )
     if attrs.get("seconds") is not None:
         parts.append(format_duration(float(attrs["seconds"])))
     how = ""
@@ -102,7 +106,9 @@ def write_hparams_experiment(logdir: str, space: SearchSpace) -> None:
             values.values.extend(struct_pb2.Value(string_value=c) for c in dist.choices)
             kind = api_pb2.DATA_TYPE_STRING
         infos.append(api_pb2.HParamInfo(name=name, type=kind, domain_discrete=values))
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=label) for tag, _, label in METRICS]
+    metrics = [
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=label) for tag, _, label in METRICS
+    ]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
     data = plugin_data_pb2.HParamsPluginData(version=0, experiment=experiment)
     summaries.write_values(logdir, 0, [_hparams_value(metadata.EXPERIMENT_TAG, data)])
@@ -136,12 +142,34 @@ def write_hparams_trial(logdir: str, trial: FrozenTrial) -> bool:
         status=api_pb2.STATUS_SUCCESS if ok else api_pb2.STATUS_FAILURE,
         end_time_secs=trial.datetime_complete.timestamp() if trial.datetime_complete else time.time(),
     )
-    summaries.write_values(tmp, 0, [_hparams_value(metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(version=0, session_start_info=start))])
+    summaries.write_values(
+        tmp,
+        0,
+        [
+            _hparams_value(
+                metadata.SESSION_START_INFO_TAG,
+                plugin_data_pb2.HParamsPluginData(version=0, session_start_info=start),
+            )
+        ],
+    )
     if ok:
-        scalars = {tag: float(trial.user_attrs[key]) for tag, key, _ in METRICS if trial.user_attrs.get(key) is not None}
+        scalars = {
+            tag: float(trial.user_attrs[key])
+            for tag, key, _ in METRICS
+            if trial.user_attrs.get(key) is not None
+        }
         scalars["proxy/miou"] = float(trial.value)
         summaries.write_scalars(tmp, 0, scalars)
-    summaries.write_values(tmp, 0, [_hparams_value(metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(version=0, session_end_info=end))])
+    summaries.write_values(
+        tmp,
+        0,
+        [
+            _hparams_value(
+                metadata.SESSION_END_INFO_TAG,
+                plugin_data_pb2.HParamsPluginData(version=0, session_end_info=end),
+            )
+        ],
+    )
     try:
         os.rename(tmp, run)
     except OSError:  # Another driver wrote it first.
@@ -163,7 +191,9 @@ class SearchProgress:
         known: trials finished before this run started: not reported again on the console.
     """
 
-    def __init__(self, config: study_lib.SearchConfig, known: Iterable[FrozenTrial] = (), stream: TextIO | None = None):
+    def __init__(
+        self, config: study_lib.SearchConfig, known: Iterable[FrozenTrial] = (), stream: TextIO | None = None
+    ):
         self.config = config
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
@@ -232,7 +262,8 @@ class SearchProgress:
             eta_text = "?"
         best = f"best {self.best.value:.3f} (trial {self.best.number})" if self.best else "best -"
         return (
-            f"[{done + failed}/{self.config.max_trials} trials: {done} done, {failed} failed, {running} running"
+            f"[{done + failed}/{self.config.max_trials} trials: {done} done, {failed} failed, "
+            f"{running} running"
             f" on {parallel} workers, {duplicates} duplicates] {best} | ETA {eta_text}"
         )
 
@@ -264,4 +295,3 @@ def best_trials(trials: Sequence[FrozenTrial], k: int) -> list[FrozenTrial]:
 
 def spec_of(trial: FrozenTrial, space: SearchSpace) -> CellSpec:
     return space_lib.params_to_spec(trial.params, space)
-

@@ -69,7 +69,8 @@ class StrategyOptions:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.sample_size > self.population_size:
             raise ValueError(
-                f"sample_size must be at most population_size ({self.population_size}), got {self.sample_size}"
+                f"sample_size must be at most population_size ({self.population_size}), "
+                f"got {self.sample_size}"
             )
 
 
@@ -158,7 +159,11 @@ class RegularizedEvolutionSampler(CellSampler):
         population = self.population(history)
         tournament = [rng.choice(population) for _ in range(self.options.sample_size)]
         parent = max(tournament, key=lambda s: (s.value, -s.number))
-        info = {"proposal": "mutation", "parent": parent.number, "tournament": sorted({s.number for s in tournament})}
+        info = {
+            "proposal": "mutation",
+            "parent": parent.number,
+            "tournament": sorted({s.number for s in tournament}),
+        }
         return self.space.mutate(parent.spec, rng), info
 
 
@@ -203,4 +208,3 @@ def make_sampler(strategy: str, space: SearchSpace, options: StrategyOptions) ->
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy={strategy!r} unknown; valid strategies: {sorted(STRATEGIES)}")
     return STRATEGIES[strategy](space, options)
-

@@ -14,7 +14,8 @@ and ``params_to_spec`` / ``spec_to_params`` convert both ways.
 Example:
 
 >>> space = SearchSpace(num_branches=2)
->>> spec = params_to_spec({"b0_input": -1, "b0_op": "sep3x3_r6x18", "b1_input": 0, "b1_op": "pool_4x2"}, space)
+>>> params = {"b0_input": -1, "b0_op": "sep3x3_r6x18", "b1_input": 0, "b1_op": "pool_4x2"}
+>>> spec = params_to_spec(params, space)
 >>> spec_to_params(spec)["b1_op"]
 'pool_4x2'
 """
@@ -27,7 +28,15 @@ from typing import Any, Mapping
 
 from optuna.distributions import CategoricalDistribution
 
-from deeplab_dpc.core.spec import BACKBONE_INPUT, CONV, PYRAMID_POOLING, Branch, CellSpec, SearchSpace, SpecError
+from deeplab_dpc.core.spec import (
+    BACKBONE_INPUT,
+    CONV,
+    PYRAMID_POOLING,
+    Branch,
+    CellSpec,
+    SearchSpace,
+    SpecError,
+)
 
 PUBLISHED_SPEC = "dense_prediction_cell_branch5_top1_cityscapes.json"
 
@@ -109,7 +118,9 @@ def params_to_spec(params: Mapping[str, Any], space: SearchSpace) -> CellSpec:
 def suggest_spec(trial, space: SearchSpace) -> CellSpec:
     """Asks ``trial`` (an ``optuna.Trial``) for every parameter of ``space``, in order, and returns
     the cell. Fixed parameters (enqueued trials) and the sampler's proposals both come through here."""
-    params = {name: trial.suggest_categorical(name, dist.choices) for name, dist in distributions(space).items()}
+    params = {
+        name: trial.suggest_categorical(name, dist.choices) for name, dist in distributions(space).items()
+    }
     return params_to_spec(params, space)
 
 

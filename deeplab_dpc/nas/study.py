@@ -69,7 +69,15 @@ CONFIG_FILE = "search_config.json"
 LOCK_FILE = "claims.lock"
 # Fields that may change when a search is continued: budgets and how it is run, not what it searches.
 RESUMABLE_FIELDS = frozenset(
-    {"max_trials", "max_hours", "num_workers", "executor", "ray_address", "heartbeat_seconds", "grace_seconds"}
+    {
+        "max_trials",
+        "max_hours",
+        "num_workers",
+        "executor",
+        "ray_address",
+        "heartbeat_seconds",
+        "grace_seconds",
+    }
 )
 # A worker that proposes only known graphs this many times in a row stops: the strategy has
 # nothing new to offer (a tiny space, or a converged TPE).
@@ -325,7 +333,11 @@ def load_study(config: SearchConfig, *, create: bool = False, sampler=None) -> o
     sampler = sampler or make_sampler(config.strategy, config.space, config.strategy_options())
     if create:
         return optuna.create_study(
-            storage=storage, study_name=config.study_name, direction="maximize", load_if_exists=True, sampler=sampler
+            storage=storage,
+            study_name=config.study_name,
+            direction="maximize",
+            load_if_exists=True,
+            sampler=sampler,
         )
     return optuna.load_study(storage=storage, study_name=config.study_name, sampler=sampler)
 
@@ -515,7 +527,9 @@ def _set_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> 
 
 def _enqueue(study: optuna.Study, params: Mapping[str, Any], user_attrs: Mapping[str, Any]) -> int:
     """Queues a trial with fixed parameters; returns its number."""
-    template = create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": dict(params)}, user_attrs=dict(user_attrs))
+    template = create_trial(
+        state=TrialState.WAITING, system_attrs={"fixed_params": dict(params)}, user_attrs=dict(user_attrs)
+    )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return study._storage.get_trial_number_from_id(trial_id)
 
@@ -596,7 +610,12 @@ def enqueue_reference_cells(study: optuna.Study) -> list[int]:
         return []
     numbers = []
     for name, spec in space_lib.reference_cells().items():
-        attrs = {REFERENCE: name, PROPOSAL: "enqueued", SPEC: spec.to_json(), GRAPH_HASH: spec.canonical_hash()}
+        attrs = {
+            REFERENCE: name,
+            PROPOSAL: "enqueued",
+            SPEC: spec.to_json(),
+            GRAPH_HASH: spec.canonical_hash(),
+        }
         numbers.append(_enqueue(study, space_lib.spec_to_params(spec), attrs))
     study._storage.set_study_system_attr(study._study_id, REFERENCES_ENQUEUED, True)
     return numbers
@@ -658,7 +677,9 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: 
             study.tell(trial, state=state)
         return True
     except (UpdateFinishedTrialError, ValueError) as e:
-        logger.warning("trial %d: could not record its result (%s); it was interrupted meanwhile", trial.number, e)
+        logger.warning(
+            "trial %d: could not record its result (%s); it was interrupted meanwhile", trial.number, e
+        )
         return False
 
 
@@ -668,7 +689,9 @@ def _copy_result_attrs(trial: optuna.Trial, source: FrozenTrial) -> None:
             trial.set_user_attr(key, source.user_attrs[key])
 
 
-def _train(study: optuna.Study, trial: optuna.Trial, spec: CellSpec, objective: Objective, report: WorkerReport) -> None:
+def _train(
+    study: optuna.Study, trial: optuna.Trial, spec: CellSpec, objective: Objective, report: WorkerReport
+) -> None:
     try:
         result = dict(objective(spec))
         miou = float(result["miou"])
@@ -710,7 +733,9 @@ def run_worker(
         try:
             objective = factory(config)
         except Exception as e:  # noqa: BLE001
-            raise WorkerSetupError(f"objective {config.objective} could not be built: {type(e).__name__}: {e}") from e
+            raise WorkerSetupError(
+                f"objective {config.objective} could not be built: {type(e).__name__}: {e}"
+            ) from e
     study = load_study(config)
     space = config.space
     lock = FileLock(config.lock_path)
@@ -759,12 +784,17 @@ def run_worker(
                     _train(study, trial, spec, objective, report)
                     continue
                 duplicates_in_a_row += 1
-                source = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, resolution.of))
+                source = study._storage.get_trial(
+                    study._storage.get_trial_id_from_study_id_trial_number(study._study_id, resolution.of)
+                )
                 if resolution.action == "copy":
                     _copy_result_attrs(trial, source)
                     report.duplicates += _finish(study, trial, TrialState.COMPLETE, source.value)
                 else:
-                    trial.set_user_attr(ERROR, f"same graph as trial {source.number}, which failed: {source.user_attrs.get(ERROR, '')}"[:2000])
+                    error = source.user_attrs.get(ERROR, "")
+                    trial.set_user_attr(
+                        ERROR, f"same graph as trial {source.number}, which failed: {error}"[:2000]
+                    )
                     report.duplicates += _finish(study, trial, TrialState.FAIL)
         except BaseException:
             # Ctrl-C, SIGTERM (SystemExit) or a bug outside the objective: this attempt is
@@ -775,4 +805,3 @@ def run_worker(
                     mark_interrupted(study, frozen, f"worker {worker} stopped", all_trials(study), space)
             raise
     return report
-

@@ -37,7 +37,13 @@ def _log(spec) -> None:
 
 
 def _result(spec, seconds=0.0):
-    return {"miou": score(spec), "params": 1000 + len(spec.branches), "madds": 2.5e8, "seconds": seconds, "steps": 10}
+    return {
+        "miou": score(spec),
+        "params": 1000 + len(spec.branches),
+        "madds": 2.5e8,
+        "seconds": seconds,
+        "steps": 10,
+    }
 
 
 def deterministic(config):

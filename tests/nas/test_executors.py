@@ -18,7 +18,9 @@ from deeplab_dpc.nas import study as study_lib
 
 
 def make_config(tmp_path, **overrides):
-    values = dict(search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8)
+    values = dict(
+        search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8
+    )
     values.update(overrides)
     return study_lib.SearchConfig(**values)
 
@@ -47,7 +49,9 @@ def check_every_graph_trained_once(config, objective_log):
     assert len(originals) == config.max_trials
     trained = trained_hashes(objective_log)
     assert len(trained) == len(set(trained))
-    assert sorted(trained) == sorted(t.user_attrs["graph_hash"] for t in originals if t.state == TrialState.COMPLETE)
+    assert sorted(trained) == sorted(
+        t.user_attrs["graph_hash"] for t in originals if t.state == TrialState.COMPLETE
+    )
     return trials
 
 
@@ -62,14 +66,19 @@ def test_eight_workers_lose_and_duplicate_no_trial(tmp_path, objective_log):
     duplicates = [t for t in trials if study_lib.is_duplicate(t)]
     assert summary["completed"] == 24 and summary["duplicates"] == len(duplicates) > 0
     # Owners: the trials were spread over several worker processes.
-    workers = {study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[study_lib.OWNER]["pid"] for t in trials}
+    workers = {
+        study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[study_lib.OWNER]["pid"]
+        for t in trials
+    }
     assert len(workers) > 1
     # One console line per finished trial, and a TensorBoard run per original.
     text = out.getvalue()
     for t in trials:
         assert text.count(f"trial {t.number} done:") + text.count(f"trial {t.number} duplicate of") == 1
     runs = sorted(os.listdir(config.tensorboard_dir))
-    assert [r for r in runs if r.startswith("trial_")] == sorted(f"trial_{t.number:05d}" for t in trials if not study_lib.is_duplicate(t))
+    assert [r for r in runs if r.startswith("trial_")] == sorted(
+        f"trial_{t.number:05d}" for t in trials if not study_lib.is_duplicate(t)
+    )
     assert "optuna-dashboard sqlite:///" in text
 
 
@@ -78,7 +87,9 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried_once(tmp_path, object
     config = make_config(tmp_path, objective="tests.nas.fakes:sleepy", max_trials=4, num_workers=2)
     out = io.StringIO()
     result = {}
-    thread = threading.Thread(target=lambda: result.update(executors.run_search(config, stream=out, poll_seconds=0.2)))
+    thread = threading.Thread(
+        target=lambda: result.update(executors.run_search(config, stream=out, poll_seconds=0.2))
+    )
     thread.start()
     victim = None
     deadline = time.time() + 60
@@ -131,12 +142,25 @@ def test_ray_executor_without_ray_says_how_to_install_it(tmp_path, monkeypatch):
 def test_ray_executor_completes_trials_and_retries_a_lost_task(tmp_path, objective_log):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install -e .[ray])")
     env = {"PYTHONPATH": os.getcwd(), "FAKE_OBJECTIVE_LOG": objective_log, "FAKE_OBJECTIVE_SLEEP": "1.5"}
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             runtime_env={"env_vars": env})
-    config = make_config(tmp_path, objective="tests.nas.fakes:sleepy", executor="ray", num_workers=2,
-                         max_trials=5, enqueue_published=True)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
+    config = make_config(
+        tmp_path,
+        objective="tests.nas.fakes:sleepy",
+        executor="ray",
+        num_workers=2,
+        max_trials=5,
+        enqueue_published=True,
+    )
     out, result = io.StringIO(), {}
-    thread = threading.Thread(target=lambda: result.update(executors.run_search(config, stream=out, poll_seconds=0.2)))
+    thread = threading.Thread(
+        target=lambda: result.update(executors.run_search(config, stream=out, poll_seconds=0.2))
+    )
     try:
         thread.start()
         victim, deadline = None, time.time() + 120

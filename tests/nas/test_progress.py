@@ -36,12 +36,27 @@ def test_trial_lines():
     done = finished(12, spec, 0.4123, madds=2.1e8, seconds=31.2)
     assert progress.trial_line(done) == "trial 12 done: proxy mIoU 0.412, 0.21 GMAdds, 31 s"
     dup = finished(13, spec, 0.4123, madds=2.1e8, duplicate_of=12)
-    assert progress.trial_line(dup) == "trial 13 duplicate of trial 12: proxy mIoU 0.412, 0.21 GMAdds (not retrained)"
-    failed = finished(14, spec, state=TrialState.FAIL, error="TrialFailed: loss is NaN at step 30\ntraceback...")
+    assert (
+        progress.trial_line(dup)
+        == "trial 13 duplicate of trial 12: proxy mIoU 0.412, 0.21 GMAdds (not retrained)"
+    )
+    failed = finished(
+        14, spec, state=TrialState.FAIL, error="TrialFailed: loss is NaN at step 30\ntraceback..."
+    )
     assert progress.trial_line(failed) == "trial 14 failed: TrialFailed: loss is NaN at step 30"
-    cut = finished(15, spec, state=TrialState.FAIL, interrupted="worker w died", error="interrupted (worker w died); retried as trial 18")
-    assert progress.trial_line(cut) == "trial 15 interrupted: interrupted (worker w died); retried as trial 18"
-    assert progress.trial_line(finished(0, spec, 0.5, reference="aspp", seconds=600)).endswith("10 min [aspp]")
+    cut = finished(
+        15,
+        spec,
+        state=TrialState.FAIL,
+        interrupted="worker w died",
+        error="interrupted (worker w died); retried as trial 18",
+    )
+    assert (
+        progress.trial_line(cut) == "trial 15 interrupted: interrupted (worker w died); retried as trial 18"
+    )
+    assert progress.trial_line(finished(0, spec, 0.5, reference="aspp", seconds=600)).endswith(
+        "10 min [aspp]"
+    )
 
 
 def test_hparams_records_read_back_with_tensorboard(tmp_path):
@@ -59,10 +74,17 @@ def test_hparams_records_read_back_with_tensorboard(tmp_path):
     experiment = metadata.parse_experiment_plugin_data(plugin_content(experiment_values[0]))
     assert [h.name for h in experiment.hparam_infos] == list(space_lib.distributions(space))
     assert len(experiment.hparam_infos[1].domain_discrete.values) == 81
-    assert [m.name.tag for m in experiment.metric_infos] == ["proxy/miou", "proxy/params", "proxy/madds", "proxy/seconds"]
+    assert [m.name.tag for m in experiment.metric_infos] == [
+        "proxy/miou",
+        "proxy/params",
+        "proxy/madds",
+        "proxy/seconds",
+    ]
 
     by_tag = {v.tag: v for v in values(os.path.join(logdir, "trial_00003"))}
-    start = metadata.parse_session_start_info_plugin_data(plugin_content(by_tag[metadata.SESSION_START_INFO_TAG]))
+    start = metadata.parse_session_start_info_plugin_data(
+        plugin_content(by_tag[metadata.SESSION_START_INFO_TAG])
+    )
     assert start.hparams["b1_op"].string_value == "sep3x3_r6x6"
     assert start.hparams["b4_input"].number_value == -1
     end = metadata.parse_session_end_info_plugin_data(plugin_content(by_tag[metadata.SESSION_END_INFO_TAG]))
@@ -113,7 +135,9 @@ def test_dashboard_reads_the_study(tmp_path):
     """optuna-dashboard's server, called as a WSGI app, lists the study and its readable params."""
     import optuna_dashboard
 
-    config = study_lib.SearchConfig(search_dir=str(tmp_path), objective="tests.nas.fakes:deterministic", max_trials=2)
+    config = study_lib.SearchConfig(
+        search_dir=str(tmp_path), objective="tests.nas.fakes:deterministic", max_trials=2
+    )
     study_lib.prepare_search_dir(config)
     study_lib.load_study(config, create=True)
     study_lib.run_worker(config, "w")
@@ -131,6 +155,8 @@ def test_dashboard_reads_the_study(tmp_path):
     assert [s["study_name"] for s in studies] == ["dpc_search"]
     trials = call(f"/api/studies/{studies[0]['study_id']}")["trials"]
     assert len(trials) == 2 and trials[0]["params"][1]["name"] == "b0_op"
-    assert trials[0]["params"][1]["param_external_value"] in space_lib.distributions(config.space)["b0_op"].choices
+    assert (
+        trials[0]["params"][1]["param_external_value"]
+        in space_lib.distributions(config.space)["b0_op"].choices
+    )
     assert all(status.startswith("200") for status in responses)
-

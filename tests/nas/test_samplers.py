@@ -48,12 +48,16 @@ def test_strategies_propose_valid_cells_deterministically(strategy):
 
 def test_strategies_respect_the_number_of_branches():
     for strategy in samplers.STRATEGIES:
-        _, cells = run(strategy, 12, space=SearchSpace(num_branches=3), seed=1, population_size=4, sample_size=2)
+        _, cells = run(
+            strategy, 12, space=SearchSpace(num_branches=3), seed=1, population_size=4, sample_size=2
+        )
         assert all(len(c.branches) == 3 for c in cells)
 
 
 def test_unknown_strategy_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"strategy='rl' unknown; valid strategies: \['evolution', 'random', 'tpe'\]"):
+    with pytest.raises(
+        ValueError, match=r"strategy='rl' unknown; valid strategies: \['evolution', 'random', 'tpe'\]"
+    ):
         samplers.make_sampler("rl", SearchSpace(), samplers.StrategyOptions())
 
 
@@ -120,7 +124,9 @@ def test_evolution_starts_uniform_then_mutates_tournament_winners_of_the_living_
 def test_evolution_ages_out_the_best_cell():
     """The best cell of all stops being a parent once population_size younger trials completed."""
     space = SearchSpace(num_branches=5)
-    sampler = samplers.make_sampler("evolution", space, samplers.StrategyOptions(seed=0, population_size=4, sample_size=4))
+    sampler = samplers.make_sampler(
+        "evolution", space, samplers.StrategyOptions(seed=0, population_size=4, sample_size=4)
+    )
     study = optuna.create_study(direction="maximize", sampler=sampler)
     for i in range(30):
         trial = study.ask()

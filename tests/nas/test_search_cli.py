@@ -26,18 +26,37 @@ def parse(*argv):
 
 def test_flags_become_the_search_config(tmp_path):
     fv = parse(
-        f"--search_dir={tmp_path}", "--strategy=evolution", "--max_trials=7", "--max_hours=1.5", "--num_branches=4",
-        "--population_size=8", "--sample_size=3", "--num_workers=2", "--seed=3",
-        "--objective=tests.nas.fakes:deterministic", "--proxy_steps=300", "--proxy_batch_size=8",
-        "--proxy_learning_rate=0.05", "--cache_dir=/data/features",
+        f"--search_dir={tmp_path}",
+        "--strategy=evolution",
+        "--max_trials=7",
+        "--max_hours=1.5",
+        "--num_branches=4",
+        "--population_size=8",
+        "--sample_size=3",
+        "--num_workers=2",
+        "--seed=3",
+        "--objective=tests.nas.fakes:deterministic",
+        "--proxy_steps=300",
+        "--proxy_batch_size=8",
+        "--proxy_learning_rate=0.05",
+        "--cache_dir=/data/features",
     )
     config = search.config_from_flags(fv)
-    assert (config.strategy, config.max_trials, config.max_hours, config.num_branches) == ("evolution", 7, 1.5, 4)
+    assert (config.strategy, config.max_trials, config.max_hours, config.num_branches) == (
+        "evolution",
+        7,
+        1.5,
+        4,
+    )
     assert (config.population_size, config.sample_size, config.num_workers, config.seed) == (8, 3, 2, 3)
     assert config.storage == f"sqlite:///{tmp_path}/study.db"
     # Proxy flags pass through under the proxy trainer's field names, with the seed.
     assert config.proxy == {
-        "proxy_steps": 300, "batch_size": 8, "learning_rate": 0.05, "cache_dir": "/data/features", "seed": 3
+        "proxy_steps": 300,
+        "batch_size": 8,
+        "learning_rate": 0.05,
+        "cache_dir": "/data/features",
+        "seed": 3,
     }
 
 
@@ -45,10 +64,16 @@ def test_flags_become_the_search_config(tmp_path):
     "argv, message",
     [
         ([], "--search_dir is required"),
-        (["--search_dir=/tmp/x", "--strategy=grid"], r"--strategy='grid' unknown; valid strategies: \['evolution'"),
+        (
+            ["--search_dir=/tmp/x", "--strategy=grid"],
+            r"--strategy='grid' unknown; valid strategies: \['evolution'",
+        ),
         (["--search_dir=/tmp/x", "--executor=slurm"], r"--executor='slurm' unknown"),
         (["--search_dir=/tmp/x", "--population_size=4", "--sample_size=5"], "--sample_size must be at most"),
-        (["--search_dir=/tmp/x", "--num_branches=3", "--enqueue_published"], "--enqueue_published needs num_branches=5"),
+        (
+            ["--search_dir=/tmp/x", "--num_branches=3", "--enqueue_published"],
+            "--enqueue_published needs num_branches=5",
+        ),
         (["--search_dir=/tmp/x", "--storage=/tmp/x/db"], "--storage='/tmp/x/db' is neither"),
         (["--search_dir=/tmp/x", "--max_trials=0"], "--max_trials must be a positive integer"),
     ],
@@ -69,8 +94,12 @@ def test_proxy_flags_are_checked_by_the_proxy_trainer_naming_the_flag(tmp_path):
     with pytest.raises(app.UsageError, match="^--cache_dir=/nonexistent/features is not a folder"):
         search.config_from_flags(parse(f"--search_dir={tmp_path}", "--cache_dir=/nonexistent/features"))
     with pytest.raises(app.UsageError, match="^--proxy_batch_size=0 must be a positive integer"):
-        search.config_from_flags(parse(f"--search_dir={tmp_path}", f"--cache_dir={tmp_path}", "--proxy_batch_size=0"))
-    config = search.config_from_flags(parse(f"--search_dir={tmp_path}", f"--cache_dir={tmp_path}", "--proxy_steps=50"))
+        search.config_from_flags(
+            parse(f"--search_dir={tmp_path}", f"--cache_dir={tmp_path}", "--proxy_batch_size=0")
+        )
+    config = search.config_from_flags(
+        parse(f"--search_dir={tmp_path}", f"--cache_dir={tmp_path}", "--proxy_steps=50")
+    )
     # The resolved proxy config (its defaults included) is part of the search config.
     assert config.proxy["proxy_steps"] == 50 and config.proxy["cache_dir"] == str(tmp_path)
     assert {"batch_size", "learning_rate", "proxy_filters", "seed"} <= set(config.proxy)
@@ -82,16 +111,28 @@ def test_a_search_dir_started_with_other_flags_is_refused_naming_the_flag(tmp_pa
     with pytest.raises(app.UsageError, match=r"^--strategy='tpe' differs from 'random'"):
         search.run(search.config_from_flags(parse(*common, "--strategy=tpe")))
     with pytest.raises(app.UsageError, match=r"^--proxy_steps=100 differs from 300"):
-        search.run(search.config_from_flags(parse(*[a for a in common if "proxy_steps" not in a], "--proxy_steps=100")))
+        search.run(
+            search.config_from_flags(
+                parse(*[a for a in common if "proxy_steps" not in a], "--proxy_steps=100")
+            )
+        )
     with pytest.raises(app.UsageError, match=r"^--seed=1 differs from 0"):
         search.run(search.config_from_flags(parse(*common, "--seed=1")))
 
 
 def search_command(search_dir, *extra):
     return [
-        sys.executable, "-m", "deeplab_dpc.search", f"--search_dir={search_dir}",
-        "--objective=tests.nas.fakes:sleepy", "--max_trials=6", "--num_workers=2", "--num_branches=2",
-        "--heartbeat_seconds=1", "--grace_seconds=4", *extra,
+        sys.executable,
+        "-m",
+        "deeplab_dpc.search",
+        f"--search_dir={search_dir}",
+        "--objective=tests.nas.fakes:sleepy",
+        "--max_trials=6",
+        "--num_workers=2",
+        "--num_branches=2",
+        "--heartbeat_seconds=1",
+        "--grace_seconds=4",
+        *extra,
     ]
 
 
@@ -109,7 +150,9 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     log = tmp_path / "trained.log"
     env = dict(os.environ, FAKE_OBJECTIVE_LOG=str(log), FAKE_OBJECTIVE_SLEEP="3", PYTHONPATH=REPO)
     output = open(tmp_path / "first.txt", "w+")
-    first = subprocess.Popen(search_command(search_dir), cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+    first = subprocess.Popen(
+        search_command(search_dir), cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
+    )
     config = study_lib.SearchConfig(search_dir=str(search_dir), num_branches=2)
     deadline = time.time() + 180
     while not (search_dir / "workers").is_dir() and time.time() < deadline:  # the study exists then
@@ -129,14 +172,18 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     first.send_signal(signal.SIGKILL)
     first.wait()
     # Its workers die with it (no orphan keeps training).
-    workers = {t.system_attrs[study_lib.OWNER]["pid"] for t in study_lib.all_trials(study_lib.load_study(config))}
+    workers = {
+        t.system_attrs[study_lib.OWNER]["pid"] for t in study_lib.all_trials(study_lib.load_study(config))
+    }
     end = time.time() + 10
     while any(pid_alive(p) for p in workers) and time.time() < end:
         time.sleep(0.2)
     assert not any(pid_alive(p) for p in workers)
     trained_before = len(log.read_text().splitlines())
 
-    second = subprocess.run(search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    second = subprocess.run(
+        search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert second.returncode == 0, second.stderr
     trials = study_lib.all_trials(study_lib.load_study(config))
     assert all(t.state.is_finished() for t in trials)
@@ -153,7 +200,9 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
         assert retry.params == t.params
         assert f"trial {t.number} was interrupted; retried as trial {retry.number}" in second.stderr
     # A third run has nothing left to do and trains nothing.
-    third = subprocess.run(search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    third = subprocess.run(
+        search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert third.returncode == 0, third.stderr
     assert len(log.read_text().splitlines()) == 6
     assert "best proxy mIoU" in third.stderr

@@ -78,7 +78,11 @@ def test_aspp_cell_is_deeplab_v3s_aspp_in_the_space():
     SearchSpace().validate(spec)
     assert all(b.input == -1 for b in spec.branches)
     assert [space_lib.op_name(b) for b in spec.branches] == [
-        "conv1x1", "sep3x3_r6x6", "sep3x3_r12x12", "sep3x3_r18x18", "pool_1x1"
+        "conv1x1",
+        "sep3x3_r6x6",
+        "sep3x3_r12x12",
+        "sep3x3_r18x18",
+        "pool_1x1",
     ]
     assert spec.branches[-1] == Branch("pyramid_pooling", grid_size=(1, 1))
     assert not spec.same_graph(space_lib.published_cell())

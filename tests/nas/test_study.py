@@ -20,7 +20,9 @@ from tests.nas import fakes
 
 
 def make_config(tmp_path, **overrides):
-    values = dict(search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8)
+    values = dict(
+        search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8
+    )
     values.update(overrides)
     return study_lib.SearchConfig(**values)
 
@@ -50,7 +52,10 @@ def objective_log(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(strategy="grid"), r"^strategy='grid' unknown; valid strategies: \['evolution', 'random', 'tpe'\]"),
+        (
+            dict(strategy="grid"),
+            r"^strategy='grid' unknown; valid strategies: \['evolution', 'random', 'tpe'\]",
+        ),
         (dict(executor="slurm"), r"^executor='slurm' unknown"),
         (dict(max_trials=0), r"^max_trials must be a positive integer"),
         (dict(max_hours=0.0), r"^max_hours must be positive"),
@@ -59,7 +64,10 @@ def objective_log(tmp_path, monkeypatch):
         (dict(mutation_probability=-0.1), r"^mutation_probability"),
         (dict(enqueue_published=True, num_branches=3), r"^enqueue_published needs num_branches=5"),
         (dict(storage="/tmp/somewhere"), r"^storage='/tmp/somewhere' is neither a database URL"),
-        (dict(objective="fakes.deterministic"), r"^objective='fakes.deterministic': expected 'module:function'"),
+        (
+            dict(objective="fakes.deterministic"),
+            r"^objective='fakes.deterministic': expected 'module:function'",
+        ),
         (dict(heartbeat_seconds=10.0, grace_seconds=15.0), r"^grace_seconds must be at least twice"),
     ],
 )
@@ -86,7 +94,9 @@ def test_config_round_trips_through_json(tmp_path):
 def test_a_search_dir_refuses_another_config_but_takes_new_budgets(tmp_path):
     study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))
     # Budgets and how the search runs may change.
-    study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}, max_trials=50, max_hours=1.0, num_workers=4))
+    study_lib.prepare_search_dir(
+        make_config(tmp_path, proxy={"proxy_steps": 300}, max_trials=50, max_hours=1.0, num_workers=4)
+    )
     with pytest.raises(study_lib.ConfigMismatch, match=r"^strategy='tpe' differs from 'random'") as e:
         study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}, strategy="tpe"))
     assert e.value.field == "strategy"
@@ -154,14 +164,20 @@ def test_a_duplicate_of_a_failed_graph_is_failed_without_training(tmp_path, obje
     copies = [t for t in trials if study_lib.is_duplicate(t) and t.state == TrialState.FAIL]
     assert copies
     for t in copies:
-        assert t.user_attrs["error"].startswith(f"same graph as trial {t.user_attrs['duplicate_of']}, which failed")
+        assert t.user_attrs["error"].startswith(
+            f"same graph as trial {t.user_attrs['duplicate_of']}, which failed"
+        )
     trained = trained_hashes(objective_log)
     assert len(trained) == len(set(trained)) == 30
 
 
 def test_resolution_rules():
     def trial(number, state, value=None, **attrs):
-        t = create_trial(state=state, value=value, user_attrs={"graph_hash": "h", **attrs}) if state == TrialState.COMPLETE else create_trial(state=state, user_attrs={"graph_hash": "h", **attrs})
+        t = (
+            create_trial(state=state, value=value, user_attrs={"graph_hash": "h", **attrs})
+            if state == TrialState.COMPLETE
+            else create_trial(state=state, user_attrs={"graph_hash": "h", **attrs})
+        )
         t.number = number
         return t
 
@@ -173,12 +189,14 @@ def test_resolution_rules():
     # An interrupted attempt is no result, and its queued retry is not waited for (this worker may be
     # the one that would run it): the new trial trains, the retry will find the graph done.
     assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="killed")]) == study_lib.Resolution("train")
-    assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="k"), trial(5, TrialState.WAITING, retry_of=3)]) == (
-        study_lib.Resolution("train")
-    )
+    assert R(
+        9, "h", [trial(3, TrialState.FAIL, interrupted="k"), trial(5, TrialState.WAITING, retry_of=3)]
+    ) == (study_lib.Resolution("train"))
     # A duplicate is never an original; a completed result wins over a failure.
     assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5, duplicate_of=1)]) == study_lib.Resolution("train")
-    assert R(9, "h", [trial(3, TrialState.FAIL, error="x"), trial(4, TrialState.COMPLETE, 0.4)]).action == "copy"
+    assert (
+        R(9, "h", [trial(3, TrialState.FAIL, error="x"), trial(4, TrialState.COMPLETE, 0.4)]).action == "copy"
+    )
 
 
 def test_reference_cells_run_first_and_are_queued_once(tmp_path):
@@ -260,7 +278,9 @@ def test_a_silent_trial_is_interrupted_after_the_grace_period(tmp_path):
     study = start(config)
     elsewhere = {"host": "another-machine", "pid": 1, "start": None, "worker": "remote"}
     fresh = plant_running_trial(study, config, space_lib.aspp_cell(), owner=elsewhere, heartbeat=time.time())
-    silent = plant_running_trial(study, config, space_lib.published_cell(), owner=elsewhere, heartbeat=time.time() - 60)
+    silent = plant_running_trial(
+        study, config, space_lib.published_cell(), owner=elsewhere, heartbeat=time.time() - 60
+    )
     with study_lib.FileLock(config.lock_path):
         assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(silent, 2)]
     trials = study.get_trials()
@@ -272,7 +292,9 @@ def test_a_retry_interrupted_again_fails_for_good(tmp_path):
     config = make_config(tmp_path)
     study = start(config)
     owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
-    number = plant_running_trial(study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time(), retry_of=7)
+    number = plant_running_trial(
+        study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time(), retry_of=7
+    )
     with study_lib.FileLock(config.lock_path):
         assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(number, None)]
     (trial,) = study.get_trials()
@@ -300,7 +322,9 @@ def test_marking_an_interruption_is_idempotent(tmp_path):
     config = make_config(tmp_path)
     study = start(config)
     owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
-    number = plant_running_trial(study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time())
+    number = plant_running_trial(
+        study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time()
+    )
     frozen = study._storage.get_trial(study.get_trials()[number]._trial_id)
     study_lib._enqueue(study, frozen.params, {"retry_of": number})  # the first, interrupted recovery
     with study_lib.FileLock(config.lock_path):
