@@ -32,6 +32,7 @@ MODEL_FLAGS = (
     "atrous_rates",
     "decoder_output_stride",
     "depth_multiplier",
+    "initializer",
 )
 
 
@@ -59,6 +60,14 @@ def define_model_flags(fv: flags.FlagValues, *, with_defaults: bool = True) -> N
     flags.DEFINE_float("depth_multiplier", d(1.0), "MobileNet-v2 width multiplier.", flag_values=fv)
     flags.DEFINE_multi_integer(
         "atrous_rates", None, "ASPP atrous rates (repeat the flag); unset: DeepLab's defaults.", flag_values=fv
+    )
+    flags.DEFINE_enum(
+        "initializer",
+        d("deeplab"),
+        ["deeplab", "keras"],
+        "Kernel initialisers of a fresh model: DeepLab's (truncated normal: backbone 0.09, separable convs "
+        "0.33/0.06) or Keras' glorot_uniform, which trains faster from scratch on short budgets (BENCHMARKS.md).",
+        flag_values=fv,
     )
 
 
@@ -113,6 +122,7 @@ def model_config_from_flags(fv: flags.FlagValues, num_classes: int, weight_decay
             decoder_output_stride=fv.decoder_output_stride,
             depth_multiplier=fv.depth_multiplier,
             weight_decay=weight_decay,
+            initializer=fv.initializer or "deeplab",
         )
     except ValueError as e:
         raise app.UsageError(flag_message(str(e), fv)) from None
@@ -133,7 +143,7 @@ def load_cell(spec_path):
 def given_model_flags(fv: flags.FlagValues) -> dict:
     """The model flags given on the command line, as ModelConfig fields (for consistency checks)."""
     out = {}
-    for name in ("model_variant", "output_stride", "decoder_output_stride", "depth_multiplier", "context"):
+    for name in ("model_variant", "output_stride", "decoder_output_stride", "depth_multiplier", "context", "initializer"):
         if name in fv and fv[name].present:
             out[name] = fv[name].value
     if "dense_prediction_cell_json" in fv and fv["dense_prediction_cell_json"].present:

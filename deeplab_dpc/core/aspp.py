@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM
+from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, separable_stddevs
 from deeplab_dpc.core.geometry import dpc_rate_multiplier
 from deeplab_dpc.core.layers import ConvBNReLU, SeparableConvBNReLU, resize_bilinear_align_corners
 
@@ -30,6 +30,8 @@ class ASPP(keras.layers.Layer):
         dropout_rate: dropout after the projection (1 - keep_prob).
         image_pooling: include the image-level pooling branch.
         weight_decay, batch_norm_momentum, batch_norm_epsilon: as elsewhere.
+        initializer: "deeplab" (separable convs: truncated normal 0.33 / 0.06)
+            or "keras" (glorot_uniform); 1x1 convs are Xavier uniform in both.
 
     Example:
         >>> ASPP(output_stride=16)(np.zeros((1, 33, 33, 320), "float32")).shape
@@ -46,6 +48,7 @@ class ASPP(keras.layers.Layer):
         weight_decay=4e-5,
         batch_norm_momentum=BATCH_NORM_MOMENTUM,
         batch_norm_epsilon=BATCH_NORM_EPSILON,
+        initializer="deeplab",
         **kwargs,
     ):
         kwargs.setdefault("name", "aspp")
@@ -63,6 +66,8 @@ class ASPP(keras.layers.Layer):
         self.weight_decay = float(weight_decay)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.initializer = str(initializer)
+        separable = dict(zip(("depthwise_stddev", "pointwise_stddev"), separable_stddevs(self.initializer)))
         common = dict(
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
@@ -72,7 +77,7 @@ class ASPP(keras.layers.Layer):
         self.pool_conv = ConvBNReLU(self.filters, name="image_pooling", **common) if self.image_pooling else None
         self.conv1x1 = ConvBNReLU(self.filters, name="aspp0", **common)
         self.atrous = [
-            SeparableConvBNReLU(self.filters, 3, rate, name=f"aspp{i + 1}", **common)
+            SeparableConvBNReLU(self.filters, 3, rate, name=f"aspp{i + 1}", **common, **separable)
             for i, rate in enumerate(self.atrous_rates)
         ]
         self.projection = ConvBNReLU(self.filters, name="concat_projection", **common)
@@ -112,5 +117,6 @@ class ASPP(keras.layers.Layer):
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            initializer=self.initializer,
         )
         return config

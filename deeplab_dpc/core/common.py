@@ -23,6 +23,31 @@ LOGITS_STDDEV = 0.01
 BACKBONE_STDDEV = 0.09
 
 
+INITIALIZERS = ("deeplab", "keras")
+
+
+def kernel_initializer(initializer, stddev):
+    """A new kernel initialiser: DeepLab's truncated normal of ``stddev``, or Keras' default.
+
+    Args:
+        initializer: "deeplab" (``truncated_normal(stddev)``) or "keras"
+            (glorot_uniform, what every conv used before DeepLab's were adopted).
+        stddev: DeepLab's stddev for this kernel.
+    """
+    if initializer not in INITIALIZERS:
+        raise ValueError(f"initializer={initializer!r} is unknown; valid: {list(INITIALIZERS)}")
+    return truncated_normal(stddev) if initializer == "deeplab" else keras.initializers.GlorotUniform()
+
+
+def separable_stddevs(initializer):
+    """``SeparableConvBNReLU``'s (depthwise_stddev, pointwise_stddev) for ``initializer``.
+
+    None means Keras' glorot_uniform.
+    """
+    kernel_initializer(initializer, 1.0)  # validates
+    return (DEPTHWISE_STDDEV, POINTWISE_STDDEV) if initializer == "deeplab" else (None, None)
+
+
 def truncated_normal(stddev):
     """A new ``keras.initializers.TruncatedNormal(stddev=stddev)``.
 

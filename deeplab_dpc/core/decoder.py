@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM
+from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, separable_stddevs
 from deeplab_dpc.core.layers import ConvBNReLU, SeparableConvBNReLU, resize_bilinear_align_corners
 
 
@@ -25,6 +25,8 @@ class Decoder(keras.layers.Layer):
         filters: channels of the decoder convs (256).
         low_level_filters: channels of the low-level projection (48).
         weight_decay, batch_norm_momentum, batch_norm_epsilon: as elsewhere.
+        initializer: "deeplab" (separable convs: truncated normal 0.33 / 0.06)
+            or "keras" (glorot_uniform); 1x1 convs are Xavier uniform in both.
 
     Example:
         >>> Decoder()([np.zeros((1, 33, 33, 256)), np.zeros((1, 129, 129, 24))]).shape
@@ -38,6 +40,7 @@ class Decoder(keras.layers.Layer):
         weight_decay=4e-5,
         batch_norm_momentum=BATCH_NORM_MOMENTUM,
         batch_norm_epsilon=BATCH_NORM_EPSILON,
+        initializer="deeplab",
         **kwargs,
     ):
         kwargs.setdefault("name", "decoder")
@@ -47,6 +50,8 @@ class Decoder(keras.layers.Layer):
         self.weight_decay = float(weight_decay)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.initializer = str(initializer)
+        separable = dict(zip(("depthwise_stddev", "pointwise_stddev"), separable_stddevs(self.initializer)))
         common = dict(
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
@@ -54,8 +59,8 @@ class Decoder(keras.layers.Layer):
             dtype=self.dtype_policy,
         )
         self.projection = ConvBNReLU(self.low_level_filters, name="feature_projection0", **common)
-        self.conv0 = SeparableConvBNReLU(self.filters, 3, 1, name="decoder_conv0", **common)
-        self.conv1 = SeparableConvBNReLU(self.filters, 3, 1, name="decoder_conv1", **common)
+        self.conv0 = SeparableConvBNReLU(self.filters, 3, 1, name="decoder_conv0", **common, **separable)
+        self.conv1 = SeparableConvBNReLU(self.filters, 3, 1, name="decoder_conv1", **common, **separable)
 
     def build(self, input_shape):
         context_shape, low_level_shape = input_shape
@@ -84,5 +89,6 @@ class Decoder(keras.layers.Layer):
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            initializer=self.initializer,
         )
         return config

@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM
+from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, separable_stddevs
 from deeplab_dpc.core.geometry import dpc_rate_multiplier
 from deeplab_dpc.core.layers import ConvBNReLU, PyramidPooling, SeparableConvBNReLU
 from deeplab_dpc.core.spec import PYRAMID_POOLING, CellSpec
@@ -38,6 +38,8 @@ class DensePredictionCell(keras.layers.Layer):
         dropout_rate: dropout on the concatenated features (1 - keep_prob).
         weight_decay: DeepLab's weight decay.
         batch_norm_momentum, batch_norm_epsilon: batch norm settings.
+        initializer: "deeplab" (separable convs: truncated normal 0.33 / 0.06)
+            or "keras" (glorot_uniform); 1x1 convs are Xavier uniform in both.
 
     Example:
         >>> spec = CellSpec.load("experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json")
@@ -56,6 +58,7 @@ class DensePredictionCell(keras.layers.Layer):
         weight_decay=4e-5,
         batch_norm_momentum=BATCH_NORM_MOMENTUM,
         batch_norm_epsilon=BATCH_NORM_EPSILON,
+        initializer="deeplab",
         **kwargs,
     ):
         kwargs.setdefault("name", "dense_prediction_cell")
@@ -69,6 +72,8 @@ class DensePredictionCell(keras.layers.Layer):
         self.weight_decay = float(weight_decay)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.initializer = str(initializer)
+        separable = dict(zip(("depthwise_stddev", "pointwise_stddev"), separable_stddevs(self.initializer)))
         common = dict(
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
@@ -82,7 +87,7 @@ class DensePredictionCell(keras.layers.Layer):
                 layer = PyramidPooling(self.filters, branch.grid_size, name=name, **common)
             elif branch.is_separable:
                 rate = tuple(r * self.rate_multiplier for r in branch.rate)
-                layer = SeparableConvBNReLU(self.filters, branch.kernel, rate, name=name, **common)
+                layer = SeparableConvBNReLU(self.filters, branch.kernel, rate, name=name, **common, **separable)
             else:
                 layer = ConvBNReLU(self.filters, name=name, **common)
             self.branch_layers.append(layer)
@@ -118,5 +123,6 @@ class DensePredictionCell(keras.layers.Layer):
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            initializer=self.initializer,
         )
         return config

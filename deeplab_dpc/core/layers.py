@@ -185,8 +185,10 @@ class SeparableConvBNReLU(_Block):
         filters: output channels of the pointwise conv.
         kernel_size: (kh, kw) or an int.
         rate: (rh, rw) atrous rate or an int.
-        depthwise_stddev: stddev of the depthwise kernel's truncated normal.
-        pointwise_stddev: stddev of the pointwise kernel's truncated normal.
+        depthwise_stddev: stddev of the depthwise kernel's truncated normal
+            (None: Keras' glorot_uniform).
+        pointwise_stddev: stddev of the pointwise kernel's truncated normal
+            (None: Keras' glorot_uniform).
         weight_decay, batch_norm_momentum, batch_norm_epsilon: as in ``ConvBNReLU``.
 
     Example:
@@ -205,14 +207,14 @@ class SeparableConvBNReLU(_Block):
         super().__init__(filters, **kwargs)
         self.kernel_size = _as_pair(kernel_size)
         self.rate = _as_pair(rate)
-        self.depthwise_stddev = float(depthwise_stddev)
-        self.pointwise_stddev = float(pointwise_stddev)
+        self.depthwise_stddev = None if depthwise_stddev is None else float(depthwise_stddev)
+        self.pointwise_stddev = None if pointwise_stddev is None else float(pointwise_stddev)
         self.depthwise = keras.layers.DepthwiseConv2D(
             self.kernel_size,
             padding="same",
             dilation_rate=self.rate,
             use_bias=False,
-            depthwise_initializer=truncated_normal(self.depthwise_stddev),
+            depthwise_initializer=_initializer(self.depthwise_stddev),
             name=f"{self.name}_depthwise",
             dtype=self.dtype_policy,
         )
@@ -220,7 +222,7 @@ class SeparableConvBNReLU(_Block):
         self.pointwise = self._conv1x1(
             self.filters,
             name=f"{self.name}_pointwise",
-            kernel_initializer=truncated_normal(self.pointwise_stddev),
+            kernel_initializer=_initializer(self.pointwise_stddev),
         )
         self.pointwise_bn = self._batch_norm(f"{self.name}_pointwise_BatchNorm")
 
@@ -322,6 +324,10 @@ def _average_pool_valid_dynamic(x, height, width, grid_size):
         + s[:, 0:oh, 0:ow]
     )
     return ops.cast(total / ops.cast(kh * kw, "float32"), dtype)
+
+
+def _initializer(stddev):
+    return keras.initializers.GlorotUniform() if stddev is None else truncated_normal(stddev)
 
 
 def _as_pair(value):

@@ -19,7 +19,7 @@ import keras
 from deeplab_dpc.core import geometry
 from deeplab_dpc.core.aspp import ASPP
 from deeplab_dpc.core.backbones import BACKBONES, build_backbone
-from deeplab_dpc.core.common import LOGITS_STDDEV, l2_regularizer, truncated_normal
+from deeplab_dpc.core.common import INITIALIZERS, LOGITS_STDDEV, l2_regularizer, truncated_normal
 from deeplab_dpc.core.decoder import Decoder
 from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell
 from deeplab_dpc.core.layers import Normalize, ResizeLike
@@ -51,6 +51,11 @@ class ModelConfig:
         dropout_rate: context module dropout (1 - keep_prob).
         last_layer_gradient_multiplier: scales the logits layer's gradients
             (DeepLab's flag of that name); the forward pass is unchanged.
+        initializer: "deeplab" (DeepLab's kernel initialisers: backbone 0.09,
+            separable convs 0.33 / 0.06 truncated normal) or "keras"
+            (glorot_uniform). Trained or ImageNet weights replace either; from
+            scratch on short budgets "keras" trains faster (BENCHMARKS.md). The
+            logits start from a truncated normal of 0.01 in both.
     """
 
     num_classes: int
@@ -64,6 +69,7 @@ class ModelConfig:
     weight_decay: float = 4e-5
     dropout_rate: float = 0.1
     last_layer_gradient_multiplier: float = 1.0
+    initializer: str = "deeplab"
 
     def __post_init__(self):
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -86,6 +92,8 @@ class ModelConfig:
             raise ValueError(
                 f"decoder_output_stride={self.decoder_output_stride} is not supported; valid: {list(DECODER_OUTPUT_STRIDES)}"
             )
+        if self.initializer not in INITIALIZERS:
+            raise ValueError(f"initializer={self.initializer!r} is unknown; valid: {list(INITIALIZERS)}")
         if self.atrous_rates is not None:
             object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates))
 
@@ -155,6 +163,7 @@ def build_context(config: ModelConfig):
             output_stride=config.output_stride,
             dropout_rate=config.dropout_rate,
             weight_decay=config.weight_decay,
+            initializer=config.initializer,
         )
     if config.context == "aspp":
         return ASPP(
@@ -162,6 +171,7 @@ def build_context(config: ModelConfig):
             atrous_rates=config.atrous_rates,
             dropout_rate=config.dropout_rate,
             weight_decay=config.weight_decay,
+            initializer=config.initializer,
         )
     return None
 
@@ -173,6 +183,7 @@ def backbone_of(config: ModelConfig) -> keras.Model:
         output_stride=config.output_stride,
         depth_multiplier=config.depth_multiplier,
         weight_decay=config.weight_decay,
+        initializer=config.initializer,
         name="backbone",
     )
 
@@ -201,7 +212,7 @@ def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -
     if context is not None:
         features = context(features)
     if config.decoder_output_stride is not None:
-        features = Decoder(weight_decay=config.weight_decay)([features, endpoints["low_level"]])
+        features = Decoder(weight_decay=config.weight_decay, initializer=config.initializer)([features, endpoints["low_level"]])
     logits = Logits(
         config.num_classes,
         gradient_multiplier=config.last_layer_gradient_multiplier,

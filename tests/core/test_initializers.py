@@ -119,3 +119,22 @@ def test_logits_and_equal_shaped_layers_differ():
     a = keras.ops.convert_to_numpy(backbone.get_layer("block_14_project").kernel)
     b = keras.ops.convert_to_numpy(backbone.get_layer("block_15_project").kernel)
     assert not np.allclose(a, b)
+
+
+def test_keras_initializer_option_restores_glorot_everywhere_but_the_logits():
+    config = ModelConfig(num_classes=5, dense_prediction_cell=SPEC, decoder_output_stride=4, initializer="keras")
+    model = build_deeplab(config, input_shape=(65, 65, 3))
+    for layer in (model.get_layer("dense_prediction_cell"), model.get_layer("decoder")):
+        for path, kernel in _kernels(layer).items():
+            assert _std(kernel) == pytest.approx(_glorot_std(kernel), rel=0.1), path
+    depthwise = model.get_layer("backbone").get_layer("block_3_depthwise").kernel  # [3, 3, 144, 1]
+    assert _std(depthwise) == pytest.approx(_glorot_std(depthwise), rel=0.1)
+    _assert_truncated_normal(model.get_layer("logits").kernel, 0.01)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    cell = DensePredictionCell.from_config(model.get_layer("dense_prediction_cell").get_config())
+    assert cell.initializer == "keras" and cell.branch_layers[0].depthwise_stddev is None
+
+
+def test_unknown_initializer_names_the_field():
+    with pytest.raises(ValueError, match="initializer='he'.*deeplab"):
+        ModelConfig(num_classes=5, dense_prediction_cell=SPEC, initializer="he")

@@ -39,7 +39,7 @@ BACKBONES = {
 
 
 def build_backbone(model_variant, output_stride=16, *, depth_multiplier=1.0,
-                   weight_decay=4e-5, input_shape=(None, None, 3), name=None):
+                   weight_decay=4e-5, initializer="deeplab", input_shape=(None, None, 3), name=None):
     """Builds the backbone `model_variant`.
 
     Args:
@@ -48,6 +48,8 @@ def build_backbone(model_variant, output_stride=16, *, depth_multiplier=1.0,
         depth_multiplier: width multiplier (mobilenet_v2 only; others need 1.0).
         weight_decay: DeepLab weight decay (slim convention, see
             `deeplab_dpc.core.common.l2_regularizer`).
+        initializer: "deeplab" (DeepLab's arg scopes: truncated normal, stddev
+            0.09) or "keras" (glorot_uniform); see ``core/common.py``.
         input_shape: (height, width, 3); None for any size.
         name: model name (default: `model_variant`).
 
@@ -68,7 +70,7 @@ def build_backbone(model_variant, output_stride=16, *, depth_multiplier=1.0,
         raise ValueError(f"unknown model_variant {model_variant!r}; valid: {sorted(BACKBONES)}")
     return BACKBONES[model_variant](
         output_stride, depth_multiplier=depth_multiplier, weight_decay=weight_decay,
-        input_shape=input_shape, name=name,
+        initializer=initializer, input_shape=input_shape, name=name,
     )
 
 

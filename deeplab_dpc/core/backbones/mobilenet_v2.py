@@ -35,7 +35,7 @@ map onto it by name, and `depth_multiplier` has keras' ``alpha`` semantics
 import keras
 from keras import layers
 
-from deeplab_dpc.core.backbones.xception import AtrousSchedule, backbone_initializer as _init, batch_norm
+from deeplab_dpc.core.backbones.xception import ArgScope, AtrousSchedule, batch_norm
 from deeplab_dpc.core.common import l2_regularizer
 
 FEATURES_LAYER = "block_16_project_BN"
@@ -75,7 +75,7 @@ def make_divisible(value, divisor=8, min_value=None):
     return rounded
 
 
-def _inverted_residual(x, block_id, expansion, filters, stride, alpha, schedule, regularizer):
+def _inverted_residual(x, block_id, expansion, filters, stride, alpha, schedule, args):
     """keras.applications' ``_inverted_res_block`` with DeepLab's atrous rule.
 
     Returns (block output, depthwise output).
@@ -87,21 +87,21 @@ def _inverted_residual(x, block_id, expansion, filters, stride, alpha, schedule,
     h = x
     if block_id:
         h = layers.Conv2D(
-            expansion * in_channels, 1, use_bias=False, kernel_initializer=_init(),
-            kernel_regularizer=regularizer,
+            expansion * in_channels, 1, use_bias=False, kernel_initializer=args.kernel_initializer(),
+            kernel_regularizer=args.regularizer,
             name=f"{prefix}expand",
         )(h)
         h = batch_norm(f"{prefix}expand_BN")(h)
         h = layers.ReLU(6.0, name=f"{prefix}expand_relu")(h)
     h = layers.DepthwiseConv2D(
         3, strides=layer_stride, dilation_rate=rate, padding="same", use_bias=False,
-        depthwise_initializer=_init(), name=f"{prefix}depthwise",
+        depthwise_initializer=args.kernel_initializer(), name=f"{prefix}depthwise",
     )(h)
     h = batch_norm(f"{prefix}depthwise_BN")(h)
     depthwise_output = h = layers.ReLU(6.0, name=f"{prefix}depthwise_relu")(h)
     h = layers.Conv2D(
-        out_channels, 1, use_bias=False, kernel_initializer=_init(),
-        kernel_regularizer=regularizer, name=f"{prefix}project"
+        out_channels, 1, use_bias=False, kernel_initializer=args.kernel_initializer(),
+        kernel_regularizer=args.regularizer, name=f"{prefix}project"
     )(h)
     h = batch_norm(f"{prefix}project_BN")(h)
     if in_channels == out_channels and stride == 1:
@@ -109,7 +109,7 @@ def _inverted_residual(x, block_id, expansion, filters, stride, alpha, schedule,
     return h, depthwise_output
 
 
-def mobilenet_v2(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
+def mobilenet_v2(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5, initializer="deeplab",
                  input_shape=(None, None, 3), name=None):
     """MobileNet-v2 backbone (DeepLab's feature extractor, keras layer names).
 
@@ -133,18 +133,18 @@ def mobilenet_v2(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
     if depth_multiplier <= 0:
         raise ValueError(f"depth_multiplier must be > 0, got {depth_multiplier!r}")
     schedule = AtrousSchedule(output_stride)
-    regularizer = l2_regularizer(weight_decay)
+    args = ArgScope(l2_regularizer(weight_decay), initializer)
     images = keras.Input(shape=input_shape, name="images")
     x = layers.Conv2D(
         make_divisible(32 * depth_multiplier), 3, strides=schedule.step(2)[0], padding="same",
-        use_bias=False, kernel_initializer=_init(),
-        kernel_regularizer=regularizer, name="Conv1",
+        use_bias=False, kernel_initializer=args.kernel_initializer(),
+        kernel_regularizer=args.regularizer, name="Conv1",
     )(images)
     x = batch_norm("bn_Conv1")(x)
     x = layers.ReLU(6.0, name="Conv1_relu")(x)
     for block_id, (expansion, filters, stride) in enumerate(INVERTED_RESIDUAL_BLOCKS):
         x, depthwise_output = _inverted_residual(
-            x, block_id, expansion, filters, stride, depth_multiplier, schedule, regularizer
+            x, block_id, expansion, filters, stride, depth_multiplier, schedule, args
         )
         if block_id == LOW_LEVEL_BLOCK:
             low_level = depthwise_output

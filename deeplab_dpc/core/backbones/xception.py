@@ -59,7 +59,7 @@ from typing import NamedTuple
 import keras
 from keras import layers, ops
 
-from deeplab_dpc.core.common import BACKBONE_STDDEV, BATCH_NORM_MOMENTUM, l2_regularizer, truncated_normal
+from deeplab_dpc.core.common import BACKBONE_STDDEV, BATCH_NORM_MOMENTUM, kernel_initializer, l2_regularizer
 
 VALID_OUTPUT_STRIDES = (8, 16, 32)
 BACKBONE_BATCH_NORM_EPSILON = 1e-3
@@ -137,17 +137,22 @@ def batch_norm(name):
     )
 
 
-def backbone_initializer():
-    """A new kernel initialiser as DeepLab's backbone arg scopes use: truncated normal, stddev 0.09.
+class ArgScope(NamedTuple):
+    """What slim's arg scope gives every backbone conv: its regulariser and initialiser.
 
-    ``xception_arg_scope`` and mobilenet's ``training_scope`` both set it for
-    every conv, depthwise and pointwise kernel. ImageNet or checkpoint weights
-    replace it; it matters when a backbone trains from scratch.
+    ``initializer="deeplab"``: truncated normal with stddev 0.09, as
+    ``xception_arg_scope`` and mobilenet's ``training_scope`` set for every
+    conv, depthwise and pointwise kernel; ``"keras"``: Keras' glorot_uniform.
+    ImageNet or checkpoint weights replace either; it matters when a backbone
+    trains from scratch.
     """
-    return truncated_normal(BACKBONE_STDDEV)
 
+    regularizer: object
+    initializer: str = "deeplab"
 
-_init = backbone_initializer
+    def kernel_initializer(self):
+        """A new initialiser (unseeded Keras initialisers repeat their values if shared)."""
+        return kernel_initializer(self.initializer, BACKBONE_STDDEV)
 
 
 def check_unit_depth_multiplier(model_variant, depth_multiplier):
@@ -341,19 +346,19 @@ XCEPTION_BLOCKS = {
 }
 
 
-def _conv_bn_relu(x, filters, stride, scope, regularizer):
+def _conv_bn_relu(x, filters, stride, scope, args):
     """DeepLab's ``conv2d_same`` 3x3 + BatchNorm + ReLU under `scope`."""
     name = deeplab_scope_to_layer_name(scope)
     x, padding = _aligned_padding(x, 3, stride, 1, f"{name}_pad")
     x = layers.Conv2D(
         filters, 3, strides=stride, padding=padding, use_bias=False,
-        kernel_initializer=_init(), kernel_regularizer=regularizer, name=name,
+        kernel_initializer=args.kernel_initializer(), kernel_regularizer=args.regularizer, name=name,
     )(x)
     x = batch_norm(f"{name}_BatchNorm")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _separable_conv(x, depth, stride, rate, activation_inside, scope, regularizer):
+def _separable_conv(x, depth, stride, rate, activation_inside, scope, args):
     """DeepLab's split ``separable_conv2d_same``: depthwise+BN, pointwise+BN."""
     name = deeplab_scope_to_layer_name(scope)
     if not activation_inside:
@@ -361,14 +366,14 @@ def _separable_conv(x, depth, stride, rate, activation_inside, scope, regularize
     x, padding = _aligned_padding(x, 3, stride, rate, f"{name}_depthwise_pad")
     x = layers.DepthwiseConv2D(
         3, strides=stride, dilation_rate=rate, padding=padding, use_bias=False,
-        depthwise_initializer=_init(), name=f"{name}_depthwise",
+        depthwise_initializer=args.kernel_initializer(), name=f"{name}_depthwise",
     )(x)
     x = batch_norm(f"{name}_depthwise_BatchNorm")(x)
     if activation_inside:
         x = layers.ReLU(name=f"{name}_depthwise_relu")(x)
     x = layers.Conv2D(
-        depth, 1, use_bias=False, kernel_initializer=_init(),
-        kernel_regularizer=regularizer, name=f"{name}_pointwise"
+        depth, 1, use_bias=False, kernel_initializer=args.kernel_initializer(),
+        kernel_regularizer=args.regularizer, name=f"{name}_pointwise"
     )(x)
     x = batch_norm(f"{name}_pointwise_BatchNorm")(x)
     if activation_inside:
@@ -376,7 +381,7 @@ def _separable_conv(x, depth, stride, rate, activation_inside, scope, regularize
     return x
 
 
-def _xception_module(x, block, stride, rate, scope, regularizer, end_points):
+def _xception_module(x, block, stride, rate, scope, args, end_points):
     """DeepLab's ``xception_module``: three separable convs + shortcut."""
     scope = f"{scope}/xception_module"
     name = deeplab_scope_to_layer_name(scope)
@@ -385,14 +390,14 @@ def _xception_module(x, block, stride, rate, scope, regularizer, end_points):
         conv_scope = f"{scope}/separable_conv{i + 1}"
         residual = _separable_conv(
             residual, depth, stride if i == 2 else 1, rate, block.activation_inside,
-            conv_scope, regularizer,
+            conv_scope, args,
         )
         end_points[f"{conv_scope}_pointwise"] = residual
     if block.skip == "conv":
         shortcut = layers.Conv2D(
             block.depths[-1], 1, strides=stride, use_bias=False,
-            kernel_initializer=_init(),
-            kernel_regularizer=regularizer, name=f"{name}_shortcut",
+            kernel_initializer=args.kernel_initializer(),
+            kernel_regularizer=args.regularizer, name=f"{name}_shortcut",
         )(x)
         shortcut = batch_norm(f"{name}_shortcut_BatchNorm")(shortcut)
         return layers.Add(name=f"{name}_add")([residual, shortcut])
@@ -402,19 +407,19 @@ def _xception_module(x, block, stride, rate, scope, regularizer, end_points):
 
 
 def _deeplab_xception(model_variant, output_stride, depth_multiplier, weight_decay,
-                      input_shape, name):
+                      input_shape, name, initializer="deeplab"):
     check_unit_depth_multiplier(model_variant, depth_multiplier)
     schedule = AtrousSchedule(output_stride)
-    regularizer = l2_regularizer(weight_decay)
+    args = ArgScope(l2_regularizer(weight_decay), initializer)
     images = keras.Input(shape=input_shape, name="images")
-    x = _conv_bn_relu(images, 32, schedule.step(2)[0], "entry_flow/conv1_1", regularizer)
-    x = _conv_bn_relu(x, 64, schedule.step(1)[0], "entry_flow/conv1_2", regularizer)
+    x = _conv_bn_relu(images, 32, schedule.step(2)[0], "entry_flow/conv1_1", args)
+    x = _conv_bn_relu(x, 64, schedule.step(1)[0], "entry_flow/conv1_2", args)
     end_points = {}
     for block in XCEPTION_BLOCKS[model_variant]:
         for unit in range(block.num_units):
             stride, rate = schedule.step(block.stride)
             x = _xception_module(
-                x, block, stride, rate, f"{block.scope}/unit_{unit + 1}", regularizer,
+                x, block, stride, rate, f"{block.scope}/unit_{unit + 1}", args,
                 end_points,
             )
     outputs = {
@@ -424,7 +429,7 @@ def _deeplab_xception(model_variant, output_stride, depth_multiplier, weight_dec
     return keras.Model(images, outputs, name=name or model_variant)
 
 
-def xception_65(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
+def xception_65(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5, initializer="deeplab",
                 input_shape=(None, None, 3), name=None):
     """DeepLab's aligned Xception-65 backbone.
 
@@ -446,10 +451,10 @@ def xception_65(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
         ((1, 5, 7, 2048), (1, 17, 25, 256))
     """
     return _deeplab_xception("xception_65", output_stride, depth_multiplier, weight_decay,
-                             input_shape, name)
+                             input_shape, name, initializer)
 
 
-def xception_71(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
+def xception_71(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5, initializer="deeplab",
                 input_shape=(None, None, 3), name=None):
     """DeepLab's aligned Xception-71 backbone (entry flow strides 2/1/2/1/2).
 
@@ -470,19 +475,19 @@ def xception_71(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
         (None, 65, 65, 2048)
     """
     return _deeplab_xception("xception_71", output_stride, depth_multiplier, weight_decay,
-                             input_shape, name)
+                             input_shape, name, initializer)
 
 
 # ---------------------------------------------------------------------------
 # keras.applications.Xception architecture with atrous support.
 
 
-def _keras_sepconv(x, filters, rate, name, regularizer):
+def _keras_sepconv(x, filters, rate, name, args):
     """keras.applications' SeparableConv2D + BN (``{name}`` and ``{name}_bn``)."""
     x = layers.SeparableConv2D(
         filters, 3, padding="same", dilation_rate=rate, use_bias=False,
-        depthwise_initializer=_init(), pointwise_initializer=_init(),
-        pointwise_regularizer=regularizer, name=name,
+        depthwise_initializer=args.kernel_initializer(), pointwise_initializer=args.kernel_initializer(),
+        pointwise_regularizer=args.regularizer, name=name,
     )(x)
     return batch_norm(f"{name}_bn")(x)
 
@@ -493,28 +498,28 @@ def _keras_max_pool(x, stride, rate, name):
     return AtrousMaxPooling2D(rate=rate, name=name)(x)
 
 
-def _keras_strided_block(x, block, depths, schedule, regularizer, input_relu=True):
+def _keras_strided_block(x, block, depths, schedule, args, input_relu=True):
     """Blocks 2/3/4/13: [ReLU, sepconv, BN] x2, max pool s2, + 1x1 s2 residual.
 
     Returns (block output, BN output before the pool).
     """
     stride, rate = schedule.step(2)
     residual = layers.Conv2D(
-        depths[-1], 1, strides=stride, use_bias=False, kernel_initializer=_init(),
-            kernel_regularizer=regularizer,
+        depths[-1], 1, strides=stride, use_bias=False, kernel_initializer=args.kernel_initializer(),
+            kernel_regularizer=args.regularizer,
         name=f"block{block}_residual",
     )(x)
     residual = batch_norm(f"block{block}_residual_bn")(residual)
     for i, depth in enumerate(depths):
         if i or input_relu:
             x = layers.ReLU(name=f"block{block}_sepconv{i + 1}_act")(x)
-        x = _keras_sepconv(x, depth, rate, f"block{block}_sepconv{i + 1}", regularizer)
+        x = _keras_sepconv(x, depth, rate, f"block{block}_sepconv{i + 1}", args)
     pre_pool = x
     x = _keras_max_pool(x, stride, rate, f"block{block}_pool")
     return layers.Add(name=f"block{block}_add")([x, residual]), pre_pool
 
 
-def keras_xception(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
+def keras_xception(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5, initializer="deeplab",
                    input_shape=(None, None, 3), name=None):
     """keras.applications.Xception's architecture and layer names, with atrous support.
 
@@ -541,32 +546,32 @@ def keras_xception(output_stride=16, *, depth_multiplier=1.0, weight_decay=4e-5,
     """
     check_unit_depth_multiplier("xception", depth_multiplier)
     schedule = AtrousSchedule(output_stride)
-    regularizer = l2_regularizer(weight_decay)
+    args = ArgScope(l2_regularizer(weight_decay), initializer)
     images = keras.Input(shape=input_shape, name="images")
     x = images
     for i, (filters, stride) in enumerate([(32, 2), (64, 1)]):
         prefix = f"block1_conv{i + 1}"
         x = layers.Conv2D(
             filters, 3, strides=schedule.step(stride)[0], padding="same", use_bias=False,
-            kernel_initializer=_init(),
-            kernel_regularizer=regularizer, name=prefix,
+            kernel_initializer=args.kernel_initializer(),
+            kernel_regularizer=args.regularizer, name=prefix,
         )(x)
         x = batch_norm(f"{prefix}_bn")(x)
         x = layers.ReLU(name=f"{prefix}_act")(x)
-    x, _ = _keras_strided_block(x, 2, (128, 128), schedule, regularizer, input_relu=False)
-    x, low_level = _keras_strided_block(x, 3, (256, 256), schedule, regularizer)
-    x, _ = _keras_strided_block(x, 4, (728, 728), schedule, regularizer)
+    x, _ = _keras_strided_block(x, 2, (128, 128), schedule, args, input_relu=False)
+    x, low_level = _keras_strided_block(x, 3, (256, 256), schedule, args)
+    x, _ = _keras_strided_block(x, 4, (728, 728), schedule, args)
     for block in range(5, 13):
         _, rate = schedule.step(1)
         residual = x
         for i in range(3):
             x = layers.ReLU(name=f"block{block}_sepconv{i + 1}_act")(x)
-            x = _keras_sepconv(x, 728, rate, f"block{block}_sepconv{i + 1}", regularizer)
+            x = _keras_sepconv(x, 728, rate, f"block{block}_sepconv{i + 1}", args)
         x = layers.Add(name=f"block{block}_add")([x, residual])
-    x, _ = _keras_strided_block(x, 13, (728, 1024), schedule, regularizer)
+    x, _ = _keras_strided_block(x, 13, (728, 1024), schedule, args)
     _, rate = schedule.step(1)
     for i, depth in enumerate((1536, 2048)):
-        x = _keras_sepconv(x, depth, rate, f"block14_sepconv{i + 1}", regularizer)
+        x = _keras_sepconv(x, depth, rate, f"block14_sepconv{i + 1}", args)
         x = layers.ReLU(name=f"block14_sepconv{i + 1}_act")(x)
     return keras.Model(
         images, {"features": x, "low_level": low_level}, name=name or "xception"
