@@ -93,7 +93,7 @@ def test_a_tool_prints_no_tensorflow_startup_lines(tmp_path):
         [sys.executable, "-m", "tools.build_folder_data", f"--image_dir={data / 'train'}",
          f"--label_dir={data / 'trainannot'}", f"--list_file={data / 'train.txt'}", "--split=train",
          f"--dataset={descriptor}", f"--output_dir={tmp_path / 'out'}", "--num_shards=1"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stderr.splitlines()
