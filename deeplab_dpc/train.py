@@ -13,13 +13,10 @@ the flags.
 from __future__ import annotations
 
 import logging
-import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli  # first: it quiets TensorFlow's start-up (console.py)
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
