@@ -52,6 +52,7 @@ def _nontrivial_model(config, seed=0):
     With the initial weights every pixel's logits are ~1e-8 (all classes tie); here every class wins
     somewhere and the top two probabilities are well apart almost everywhere.
     """
+    keras.utils.set_random_seed(seed)  # the same weights every run: tolerances below were measured on them
     model = build_deeplab(config)
     rng = np.random.default_rng(seed)
     calibration = rng.uniform(0, 255, (2, 65, 97, 3)).astype("float32")
@@ -166,7 +167,9 @@ def test_round_trip_at_two_sizes_equals_keras(trained, exported):
         assert out["semantic_predictions"].dtype == tf.int32
         assert out["semantic_predictions"].shape == (2, height, width)
         assert out["semantic_probabilities"].shape == (2, height, width, NUM_CLASSES)
-        np.testing.assert_allclose(out["semantic_probabilities"].numpy(), expected, atol=1e-5)
+        # float32 round-off between the exported graph and eager Keras (other kernels and fusions):
+        # measured 5.5e-5 on this model with DeepLab's initialisers (1e-5 held with glorot's).
+        np.testing.assert_allclose(out["semantic_probabilities"].numpy(), expected, atol=1e-4)
         _assert_labels_match(out["semantic_predictions"].numpy(), expected)
         assert len(np.unique(expected.argmax(-1))) > 1  # The model is not constant.
 
