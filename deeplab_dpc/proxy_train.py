@@ -119,9 +119,12 @@ def run(fv: flags.FlagValues) -> dict:
         f"loaded {len(data.train_features)} training and {len(data.eval_features)} validation examples, "
         f"features {list(data.feature_shape)}, {data.nbytes / 2**20:.0f} MiB\n"
     )
-    bar = Progress(config.proxy_steps, "proxy training", unit="steps")
+    bar = None
 
     def progress(step, total):
+        nonlocal bar
+        if bar is None:  # The clock starts at the first step: the rate and ETA leave model building out.
+            bar = Progress(total, "proxy training", unit="steps")
         if step > bar.done:
             bar.update(step - bar.done)
 
