@@ -19,6 +19,7 @@ from deeplab_dpc.core.spec import CellSpec
 from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.training import checkpoints, train_lib
 from deeplab_dpc.training.config import RESUMABLE_FIELDS, ResumeMismatch, TrainConfig, check_resume
+from tests.training.tiny import tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +41,12 @@ OTHER_RATES = ((1, 3), (12, 3))  # the same branches and shapes: only the dilati
 
 
 def _config(dataset, logdir, rates=RATES, **kw):
-    root, descriptor = dataset
     model = ModelConfig(
         num_classes=3, context="dpc", dense_prediction_cell=_cell(rates), depth_multiplier=0.35, dropout_rate=0.0
     )
-    defaults = dict(
-        model=model,
-        data=DataConfig(dataset=descriptor, dataset_dir=root, dataset_format="folder:segnet"),
-        train_logdir=str(logdir),
-        train_crop_size=(48, 48),
-        train_batch_size=4,
-        min_scale_factor=1.0,
-        max_scale_factor=1.0,
-        base_learning_rate=0.02,
-        training_number_of_steps=4,
-        log_steps=2,
-        save_interval_secs=0,
-        batch_norm_momentum=0.9,
-        seed=1,
-    )
-    defaults.update(kw)
-    return TrainConfig(**defaults)
+    fields = dict(train_crop_size=(48, 48), base_learning_rate=0.02, training_number_of_steps=4, log_steps=2)
+    fields.update(kw)
+    return tiny_train_config(dataset, logdir, model, **fields)
 
 
 def _snapshot(directory):

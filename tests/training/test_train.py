@@ -11,6 +11,7 @@ from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.training import checkpoints, train_lib
 from deeplab_dpc.training.config import TrainConfig
+from tests.training.tiny import tiny_train_config
 
 
 @pytest.fixture(scope="module")
@@ -24,28 +25,11 @@ MIOU_THRESHOLD = 0.6  # val mIoU after the 40-step run below (measured 0.76)
 
 
 def _config(dataset, logdir, decoder=False, **kw):
-    root, descriptor = dataset
     model = ModelConfig(
         num_classes=3, context="aspp", depth_multiplier=0.35, dropout_rate=0.0,
         decoder_output_stride=4 if decoder else None,
     )
-    defaults = dict(
-        model=model,
-        data=DataConfig(dataset=descriptor, dataset_dir=root, dataset_format="folder:segnet"),
-        train_logdir=str(logdir),
-        train_crop_size=(64, 64),
-        train_batch_size=4,
-        min_scale_factor=1.0,
-        max_scale_factor=1.0,
-        base_learning_rate=0.05,
-        training_number_of_steps=30,
-        log_steps=5,
-        save_interval_secs=0,
-        batch_norm_momentum=0.9,
-        seed=1,
-    )
-    defaults.update(kw)
-    return TrainConfig(**defaults)
+    return tiny_train_config(dataset, logdir, model, **kw)
 
 
 def test_short_training_lowers_the_loss_and_writes_configs(dataset, tmp_path):

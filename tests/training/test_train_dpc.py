@@ -17,9 +17,8 @@ from deeplab_dpc import synthetic
 from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell
 from deeplab_dpc.core.model import ModelConfig, build_deeplab
 from deeplab_dpc.core.spec import CellSpec
-from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.training import checkpoints, train_lib
-from deeplab_dpc.training.config import TrainConfig
+from tests.training.tiny import tiny_train_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SPECS = REPO / "experiments" / "specs"
@@ -34,7 +33,6 @@ def dataset(tmp_path_factory):
 
 
 def _config(dataset, logdir, steps):
-    root, descriptor = dataset
     model = ModelConfig(
         num_classes=3,
         context="dpc",
@@ -43,21 +41,7 @@ def _config(dataset, logdir, steps):
         depth_multiplier=0.35,
         dropout_rate=0.0,
     )
-    return TrainConfig(
-        model=model,
-        data=DataConfig(dataset=descriptor, dataset_dir=root, dataset_format="folder:segnet"),
-        train_logdir=str(logdir),
-        train_crop_size=(64, 64),
-        train_batch_size=4,
-        min_scale_factor=1.0,
-        max_scale_factor=1.0,
-        base_learning_rate=0.05,
-        training_number_of_steps=steps,
-        log_steps=5,
-        save_interval_secs=0,
-        batch_norm_momentum=0.9,
-        seed=1,
-    )
+    return tiny_train_config(dataset, logdir, model, training_number_of_steps=steps)
 
 
 def _cell_kernels(model):
