@@ -39,6 +39,8 @@ setup(
             "deeplab-vis=deeplab_dpc.vis:console_main",
             "deeplab-export-model=deeplab_dpc.export_model:console_main",
             "deeplab-search=deeplab_dpc.search:console_main",
+            "deeplab-rerank=deeplab_dpc.rerank:console_main",
+            "deeplab-analyze=deeplab_dpc.analyze:console_main",
         ]
     },
 )

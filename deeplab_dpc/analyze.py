@@ -1,0 +1,102 @@
+r"""Figures and a CSV from a search: proxy score distribution, proxy vs full, best cells, costs.
+
+    python -m deeplab_dpc.analyze --search_dir=runs/search [--output_dir=runs/search/analysis] \
+        [--run_dir=runs/search/rerank/trial_00012] [--num_cells=4]
+
+Writes ``trials.csv`` (one row per trial) and PNGs (see
+``deeplab_dpc.nas.analysis``): ``proxy_scores.png`` (the paper's Fig. 4a),
+``proxy_vs_full.png`` (Fig. 4b, with Spearman's rho; needs 3 re-ranked cells),
+``best_cells.png`` (Fig. 6), ``projection_l1.png`` (Fig. 5b, from a trained
+cell: --run_dir or the best re-ranked run) and ``pareto.png`` (proxy mIoU
+against multiply-adds). Prints the paths written and a short summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+from deeplab_dpc import cli  # noqa: E402
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    f = dict(flag_values=fv)
+    flags.DEFINE_string("search_dir", None, "The search to analyse (its search_config.json and study).", **f)
+    flags.DEFINE_string(
+        "output_dir", None, "Where the PNGs and trials.csv go (default: <search_dir>/analysis).", **f
+    )
+    flags.DEFINE_string(
+        "run_dir", None, "A trained DPC run for projection_l1.png (default: the best re-ranked run).", **f
+    )
+    flags.DEFINE_integer("num_cells", 4, "Cells drawn in best_cells.png.", **f)
+
+
+def config_from_flags(fv: flags.FlagValues):
+    """Flags -> ``AnalyzeConfig``; every error is an ``app.UsageError`` naming its flag."""
+    from deeplab_dpc.nas.analysis import AnalyzeConfig  # noqa: PLC0415
+
+    if not fv.search_dir:
+        raise app.UsageError("--search_dir is required")
+    try:
+        return AnalyzeConfig(
+            search_dir=fv.search_dir, output_dir=fv.output_dir, run_dir=fv.run_dir, num_cells=fv.num_cells
+        )
+    except ValueError as e:
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+
+
+def summary_lines(summary: dict) -> list[str]:
+    """What a person reads after the paths: trials by state, the best proxy cell, rho, the winner."""
+    states = summary["states"]
+    counted = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()) if s.isupper() and n)
+    lines = [
+        f"{summary['trials']} trials: {counted or 'none'} "
+        f"({states.get('duplicates', 0)} duplicates, {states.get('interrupted', 0)} interrupted attempts)"
+    ]
+    best = summary.get("best_proxy")
+    if best:
+        lines.append(f"best proxy cell: trial {best['trial']}, proxy mIoU {best['proxy_miou']:.4f}")
+    full = summary.get("best_full")
+    if full:
+        lines.append(
+            f"best re-ranked cell: trial {full['trial']}, full mIoU {full['full_miou']:.4f} "
+            f"(#{full['proxy_rank']} by proxy score), of {summary['reranked']} re-ranked"
+        )
+    if summary.get("spearman_rho") is not None:
+        lines.append(
+            f"Spearman's rho, proxy vs full mIoU: {summary['spearman_rho']:.3f} (n = {summary['reranked']})"
+        )
+    if summary.get("pareto_front"):
+        lines.append(f"Pareto front (proxy mIoU vs multiply-adds): trials {summary['pareto_front']}")
+    return lines
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = config_from_flags(flags.FLAGS)
+    from deeplab_dpc.nas.analysis import analyze  # noqa: PLC0415
+
+    try:
+        summary = analyze(config)
+    except ValueError as e:
+        raise app.UsageError(cli.flag_message(str(e), flags.FLAGS)) from None
+    for path in summary["written"]:
+        sys.stdout.write(f"wrote {path}\n")
+    for note in summary["notes"]:
+        sys.stdout.write(f"note: {note}\n")
+    for line in summary_lines(summary):
+        sys.stdout.write(line + "\n")
+
+
+def console_main():
+    define_flags()
+    app.run(main)
+
+
+if __name__ == "__main__":
+    console_main()
