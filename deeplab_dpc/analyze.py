@@ -13,14 +13,11 @@ against multiply-adds). Prints the paths written and a short summary.
 
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli  # first: it quiets TensorFlow's start-up (console.py)
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:

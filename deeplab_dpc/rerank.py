@@ -25,11 +25,9 @@ import logging
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from absl import app, flags
 
-from absl import app, flags  # noqa: E402
-
-from deeplab_dpc import cli  # noqa: E402
+from deeplab_dpc import cli  # first: it quiets TensorFlow's start-up (console.py)
 from deeplab_dpc import train as train_main  # noqa: E402
 
 
