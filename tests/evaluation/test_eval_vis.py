@@ -63,7 +63,8 @@ def test_eval_miou_equals_a_confusion_matrix_of_the_model(run, tmp_path):
         label = cv2.imread(os.path.join(root, "valannot", name), cv2.IMREAD_GRAYSCALE)
         expected.update(label, np.argmax(np.asarray(model(image[None])), axis=-1)[0])
     assert results["step"] == 7
-    assert results["miou"] == pytest.approx(expected.mean_iou(), abs=1e-9)
+    # eval's compiled graph and this eager call may break a near-tie argmax differently on a pixel or two.
+    assert results["miou"] == pytest.approx(expected.mean_iou(), abs=1e-3)
     assert results["num_pixels"] == 3 * 48 * 64
     written = json.loads((tmp_path / "latest.json").read_text())
     assert written["miou"] == results["miou"] and (tmp_path / "eval-00000007.json").is_file()

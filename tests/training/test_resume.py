@@ -41,7 +41,7 @@ OTHER_RATES = ((1, 3), (12, 3))  # the same branches and shapes: only the dilati
 
 
 def _config(dataset, logdir, rates=RATES, **kw):
-    model = ModelConfig(
+    model = kw.pop("model", None) or ModelConfig(
         num_classes=3, context="dpc", dense_prediction_cell=_cell(rates), depth_multiplier=0.35, dropout_rate=0.0
     )
     fields = dict(train_crop_size=(48, 48), base_learning_rate=0.02, training_number_of_steps=4, log_steps=2)
