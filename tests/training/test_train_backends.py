@@ -53,6 +53,7 @@ def _run(tmp_path, env_extra, **fmt):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 2-3 min on 2 cores; the JAX layer, loader and compiled-eval tests stay in the default run
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_trains_on_jax_with_tensorflow_blocked(tmp_path):
     result = _run(
@@ -68,6 +69,7 @@ def test_trains_on_jax_with_tensorflow_blocked(tmp_path):
     assert (tmp_path / "run" / "ckpt-00000006.weights.h5").is_file()
 
 
+@pytest.mark.slow  # ~70 s on 2 cores
 def test_mirrored_strategy_over_two_devices(tmp_path):
     prelude = (
         "import tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
