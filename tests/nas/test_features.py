@@ -185,6 +185,17 @@ def test_tfdata_and_numpy_loaders_cache_the_same_examples(dataset, run_dir, tmp_
     np.testing.assert_allclose(a[0], b[0], atol=1e-3 * np.abs(a[0]).max())
 
 
+def test_a_fresh_backbone_from_tf_initial_checkpoint_equals_the_runs(dataset, run_dir, cached, tmp_path):
+    config = CacheConfig(cache_dir=str(tmp_path), data=dataset, split="train", crop_size=CROP,
+                         depth_multiplier=0.35, tf_initial_checkpoint=run_dir, max_images=2, batch_size=2)
+    manifest = cache_split(config, progress=False)
+    assert manifest["backbone"]["weights"] == "tf_initial_checkpoint"
+    assert manifest["backbone"]["restored_backbone_weights"] > 100
+    fresh, _ = FeatureCache(str(tmp_path), "train").load_all("float32")
+    from_run, _ = FeatureCache(cached[0], "train").load_all("float32", max_examples=4)
+    np.testing.assert_allclose(fresh, from_run[::2], rtol=1e-3, atol=1e-3)  # the run's cache interleaves mirrors
+
+
 def test_a_random_backbone_is_seeded_and_its_batch_norm_warm_started(dataset, tmp_path):
     config = CacheConfig(cache_dir=str(tmp_path), data=dataset, split="val", crop_size=CROP,
                          depth_multiplier=0.35, shard_size=2)
