@@ -17,8 +17,9 @@ What each knob costs in fidelity (against end-to-end training of the model):
 
 * ``proxy_filters``: the paper's cells have 256 filters; fewer make a step
   cheaper (``bench/bench_proxy.py``, published cell on 23x30x320 features,
-  batch 8, TensorFlow on 2 CPU cores: 772 / 413 / 255 / 197 CPU ms per step at
-  256 / 128 / 64 / 32 filters; below 64 per-op overhead dominates) but rank
+  batch 8, TensorFlow on 2 CPU cores: 385 / 190 / 121 / 115 ms per step at
+  256 / 128 / 64 / 32 filters, plus ~8 s per trial to build, trace and score;
+  below 64 filters per-op overhead dominates) but rank
   cells at another width (NSGA-Net searched at 16). ``params_256`` and
   ``madds_256`` in the result are the cell's cost at the paper's width.
 * ``proxy_steps``: the paper trained 30K steps; a few hundred steps score how
@@ -43,6 +44,7 @@ What each knob costs in fidelity (against end-to-end training of the model):
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -445,6 +447,8 @@ def run_proxy(
     start = time.perf_counter()
     import keras  # noqa: PLC0415
 
+    _quiet_retracing_warning()
+
     from deeplab_dpc.core.spec import CellSpec  # noqa: PLC0415
     from deeplab_dpc.training.losses import SegmentationLoss  # noqa: PLC0415
     from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
@@ -527,6 +531,23 @@ def run_proxy(
     del model
     keras.backend.clear_session()
     return result
+
+
+class _RetracingFilter(logging.Filter):
+    """Drops TensorFlow's "N out of the last N calls ... triggered tf.function retracing" warning.
+
+    Every trial builds a new model whose train and predict functions trace once: intended, not the
+    accidental retracing the warning is about.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+def _quiet_retracing_warning() -> None:
+    logger = logging.getLogger("tensorflow")
+    if not any(isinstance(f, _RetracingFilter) for f in logger.filters):
+        logger.addFilter(_RetracingFilter())
 
 
 def _make_monitor(total: int, progress):
