@@ -35,8 +35,13 @@ import time
 
 import numpy as np
 
-SPEC = os.path.join(os.path.dirname(__file__), "..", "experiments", "specs",
-                    "dense_prediction_cell_branch5_top1_cityscapes.json")
+SPEC = os.path.join(
+    os.path.dirname(__file__),
+    "..",
+    "experiments",
+    "specs",
+    "dense_prediction_cell_branch5_top1_cityscapes.json",
+)
 FEATURES = (23, 30, 320)
 CROP = (360, 480)
 
@@ -48,7 +53,9 @@ def make_cache(root: str, train: int, val: int, num_classes: int = 11) -> None:
     for split, n in (("train", train), ("val", val)):
         features = rng.normal(size=(n, *FEATURES)).astype("float16")
         labels = rng.integers(0, num_classes, size=(n, *CROP)).astype("uint8")
-        write_arrays(root, split, features, labels, num_classes=num_classes, shard_size=32, description="random")
+        write_arrays(
+            root, split, features, labels, num_classes=num_classes, shard_size=32, description="random"
+        )
 
 
 def one_trial(spec, config, data, warmup):
@@ -99,19 +106,27 @@ def main(argv=None):
             for f in filters if repeat % 2 == 0 else filters[::-1]:
                 config = ProxyConfig.from_dict(dict(base.to_dict(), proxy_filters=f))
                 runs[f].append(one_trial(spec, config, data, args.warmup))
-                print(f"  filters {f:3d}, repeat {repeat}: {runs[f][-1][0] * 1000:.0f} ms/step, "
-                      f"{runs[f][-1][4] * 1000:.0f} CPU ms/step", file=sys.stderr)
+                print(
+                    f"  filters {f:3d}, repeat {repeat}: {runs[f][-1][0] * 1000:.0f} ms/step, "
+                    f"{runs[f][-1][4] * 1000:.0f} CPU ms/step",
+                    file=sys.stderr,
+                )
         load_end = os.getloadavg()
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"command: python bench/bench_proxy.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip())
-    print(f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs, load average {load_start[0]:.1f} at the "
-          f"start, {load_end[0]:.1f} at the end; published cell, features {list(FEATURES)}, batch "
-          f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), eval on {args.eval_examples} examples "
-          f"at {CROP[0]}x{CROP[1]}, median of {args.repeats}")
-    print(f"{'filters':>7} {'ms/step':>8} {'CPU ms/step':>11} {'vs 256':>7} {'MAdds (G)':>9} {'params':>8} "
-          f"{'trial s':>8} {'CPU s':>6} {'fixed s':>8} {'CPU s':>6} {'300 steps s':>11} {'CPU s':>6}")
+    print(f"command: python bench/bench_proxy.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
+    print(
+        f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs, load average {load_start[0]:.1f} at the "
+        f"start, {load_end[0]:.1f} at the end; published cell, features {list(FEATURES)}, batch "
+        f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
+        f"eval on {args.eval_examples} examples "
+        f"at {CROP[0]}x{CROP[1]}, median of {args.repeats}"
+    )
+    print(
+        f"{'filters':>7} {'ms/step':>8} {'CPU ms/step':>11} {'vs 256':>7} {'MAdds (G)':>9} {'params':>8} "
+        f"{'trial s':>8} {'CPU s':>6} {'fixed s':>8} {'CPU s':>6} {'300 steps s':>11} {'CPU s':>6}"
+    )
     reference = None
     for f in filters:
         median = lambda i: statistics.median(r[i] for r in runs[f])  # noqa: E731
@@ -120,9 +135,11 @@ def main(argv=None):
         if f == 256:
             reference = (per_step, cpu_step)
         ratio = f"{per_step / reference[0]:.2f}/{cpu_step / reference[1]:.2f}" if reference else "-"
-        print(f"{f:7d} {per_step * 1000:8.0f} {cpu_step * 1000:11.0f} {ratio:>7} {result['madds'] / 1e9:9.3f} "
-              f"{result['params']:8d} {trial:8.1f} {cpu_trial:6.1f} {fixed:8.1f} {cpu_fixed:6.1f} "
-              f"{fixed + 300 * per_step:11.0f} {cpu_fixed + 300 * cpu_step:6.0f}")
+        print(
+            f"{f:7d} {per_step * 1000:8.0f} {cpu_step * 1000:11.0f} {ratio:>7} {result['madds'] / 1e9:9.3f} "
+            f"{result['params']:8d} {trial:8.1f} {cpu_trial:6.1f} {fixed:8.1f} {cpu_fixed:6.1f} "
+            f"{fixed + 300 * per_step:11.0f} {cpu_fixed + 300 * cpu_step:6.0f}"
+        )
     print("vs 256: wall/CPU time per step relative to 256 filters")
 
 

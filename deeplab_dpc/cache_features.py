@@ -31,24 +31,40 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     cli.define_data_flags(fv)
     flags.DEFINE_string("cache_dir", None, "Folder of the cache (shards and manifests).", **f)
     flags.DEFINE_string("split", "train", "Split to cache.", **f)
-    flags.DEFINE_list("crop_size", None, "Images are padded to 'height,width' (evaluation's preprocessing).", **f)
-    flags.DEFINE_string(
-        "checkpoint_path", None,
-        "A training run (its newest checkpoint) or a ckpt-<step>.weights.h5 file: the backbone and its weights.", **f,
+    flags.DEFINE_list(
+        "crop_size", None, "Images are padded to 'height,width' (evaluation's preprocessing).", **f
     )
     flags.DEFINE_string(
-        "model_variant", None, "Backbone; with --checkpoint_path it must agree with the run (default mobilenet_v2).", **f
+        "checkpoint_path",
+        None,
+        "A training run (its newest checkpoint) or a ckpt-<step>.weights.h5 file: the backbone, weights.",
+        **f,
+    )
+    flags.DEFINE_string(
+        "model_variant",
+        None,
+        "Backbone; with --checkpoint_path it must agree with the run (default mobilenet_v2).",
+        **f,
     )
     flags.DEFINE_integer("output_stride", None, "Backbone output stride (default: the run's, or 16).", **f)
-    flags.DEFINE_float("depth_multiplier", None, "MobileNet-v2 width multiplier (default: the run's, or 1.0).", **f)
-    flags.DEFINE_string(
-        "tf_initial_checkpoint", None,
-        "Without a run: backbone weights from a DeepLab TF1 checkpoint or a Keras checkpoint / train_logdir.", **f,
+    flags.DEFINE_float(
+        "depth_multiplier", None, "MobileNet-v2 width multiplier (default: the run's, or 1.0).", **f
     )
     flags.DEFINE_string(
-        "backbone_weights", None, "Without a run: ImageNet weights, a .keras / .h5 file saved from keras.applications.", **f
+        "tf_initial_checkpoint",
+        None,
+        "Without a run: backbone weights from a DeepLab TF1 checkpoint or a Keras checkpoint / train_logdir.",
+        **f,
     )
-    flags.DEFINE_boolean("flip", False, "Also cache each image's left-right mirror (two examples per image).", **f)
+    flags.DEFINE_string(
+        "backbone_weights",
+        None,
+        "Without a run: ImageNet weights, a .keras / .h5 file saved from keras.applications.",
+        **f,
+    )
+    flags.DEFINE_boolean(
+        "flip", False, "Also cache each image's left-right mirror (two examples per image).", **f
+    )
     flags.DEFINE_integer("shard_size", 64, "Images per shard (the unit of resumption).", **f)
     flags.DEFINE_integer("batch_size", 4, "Images per backbone call.", **f)
     flags.DEFINE_integer("max_images", None, "Cache only the first N images of the split.", **f)
@@ -113,7 +129,10 @@ def main(argv):
         "feature_shape": manifest["feature_shape"],
         "label_shape": manifest["label_shape"],
         "shards": len(manifest["shards"]),
-        "backbone": {k: manifest["backbone"].get(k) for k in ("model_variant", "output_stride", "weights", "checkpoint")},
+        "backbone": {
+            k: manifest["backbone"].get(k)
+            for k in ("model_variant", "output_stride", "weights", "checkpoint")
+        },
         "cache_dir": flags.FLAGS.cache_dir,
     }
     sys.stdout.write(json.dumps(summary, indent=1) + "\n")

@@ -24,14 +24,44 @@ from deeplab_dpc import cli
 
 # Every ProxyConfig field is a flag of the same name.
 PROXY_FIELDS = (
-    "cache_dir", "train_split", "eval_split", "proxy_steps", "batch_size", "proxy_filters", "learning_rate",
-    "weight_decay", "batch_norm_momentum", "loss_resolution", "eval_resolution", "seed", "momentum",
-    "learning_power", "dropout_rate", "eval_interval", "feature_dtype", "max_train_examples",
-    "max_eval_examples", "eval_batch_size", "jit_compile", "steps_per_execution",
+    "cache_dir",
+    "train_split",
+    "eval_split",
+    "proxy_steps",
+    "batch_size",
+    "proxy_filters",
+    "learning_rate",
+    "weight_decay",
+    "batch_norm_momentum",
+    "loss_resolution",
+    "eval_resolution",
+    "seed",
+    "momentum",
+    "learning_power",
+    "dropout_rate",
+    "eval_interval",
+    "feature_dtype",
+    "max_train_examples",
+    "max_eval_examples",
+    "eval_batch_size",
+    "jit_compile",
+    "steps_per_execution",
 )
 SUMMARY_KEYS = (
-    "miou", "pixel_accuracy", "per_class_iou", "params", "madds", "params_256", "madds_256", "seconds",
-    "train_seconds", "eval_seconds", "steps", "filters", "history", "backend",
+    "miou",
+    "pixel_accuracy",
+    "per_class_iou",
+    "params",
+    "madds",
+    "params_256",
+    "madds_256",
+    "seconds",
+    "train_seconds",
+    "eval_seconds",
+    "steps",
+    "filters",
+    "history",
+    "backend",
 )
 
 
@@ -47,44 +77,64 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("batch_size", 8, "Examples per step (the paper: 8).", **f)
     flags.DEFINE_integer(
-        "proxy_filters", 64,
+        "proxy_filters",
+        64,
         "Filters of every branch and the projection (the paper: 256; 64 is ~4x cheaper per step on a CPU "
-        "but ranks cells at another width).", **f,
+        "but ranks cells at another width).",
+        **f,
     )
     flags.DEFINE_float(
-        "learning_rate", 0.2,
-        "Base rate of the poly schedule (to 0 at --proxy_steps); 0.05 leaves a 300-step cell undertrained.", **f
+        "learning_rate",
+        0.2,
+        "Base rate of the poly schedule (to 0 at --proxy_steps); 0.05 leaves a 300-step cell undertrained.",
+        **f,
     )
     flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's weight decay.", **f)
     flags.DEFINE_float(
-        "batch_norm_momentum", 0.99,
-        "Batch norm moving-average momentum (DeepLab's 0.9997 barely leaves its start in a short run).", **f,
+        "batch_norm_momentum",
+        0.99,
+        "Batch norm moving-average momentum (DeepLab's 0.9997 barely leaves its start in a short run).",
+        **f,
     )
     flags.DEFINE_enum(
-        "loss_resolution", "features4x", ["features4x", "label"],
+        "loss_resolution",
+        "features4x",
+        ["features4x", "label"],
         "Labels of the loss: features4x = nearest-sampled to 4x the feature grid (cheap; thin classes lose "
-        "pixels); label = the cached crop (16x the pixels at stride 16).", **f,
+        "pixels); label = the cached crop (16x the pixels at stride 16).",
+        **f,
     )
     flags.DEFINE_enum(
-        "eval_resolution", "label", ["label", "features4x"],
-        "Labels the score is computed on: label = the crop, as evaluation does; features4x = 16x cheaper, noisier.",
+        "eval_resolution",
+        "label",
+        ["label", "features4x"],
+        "Labels the score is computed on: label = the crop, as evaluation does; features4x = 16x cheaper, "
+        "noisier.",
         **f,
     )
     flags.DEFINE_integer("seed", 0, "Initial weights, batch order and dropout.", **f)
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.", **f)
     flags.DEFINE_float("learning_power", 0.9, "Poly power.", **f)
     flags.DEFINE_float("dropout_rate", 0.1, "Dropout on the concatenated branches (the model's: 0.1).", **f)
-    flags.DEFINE_integer("eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f)
+    flags.DEFINE_integer(
+        "eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f
+    )
     flags.DEFINE_enum(
-        "feature_dtype", "float16", ["float16", "float32"],
-        "Resident features: float16 (as cached; half the memory, computed in float32) or float32.", **f,
+        "feature_dtype",
+        "float16",
+        ["float16", "float32"],
+        "Resident features: float16 (as cached; half the memory, computed in float32) or float32.",
+        **f,
     )
     flags.DEFINE_integer("max_train_examples", None, "Train on the first N cached examples only.", **f)
     flags.DEFINE_integer("max_eval_examples", None, "Score on the first N cached examples only.", **f)
     flags.DEFINE_integer("eval_batch_size", 16, "Examples per prediction call.", **f)
     flags.DEFINE_enum(
-        "jit_compile", "auto", ["auto", "true", "false"],
-        "XLA: auto = on JAX and on TensorFlow with a GPU, off on a TensorFlow CPU (several times slower there).",
+        "jit_compile",
+        "auto",
+        ["auto", "true", "false"],
+        "XLA: auto = on JAX and on TensorFlow with a GPU, off on a TensorFlow CPU (several times slower "
+        "there).",
         **f,
     )
     flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (raise on a GPU).", **f)
@@ -135,8 +185,13 @@ def run(fv: flags.FlagValues) -> dict:
         result = {"status": "ok", **run_proxy(spec, config, features=data, progress=progress)}
     except TrialFailed as e:
         sys.stderr.write("\n")
-        result = {"status": "failed", "reason": e.reason, "step": e.step, "spec": spec.to_list(),
-                  "config": config.to_dict()}
+        result = {
+            "status": "failed",
+            "reason": e.reason,
+            "step": e.step,
+            "spec": spec.to_list(),
+            "config": config.to_dict(),
+        }
     if fv.output_json:
         write_json(fv.output_json, result)
     return result

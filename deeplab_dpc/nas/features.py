@@ -63,8 +63,18 @@ SHARD_KEYS = ("features", "labels", "names", "flipped")
 
 # Manifest fields that say what the cache is; a rerun must agree on all of them to resume.
 IDENTITY_FIELDS = (
-    "format", "split", "dataset", "num_classes", "ignore_label", "crop_size", "backbone",
-    "augmentation", "shard_size", "num_images", "feature_dtype", "label_dtype",
+    "format",
+    "split",
+    "dataset",
+    "num_classes",
+    "ignore_label",
+    "crop_size",
+    "backbone",
+    "augmentation",
+    "shard_size",
+    "num_images",
+    "feature_dtype",
+    "label_dtype",
 )
 
 
@@ -155,7 +165,9 @@ class CacheConfig:
             raise ValueError(f"split={self.split!r} must be a split name")
         crop = tuple(int(c) for c in self.crop_size)
         if len(crop) != 2 or min(crop) < 1:
-            raise ValueError(f"crop_size={list(self.crop_size)} must be two positive integers (height, width)")
+            raise ValueError(
+                f"crop_size={list(self.crop_size)} must be two positive integers (height, width)"
+            )
         object.__setattr__(self, "crop_size", crop)
         for name in ("shard_size", "batch_size"):
             value = getattr(self, name)
@@ -183,12 +195,12 @@ class CacheConfig:
                         "gives the weights (drop one of them)"
                     )
         if self.tf_initial_checkpoint is not None and self.backbone_weights is not None:
-            raise ValueError("tf_initial_checkpoint and backbone_weights both give backbone weights: choose one")
+            raise ValueError(
+                "tf_initial_checkpoint and backbone_weights both give backbone weights: choose one"
+            )
         for name in ("tf_initial_checkpoint", "backbone_weights"):
             path = getattr(self, name)
-            if path is not None and not (
-                os.path.exists(path) or os.path.exists(path + ".index")
-            ):
+            if path is not None and not (os.path.exists(path) or os.path.exists(path + ".index")):
                 raise ValueError(f"{name}={path} does not exist")
 
 
@@ -203,7 +215,7 @@ class Backbone:
 
 
 def default_jit_compile() -> bool:
-    """XLA on JAX (always) and on TensorFlow with a GPU; not on a TensorFlow CPU, where it is several times slower."""
+    """XLA on JAX (always) and on TensorFlow with a GPU; not on a TensorFlow CPU (several times slower)."""
     import keras  # noqa: PLC0415
 
     if keras.backend.backend() != "tensorflow":
@@ -234,7 +246,8 @@ def build_backbone_for_cache(config: CacheConfig) -> Backbone:
             if value is not None and value != getattr(model_config, name):
                 raise ValueError(
                     f"{name}={value} contradicts the run's model config ({name}="
-                    f"{getattr(model_config, name)}) of checkpoint_path={config.checkpoint_path}; drop the flag"
+                    f"{getattr(model_config, name)}) of checkpoint_path={config.checkpoint_path}; "
+                    "drop the flag"
                 )
         description["weights"] = "checkpoint"
         description["checkpoint"] = os.path.abspath(checkpoint)
@@ -325,7 +338,10 @@ def _code_version() -> dict:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         out["git_commit"] = commit
         out["git_dirty"] = bool(dirty)
@@ -344,7 +360,12 @@ def _file_digest(path: str) -> str:
 
 def _entry_is_done(cache_dir: str, entry: dict | None, index: int, first: int, count: int) -> bool:
     """True when the manifest's entry for shard ``index`` matches the plan and its file checks out."""
-    if not entry or entry.get("index") != index or entry.get("first_image") != first or entry.get("num_images") != count:
+    if (
+        not entry
+        or entry.get("index") != index
+        or entry.get("first_image") != first
+        or entry.get("num_images") != count
+    ):
         return False
     path = os.path.join(cache_dir, entry["file"])
     if not os.path.isfile(path) or os.path.getsize(path) != entry.get("bytes"):
@@ -448,7 +469,8 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
     backbone = backbone or build_backbone_for_cache(config)
     if backbone.random_weights:
         log.warning(
-            "the backbone has random weights (no checkpoint_path, tf_initial_checkpoint or backbone_weights): "
+            "the backbone has random weights (no checkpoint_path, tf_initial_checkpoint or "
+            "backbone_weights): "
             "its features suit tests, not a search"
         )
     copies = 2 if config.flip else 1
@@ -480,8 +502,10 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
     }
     manifest = _start_manifest(config, identity)
     num_shards = -(-total_images // config.shard_size)
-    plan = [(i, i * config.shard_size, min(config.shard_size, total_images - i * config.shard_size))
-            for i in range(num_shards)]
+    plan = [
+        (i, i * config.shard_size, min(config.shard_size, total_images - i * config.shard_size))
+        for i in range(num_shards)
+    ]
     entries = {e["index"]: e for e in manifest["shards"]}
     done, pending = [], {}
     for index, first, count in plan:
@@ -508,7 +532,9 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
             labels = np.stack([labels, labels[:, :, ::-1]], axis=1).reshape(-1, *labels.shape[1:])
             names = np.repeat(names, 2)
             flipped = np.tile([False, True], len(shard_samples))
-        entry = _write_shard(config.cache_dir, config.split, index, first, count, features, labels, names, flipped)
+        entry = _write_shard(
+            config.cache_dir, config.split, index, first, count, features, labels, names, flipped
+        )
         manifest["feature_shape"] = list(features.shape[1:])
         manifest["label_shape"] = list(labels.shape[1:])
         manifest["shards"] = sorted(
@@ -562,6 +588,7 @@ def _samples_for(pending, get_sample, in_order, total_images):
 
 def _run_backbone(extract, images, batch_size, flip, bar):
     """Features of ``images`` (and, with ``flip``, of their mirrors, interleaved), float16."""
+
     def call(batch):
         # One batch shape for every call: a compiled function retraced for a smaller last batch would run
         # another graph, whose float rounding differs, and a resumed shard would not equal the first one.
@@ -615,15 +642,20 @@ def _start_manifest(config: CacheConfig, identity: dict) -> dict:
     if old is not None:
         # Compare through JSON so tuples and lists agree.
         same = all(
-            json.dumps(old.get(k), sort_keys=True) == json.dumps(json.loads(json.dumps(identity[k])), sort_keys=True)
+            json.dumps(old.get(k), sort_keys=True)
+            == json.dumps(json.loads(json.dumps(identity[k])), sort_keys=True)
             for k in IDENTITY_FIELDS
         )
         if not same and not config.overwrite:
-            differing = [k for k in IDENTITY_FIELDS
-                         if json.dumps(old.get(k), sort_keys=True)
-                         != json.dumps(json.loads(json.dumps(identity[k])), sort_keys=True)]
+            differing = [
+                k
+                for k in IDENTITY_FIELDS
+                if json.dumps(old.get(k), sort_keys=True)
+                != json.dumps(json.loads(json.dumps(identity[k])), sort_keys=True)
+            ]
             raise CacheError(
-                f"{path} describes a different cache of split {config.split} ({', '.join(differing)} differ); "
+                f"{path} describes a different cache of split {config.split} "
+                f"({', '.join(differing)} differ); "
                 "use another cache_dir or overwrite=True (--overwrite) to replace it"
             )
         if same:
@@ -671,23 +703,33 @@ def write_arrays(
     description: str = "arrays",
     class_names=None,
 ) -> dict:
-    """Writes in-memory features ``[N, h, w, c]`` and labels ``[N, H, W]`` as a cache split (benchmarks, tests).
+    """Writes features ``[N, h, w, c]`` and labels ``[N, H, W]`` as a cache split (benchmarks, tests).
 
     The same shards and manifest as ``cache_split``; ``backbone.weights`` is ``description``.
     """
     features = np.asarray(features)
     labels = np.asarray(labels)
     if len(features) != len(labels) or labels.ndim != 3 or features.ndim != 4:
-        raise ValueError(f"features {features.shape} and labels {labels.shape} must be [N, h, w, c] and [N, H, W]")
+        raise ValueError(
+            f"features {features.shape} and labels {labels.shape} must be [N, h, w, c] and [N, H, W]"
+        )
     manifest = {
         "format": FORMAT,
         "split": split,
-        "dataset": {"name": description, "class_names": list(class_names or [str(i) for i in range(num_classes)])},
+        "dataset": {
+            "name": description,
+            "class_names": list(class_names or [str(i) for i in range(num_classes)]),
+        },
         "num_classes": int(num_classes),
         "ignore_label": int(ignore_label),
         "crop_size": list(labels.shape[1:]),
-        "backbone": {"weights": description, "checkpoint": None, "model_variant": None,
-                     "output_stride": int(output_stride), "endpoint": FEATURES_ENDPOINT},
+        "backbone": {
+            "weights": description,
+            "checkpoint": None,
+            "model_variant": None,
+            "output_stride": int(output_stride),
+            "endpoint": FEATURES_ENDPOINT,
+        },
         "augmentation": {"flip": False, "copies_per_image": 1},
         "shard_size": int(shard_size),
         "num_images": len(features),
@@ -703,10 +745,19 @@ def write_arrays(
     for index, first in enumerate(range(0, len(features), shard_size)):
         part = slice(first, first + shard_size)
         n = len(features[part])
-        manifest["shards"].append(_write_shard(
-            cache_dir, split, index, first, n, features[part].astype(FEATURE_DTYPE),
-            labels[part].astype(LABEL_DTYPE), np.array([str(i) for i in range(first, first + n)]), np.zeros(n, bool),
-        ))
+        manifest["shards"].append(
+            _write_shard(
+                cache_dir,
+                split,
+                index,
+                first,
+                n,
+                features[part].astype(FEATURE_DTYPE),
+                labels[part].astype(LABEL_DTYPE),
+                np.array([str(i) for i in range(first, first + n)]),
+                np.zeros(n, bool),
+            )
+        )
     manifest["complete"] = True
     manifest["num_examples"] = len(features)
     manifest["updated"] = _now()
@@ -740,8 +791,13 @@ class FeatureCache:
         path = manifest_path(cache_dir, split)
         self.manifest_file = path
         if not os.path.isfile(path):
-            present = sorted(n[: -len(".manifest.json")] for n in os.listdir(cache_dir)
-                             if n.endswith(".manifest.json")) if os.path.isdir(cache_dir) else []
+            present = (
+                sorted(
+                    n[: -len(".manifest.json")] for n in os.listdir(cache_dir) if n.endswith(".manifest.json")
+                )
+                if os.path.isdir(cache_dir)
+                else []
+            )
             raise CacheError(
                 f"{path} does not exist: no cached split {split!r} in {cache_dir} "
                 f"(cached splits: {present or 'none'}; make it with python -m deeplab_dpc.cache_features)"
@@ -753,8 +809,11 @@ class FeatureCache:
             raise CacheError(f"{path} is not a readable JSON manifest: {e}") from None
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise CacheError(f"{path} is not a feature cache manifest of format {FORMAT}")
-        missing = [k for k in ("shards", "feature_shape", "label_shape", "num_classes", "ignore_label")
-                   if k not in manifest]
+        missing = [
+            k
+            for k in ("shards", "feature_shape", "label_shape", "num_classes", "ignore_label")
+            if k not in manifest
+        ]
         if missing:
             raise CacheError(f"{path} lacks {', '.join(missing)}")
         if not manifest.get("complete"):
@@ -796,7 +855,9 @@ class FeatureCache:
         """One shard's arrays, checked against the manifest (CacheError naming the file otherwise)."""
         path = os.path.join(self.cache_dir, entry["file"])
         if not os.path.isfile(path):
-            raise CacheError(f"{path} is missing (listed in {self.manifest_file}); rerun cache_features to rewrite it")
+            raise CacheError(
+                f"{path} is missing (listed in {self.manifest_file}); rerun cache_features to rewrite it"
+            )
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {key: z[key] for key in SHARD_KEYS}
@@ -804,7 +865,8 @@ class FeatureCache:
             raise CacheError(f"{path} lacks the array {e} of a feature shard") from None
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
             raise CacheError(
-                f"{path} is corrupt ({type(e).__name__}: {e}); delete it and rerun cache_features to rewrite it"
+                f"{path} is corrupt ({type(e).__name__}: {e}); "
+                "delete it and rerun cache_features to rewrite it"
             ) from None
         n = entry["num_examples"]
         expected = {
@@ -820,7 +882,7 @@ class FeatureCache:
         return arrays
 
     def iter_shards(self) -> Iterator[dict[str, np.ndarray]]:
-        """Each shard's ``features``, ``labels``, ``names`` and ``flipped``, in order; one in memory at a time."""
+        """Each shard's ``features``, ``labels``, ``names``, ``flipped``, in order, one at a time."""
         for entry in self.manifest["shards"]:
             yield self.read_shard(entry)
 

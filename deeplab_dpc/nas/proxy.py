@@ -36,7 +36,8 @@ What each knob costs in fidelity (against end-to-end training of the model):
   1,000 steps; 0.99 (default) forgets it within a few hundred. Moving
   statistics also start from the first batch (``train_lib.warm_start_batch_norm``).
 * ``feature_dtype``: float16 (default, as cached) halves memory at no cost in
-  accuracy (the layers compute in float32); float32 skips one cast per step.
+  accuracy (the layers compute in float32); float32 skips one cast per step
+  (NumPy's on TensorFlow, the device's on other backends).
 * ``seed``: the spread between seeds is about half the spread between cells
   (GUIDE.md §6): compare cells over equal seeds, or several.
 """
@@ -145,8 +146,14 @@ class ProxyConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name}={value!r} must be an integer >= 0")
-        for name in ("learning_rate", "weight_decay", "batch_norm_momentum", "momentum", "learning_power",
-                     "dropout_rate"):
+        for name in (
+            "learning_rate",
+            "weight_decay",
+            "batch_norm_momentum",
+            "momentum",
+            "learning_power",
+            "dropout_rate",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{name}={value!r} must be a finite number")
@@ -165,7 +172,9 @@ class ProxyConfig:
             if getattr(self, name) not in RESOLUTIONS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(RESOLUTIONS)}")
         if self.feature_dtype not in FEATURE_DTYPES:
-            raise ValueError(f"feature_dtype={self.feature_dtype!r} is unknown; valid: {list(FEATURE_DTYPES)}")
+            raise ValueError(
+                f"feature_dtype={self.feature_dtype!r} is unknown; valid: {list(FEATURE_DTYPES)}"
+            )
         if self.jit_compile is not None and not isinstance(self.jit_compile, bool):
             raise ValueError(f"jit_compile={self.jit_compile!r} must be true, false or None (automatic)")
 
@@ -185,8 +194,14 @@ class ProxyConfig:
     def data_key(self) -> tuple:
         """What ``load_proxy_data`` depends on: trials whose keys are equal share loaded data."""
         return (
-            os.path.abspath(self.cache_dir), self.train_split, self.eval_split, self.loss_resolution,
-            self.eval_resolution, self.feature_dtype, self.max_train_examples, self.max_eval_examples,
+            os.path.abspath(self.cache_dir),
+            self.train_split,
+            self.eval_split,
+            self.loss_resolution,
+            self.eval_resolution,
+            self.feature_dtype,
+            self.max_train_examples,
+            self.max_eval_examples,
         )
 
 
@@ -225,7 +240,9 @@ class ProxyData:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.train_features, self.train_labels, self.eval_features, self.eval_labels))
+        return sum(
+            a.nbytes for a in (self.train_features, self.train_labels, self.eval_features, self.eval_labels)
+        )
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -273,17 +290,21 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
         a, b = train.manifest["backbone"].get(what), val.manifest["backbone"].get(what)
         if a != b:
             raise CacheError(
-                f"{train.manifest_file} and {val.manifest_file} come from different backbones ({what}: {a} vs {b})"
+                f"{train.manifest_file} and {val.manifest_file} come from different backbones "
+                f"({what}: {a} vs {b})"
             )
     loss_grid = label_grid(config.loss_resolution, train.feature_shape, train.label_shape)
     eval_grid = label_grid(config.eval_resolution, val.feature_shape, val.label_shape)
     train_x, train_y = train.load_all(
         config.feature_dtype, _sampler(loss_grid, train.label_shape), config.max_train_examples
     )
-    val_x, val_y = val.load_all(config.feature_dtype, _sampler(eval_grid, val.label_shape), config.max_eval_examples)
+    val_x, val_y = val.load_all(
+        config.feature_dtype, _sampler(eval_grid, val.label_shape), config.max_eval_examples
+    )
     if len(train_x) < config.batch_size:
         raise CacheError(
-            f"{train.manifest_file}: {len(train_x)} training examples, fewer than batch_size={config.batch_size}"
+            f"{train.manifest_file}: {len(train_x)} training examples, "
+            f"fewer than batch_size={config.batch_size}"
         )
     return ProxyData(
         train_features=train_x,
@@ -293,8 +314,9 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
         num_classes=train.num_classes,
         ignore_label=train.ignore_label,
         output_stride=train.output_stride,
-        class_names=tuple(train.manifest.get("dataset", {}).get("class_names") or
-                          [str(i) for i in range(train.num_classes)]),
+        class_names=tuple(
+            train.manifest.get("dataset", {}).get("class_names") or [str(i) for i in range(train.num_classes)]
+        ),
         key=config.data_key(),
         source={
             "cache_dir": os.path.abspath(config.cache_dir),
@@ -311,6 +333,17 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
 # The model and its evaluation.
 
 
+def input_dtype(config: ProxyConfig) -> str:
+    """The dtype features enter the model in: ``feature_dtype``, except float32 on TensorFlow.
+
+    TensorFlow's CPU kernels cast float16 without oneDNN on most CPUs (and log an error line saying
+    so); NumPy casts a batch as fast. Other backends take float16 and cast on the device.
+    """
+    import keras  # noqa: PLC0415
+
+    return "float32" if keras.backend.backend() == "tensorflow" else config.feature_dtype
+
+
 def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int, output_stride: int):
     """features ``[B, h, w, c]`` -> ``DensePredictionCell`` -> ``Logits``: logits ``[B, h, w, classes]``."""
     import keras  # noqa: PLC0415
@@ -319,7 +352,7 @@ def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int
     from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell  # noqa: PLC0415
     from deeplab_dpc.core.model import Logits  # noqa: PLC0415
 
-    features = keras.Input(tuple(feature_shape), dtype=config.feature_dtype, name="features")
+    features = keras.Input(tuple(feature_shape), dtype=input_dtype(config), name="features")
     x = DensePredictionCell(
         spec,
         output_stride=output_stride,
@@ -362,15 +395,23 @@ def resized_argmax(logits: np.ndarray, grid) -> np.ndarray:
     return np.argmax(x, axis=2)
 
 
-def evaluate(model, features: np.ndarray, labels: np.ndarray, num_classes: int, ignore_label: int,
-             batch_size: int):
+def evaluate(
+    model,
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    ignore_label: int,
+    batch_size: int,
+    dtype=None,
+):
     """The confusion matrix of ``model`` on ``features`` against ``labels`` (at the labels' grid)."""
     from deeplab_dpc.evaluation.metrics import ConfusionMatrix  # noqa: PLC0415
 
     matrix = ConfusionMatrix(num_classes, ignore_label)
     grid = labels.shape[1:3]
+    dtype = dtype or features.dtype
     for start in range(0, len(features), batch_size):
-        batch = features[start : start + batch_size]
+        batch = features[start : start + batch_size].astype(dtype, copy=False)
         n = len(batch)
         if n < batch_size:  # One compiled shape for every call.
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
@@ -387,19 +428,22 @@ def cell_cost(spec, feature_shape, filters: int) -> dict:
     """Parameters and multiply-adds of the cell at ``filters`` (analysis.stats' analytical counts)."""
     from deeplab_dpc.analysis.stats import dense_prediction_cell  # noqa: PLC0415
 
-    count = dense_prediction_cell(spec, tuple(feature_shape[:2]), int(feature_shape[2]), filters, filters)["total"]
+    count = dense_prediction_cell(spec, tuple(feature_shape[:2]), int(feature_shape[2]), filters, filters)[
+        "total"
+    ]
     return {"params": int(count.params), "madds": int(count.macs)}
 
 
-def _batches(features, labels, batch_size, seed):
+def _batches(features, labels, batch_size, seed, dtype=None):
     """Endless (features, labels) batches: a new permutation each pass, the last partial batch dropped."""
+    dtype = dtype or features.dtype
     rng = np.random.default_rng([seed, 1])
     n = len(features)
     while True:
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
             index = np.sort(order[start : start + batch_size])
-            yield features[index], labels[index]
+            yield features[index].astype(dtype, copy=False), labels[index]
 
 
 def _default_jit_compile() -> bool:
@@ -463,7 +507,7 @@ def run_proxy(
             "call load_proxy_data(config) with this config"
         )
     data = features
-    keras.backend.clear_session()  # Every trial starts from the same global state: equal seeds, equal results.
+    keras.backend.clear_session()  # Each trial starts from the same global state: equal seeds, equal results.
     keras.utils.set_random_seed(config.seed)
     model = build_proxy_model(spec, config, data.feature_shape, data.num_classes, data.output_stride)
     schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
@@ -473,8 +517,11 @@ def run_proxy(
         jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
-    batches = _batches(data.train_features, data.train_labels, config.batch_size, config.seed)
-    first_images, _ = next(_batches(data.train_features, data.train_labels, config.batch_size, config.seed + 1))
+    dtype = input_dtype(config)
+    batches = _batches(data.train_features, data.train_labels, config.batch_size, config.seed, dtype)
+    first_images, _ = next(
+        _batches(data.train_features, data.train_labels, config.batch_size, config.seed + 1, dtype)
+    )
     warm_start_batch_norm(model, first_images)
 
     total = config.proxy_steps
@@ -496,11 +543,20 @@ def run_proxy(
         loss = float(fit.history["loss"][-1])
         if monitor.failed is not None or not math.isfinite(loss):
             step, value = monitor.failed or (end, loss)
-            raise TrialFailed(f"the loss became {value} by step {step} (learning_rate={config.learning_rate})", step)
+            raise TrialFailed(
+                f"the loss became {value} by step {step} (learning_rate={config.learning_rate})", step
+            )
         done = end
         t = time.perf_counter()
-        matrix = evaluate(model, data.eval_features, data.eval_labels, data.num_classes, data.ignore_label,
-                          config.eval_batch_size)
+        matrix = evaluate(
+            model,
+            data.eval_features,
+            data.eval_labels,
+            data.num_classes,
+            data.ignore_label,
+            config.eval_batch_size,
+            dtype,
+        )
         eval_seconds += time.perf_counter() - t
         history.append({"step": end, "miou": matrix.mean_iou(), "loss": loss})
     if progress is not None:
@@ -510,7 +566,9 @@ def run_proxy(
     cost_256 = cell_cost(spec, data.feature_shape, PAPER_FILTERS)
     result = {
         "miou": float(matrix.mean_iou()),
-        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(data.class_names, iou)},
+        "per_class_iou": {
+            name: (None if np.isnan(v) else float(v)) for name, v in zip(data.class_names, iou)
+        },
         "pixel_accuracy": float(matrix.pixel_accuracy()),
         "params": cost["params"],
         "madds": cost["madds"],
@@ -551,7 +609,7 @@ def _quiet_retracing_warning() -> None:
 
 
 def _make_monitor(total: int, progress):
-    """A Keras callback: counts steps on the host for ``progress``, reads the loss every few steps, stops on NaN."""
+    """A Keras callback: counts steps on the host for ``progress``, checks the loss every few steps."""
     import keras  # noqa: PLC0415
 
     class Monitor(keras.callbacks.Callback):

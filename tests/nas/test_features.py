@@ -23,7 +23,9 @@ NUM_TRAIN = 6
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     descriptor = synthetic.write_segnet_folders(root, {"train": NUM_TRAIN, "val": 3}, 48, 64, num_classes=3)
-    return DataConfig(dataset=descriptor, dataset_dir=str(root), dataset_format="folder:segnet", loader="numpy")
+    return DataConfig(
+        dataset=descriptor, dataset_dir=str(root), dataset_format="folder:segnet", loader="numpy"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +44,16 @@ def run_dir(tmp_path_factory):
 
 
 def _config(dataset, cache_dir, run_dir, **kw):
-    args = dict(cache_dir=str(cache_dir), data=dataset, split="train", crop_size=CROP, checkpoint_path=run_dir,
-                flip=True, shard_size=4, batch_size=2)
+    args = dict(
+        cache_dir=str(cache_dir),
+        data=dataset,
+        split="train",
+        crop_size=CROP,
+        checkpoint_path=run_dir,
+        flip=True,
+        shard_size=4,
+        batch_size=2,
+    )
     args.update(kw)
     return CacheConfig(**args)
 
@@ -64,7 +74,9 @@ def test_cached_features_equal_the_backbone_output_on_the_same_images(dataset, r
     preprocess = PreprocessConfig(crop_size=CROP, ignore_label=255, is_training=False)
     samples = [preprocess_numpy(source[i], preprocess) for i in range(NUM_TRAIN)]
     images = np.stack([s["image"] for s in samples])
-    images = np.stack([images, images[:, :, ::-1]], axis=1).reshape(-1, *images.shape[1:])  # image, mirror, ...
+    images = np.stack([images, images[:, :, ::-1]], axis=1).reshape(
+        -1, *images.shape[1:]
+    )  # image, mirror, ...
     expected = np.asarray(model.get_layer("backbone")(model.get_layer("normalize")(images))["features"])
 
     cache = FeatureCache(cache_dir, "train")
@@ -79,10 +91,17 @@ def test_cached_features_equal_the_backbone_output_on_the_same_images(dataset, r
     assert (labels[0, 48:] == 255).all() and (labels[0, :, 64:] == 255).all()  # padding is ignored
     assert (labels[0, :48, :64] != 255).all()
 
-    assert manifest["complete"] and manifest["num_examples"] == 2 * NUM_TRAIN and manifest["num_images"] == NUM_TRAIN
+    assert (
+        manifest["complete"]
+        and manifest["num_examples"] == 2 * NUM_TRAIN
+        and manifest["num_images"] == NUM_TRAIN
+    )
     assert [e["num_examples"] for e in manifest["shards"]] == [8, 4]
     assert manifest["backbone"]["checkpoint"].endswith("ckpt-00000007.weights.h5")
-    assert manifest["backbone"]["model_variant"] == "mobilenet_v2" and manifest["backbone"]["output_stride"] == 16
+    assert (
+        manifest["backbone"]["model_variant"] == "mobilenet_v2"
+        and manifest["backbone"]["output_stride"] == 16
+    )
     assert manifest["feature_shape"] == [4, 5, 112] and manifest["feature_dtype"] == "float16"
     assert manifest["augmentation"]["flip"] is True and manifest["crop_size"] == list(CROP)
     assert manifest["num_classes"] == 3 and manifest["ignore_label"] == 255
@@ -168,16 +187,21 @@ def test_a_cache_made_differently_is_not_mixed_with(dataset, run_dir, tmp_path):
     cache_split(_config(dataset, tmp_path, run_dir, max_images=2), progress=False)
     with pytest.raises(CacheError, match="augmentation"):
         cache_split(_config(dataset, tmp_path, run_dir, max_images=2, flip=False), progress=False)
-    manifest = cache_split(_config(dataset, tmp_path, run_dir, max_images=2, flip=False, overwrite=True),
-                           progress=False)
+    manifest = cache_split(
+        _config(dataset, tmp_path, run_dir, max_images=2, flip=False, overwrite=True), progress=False
+    )
     assert manifest["num_examples"] == 2 and not manifest["augmentation"]["flip"]
 
 
 def test_tfdata_and_numpy_loaders_cache_the_same_examples(dataset, run_dir, tmp_path):
     numpy_dir, tf_dir = tmp_path / "numpy", tmp_path / "tfdata"
     cache_split(_config(dataset, numpy_dir, run_dir, max_images=3, flip=False), progress=False)
-    tf_data = DataConfig(dataset=dataset.dataset, dataset_dir=dataset.dataset_dir,
-                         dataset_format=dataset.dataset_format, loader="tfdata")
+    tf_data = DataConfig(
+        dataset=dataset.dataset,
+        dataset_dir=dataset.dataset_dir,
+        dataset_format=dataset.dataset_format,
+        loader="tfdata",
+    )
     cache_split(_config(tf_data, tf_dir, run_dir, max_images=3, flip=False), progress=False)
     a = FeatureCache(str(numpy_dir), "train").load_all("float32")
     b = FeatureCache(str(tf_dir), "train").load_all("float32")
@@ -186,26 +210,44 @@ def test_tfdata_and_numpy_loaders_cache_the_same_examples(dataset, run_dir, tmp_
 
 
 def test_a_fresh_backbone_from_tf_initial_checkpoint_equals_the_runs(dataset, run_dir, cached, tmp_path):
-    config = CacheConfig(cache_dir=str(tmp_path), data=dataset, split="train", crop_size=CROP,
-                         depth_multiplier=0.35, tf_initial_checkpoint=run_dir, max_images=2, batch_size=2)
+    config = CacheConfig(
+        cache_dir=str(tmp_path),
+        data=dataset,
+        split="train",
+        crop_size=CROP,
+        depth_multiplier=0.35,
+        tf_initial_checkpoint=run_dir,
+        max_images=2,
+        batch_size=2,
+    )
     manifest = cache_split(config, progress=False)
     assert manifest["backbone"]["weights"] == "tf_initial_checkpoint"
     assert manifest["backbone"]["restored_backbone_weights"] > 100
     fresh, _ = FeatureCache(str(tmp_path), "train").load_all("float32")
     from_run, _ = FeatureCache(cached[0], "train").load_all("float32", max_examples=4)
-    np.testing.assert_allclose(fresh, from_run[::2], rtol=1e-3, atol=1e-3)  # the run's cache interleaves mirrors
+    np.testing.assert_allclose(
+        fresh, from_run[::2], rtol=1e-3, atol=1e-3
+    )  # the run's cache interleaves mirrors
 
 
 def test_a_random_backbone_is_seeded_and_its_batch_norm_warm_started(dataset, tmp_path):
-    config = CacheConfig(cache_dir=str(tmp_path), data=dataset, split="val", crop_size=CROP,
-                         depth_multiplier=0.35, shard_size=2)
+    config = CacheConfig(
+        cache_dir=str(tmp_path),
+        data=dataset,
+        split="val",
+        crop_size=CROP,
+        depth_multiplier=0.35,
+        shard_size=2,
+    )
     manifest = cache_split(config, progress=False)
     assert manifest["backbone"]["weights"] == "random (seed 0)" and manifest["backbone"]["checkpoint"] is None
     features, _ = FeatureCache(str(tmp_path), "val").load_all("float32")
-    # Warm-started batch norm keeps activations at a usable scale (untrained 0/1 statistics shrink them ~1e-9).
+    # Warm-started batch norm keeps activations at a usable scale (0/1 statistics shrink them ~1e-9).
     assert 0.05 < features.std() < 100
     os.remove(tmp_path / "val-00001.npz")
-    again = cache_split(config, progress=False)  # Same seed, same statistics: the rewritten shard is identical.
+    again = cache_split(
+        config, progress=False
+    )  # Same seed, same statistics: the rewritten shard is identical.
     assert again["shards"] == manifest["shards"]
 
 
@@ -222,23 +264,41 @@ def _flags(*args):
         (["--crop_size=64,80"], "--cache_dir is required"),
         (["--cache_dir=C"], "--crop_size is required"),
         (["--cache_dir=C", "--crop_size=64,x"], "--crop_size=.*expected 'height,width'"),
-        (["--cache_dir=C", "--crop_size=64,80", "--shard_size=0"], "--shard_size=0 must be a positive integer"),
-        (["--cache_dir=C", "--crop_size=64,80", "--checkpoint_path=RUN", "--tf_initial_checkpoint=RUN"],
-         "--tf_initial_checkpoint is for a fresh backbone"),
-        (["--cache_dir=C", "--crop_size=64,80", "--output_stride=12"], "--output_stride=12 must be 8, 16 or 32"),
+        (
+            ["--cache_dir=C", "--crop_size=64,80", "--shard_size=0"],
+            "--shard_size=0 must be a positive integer",
+        ),
+        (
+            ["--cache_dir=C", "--crop_size=64,80", "--checkpoint_path=RUN", "--tf_initial_checkpoint=RUN"],
+            "--tf_initial_checkpoint is for a fresh backbone",
+        ),
+        (
+            ["--cache_dir=C", "--crop_size=64,80", "--output_stride=12"],
+            "--output_stride=12 must be 8, 16 or 32",
+        ),
     ],
 )
 def test_flag_errors_name_the_flag(dataset, run_dir, args, message):
     args = [a.replace("RUN", run_dir) for a in args]
-    data_flags = [f"--dataset={dataset.dataset}", f"--dataset_dir={dataset.dataset_dir}",
-                  "--dataset_format=folder:segnet"]
+    data_flags = [
+        f"--dataset={dataset.dataset}",
+        f"--dataset_dir={dataset.dataset_dir}",
+        "--dataset_format=folder:segnet",
+    ]
     with pytest.raises(app.UsageError, match=message):
         cache_features.config_from_flags(_flags(*data_flags, *args))
 
 
 def test_the_run_contradicting_a_model_flag_is_named(dataset, run_dir, tmp_path):
-    fv = _flags(f"--dataset={dataset.dataset}", f"--dataset_dir={dataset.dataset_dir}",
-                "--dataset_format=folder:segnet", "--loader=numpy", f"--cache_dir={tmp_path}", "--crop_size=64,80",
-                f"--checkpoint_path={run_dir}", "--output_stride=8")
+    fv = _flags(
+        f"--dataset={dataset.dataset}",
+        f"--dataset_dir={dataset.dataset_dir}",
+        "--dataset_format=folder:segnet",
+        "--loader=numpy",
+        f"--cache_dir={tmp_path}",
+        "--crop_size=64,80",
+        f"--checkpoint_path={run_dir}",
+        "--output_stride=8",
+    )
     with pytest.raises(app.UsageError, match="--output_stride=8 contradicts the run's model config"):
         cache_features.run(fv)

@@ -27,12 +27,15 @@ from deeplab_dpc.nas.proxy import (
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # A 1x1 conv and a 3x3 conv on it: enough for a task whose label is a per-cell function of the features.
-CELL = [{"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}, {"op": "conv", "kernel": 3, "rate": [1, 1], "input": 0}]
+CELL = [
+    {"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1},
+    {"op": "conv", "kernel": 3, "rate": [1, 1], "input": 0},
+]
 CROP = (96, 128)  # stride 16: 6 x 8 features
 
 
 def _task(n, seed):
-    """Features N(0, 1) [n, 6, 8, 16]; the label of a cell is the argmax of its first 3 channels, at the crop size."""
+    """Features N(0, 1) [n, 6, 8, 16]; a cell's label is the argmax of its first 3 channels (crop size)."""
     rng = np.random.default_rng(seed)
     features = rng.normal(size=(n, 6, 8, 16)).astype("float32")
     labels = np.argmax(features[..., :3], axis=-1).astype("uint8")
@@ -45,14 +48,21 @@ def cache_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     for split, n, seed in (("train", 48, 0), ("val", 16, 1)):
         features, labels = _task(n, seed)
-        write_arrays(str(root), split, features, labels, num_classes=3, shard_size=20,
-                     class_names=["a", "b", "c"])
+        write_arrays(
+            str(root), split, features, labels, num_classes=3, shard_size=20, class_names=["a", "b", "c"]
+        )
     return str(root)
 
 
 def _fast(cache_dir, **kw):
-    args = dict(cache_dir=cache_dir, proxy_steps=40, batch_size=8, proxy_filters=16, learning_rate=0.3,
-                eval_interval=20)
+    args = dict(
+        cache_dir=cache_dir,
+        proxy_steps=40,
+        batch_size=8,
+        proxy_filters=16,
+        learning_rate=0.3,
+        eval_interval=20,
+    )
     args.update(kw)
     return ProxyConfig(**args)
 
@@ -73,19 +83,39 @@ def test_a_proxy_trial_learns_the_cached_task_and_writes_its_result(cache_dir, t
     spec_path = tmp_path / "cell.json"
     spec_path.write_text(json.dumps(CELL))
     out = tmp_path / "out" / "trial.json"
-    fv = _flags(f"--cache_dir={cache_dir}", f"--dense_prediction_cell_json={spec_path}", "--proxy_steps=40",
-                "--batch_size=8", "--proxy_filters=16", "--learning_rate=0.3", "--eval_interval=20",
-                f"--output_json={out}")
+    fv = _flags(
+        f"--cache_dir={cache_dir}",
+        f"--dense_prediction_cell_json={spec_path}",
+        "--proxy_steps=40",
+        "--batch_size=8",
+        "--proxy_filters=16",
+        "--learning_rate=0.3",
+        "--eval_interval=20",
+        f"--output_json={out}",
+    )
     result = proxy_train.run(fv)
     # Measured 0.63 after 40 steps (2 CPU cores, TensorFlow); uniform guessing scores 0.20.
     assert result["status"] == "ok" and result["miou"] > 0.45
     assert json.loads(out.read_text()) == json.loads(json.dumps(result))
     assert not [n for n in os.listdir(out.parent) if n != "trial.json"]  # written through a renamed temporary
-    for key in ("miou", "params", "madds", "params_256", "madds_256", "seconds", "steps", "filters",
-                "per_class_iou", "history", "backend"):
+    for key in (
+        "miou",
+        "params",
+        "madds",
+        "params_256",
+        "madds_256",
+        "seconds",
+        "steps",
+        "filters",
+        "per_class_iou",
+        "history",
+        "backend",
+    ):
         assert key in result, key
     assert result["steps"] == 40 and result["filters"] == 16 and result["backend"] == "tensorflow"
-    assert [h["step"] for h in result["history"]] == [20, 40] and result["history"][-1]["miou"] == result["miou"]
+    assert [h["step"] for h in result["history"]] == [20, 40] and result["history"][-1]["miou"] == result[
+        "miou"
+    ]
     assert set(result["per_class_iou"]) == {"a", "b", "c"}
     # 1x1 conv 16->16 + BN; 3x3 separable 16->16 (depthwise + BN + pointwise + BN); projection 32->16 + BN.
     assert result["params"] == (256 + 64) + (144 + 64 + 256 + 64) + (512 + 64)
@@ -103,8 +133,14 @@ def test_a_diverging_trial_raises_trial_failed_and_the_command_records_it(cache_
     spec_path = tmp_path / "cell.json"
     spec_path.write_text(json.dumps(CELL))
     out = tmp_path / "failed.json"
-    fv = _flags(f"--cache_dir={cache_dir}", f"--dense_prediction_cell_json={spec_path}", "--proxy_steps=20",
-                "--proxy_filters=16", "--learning_rate=1e12", f"--output_json={out}")
+    fv = _flags(
+        f"--cache_dir={cache_dir}",
+        f"--dense_prediction_cell_json={spec_path}",
+        "--proxy_steps=20",
+        "--proxy_filters=16",
+        "--learning_rate=1e12",
+        f"--output_json={out}",
+    )
     result = proxy_train.run(fv)
     assert result["status"] == "failed" and "the loss became" in result["reason"]
     assert json.loads(out.read_text())["status"] == "failed"
@@ -120,15 +156,24 @@ def test_equal_seeds_give_equal_scores_in_one_process(cache_dir):
 
 def test_features_loaded_for_another_config_are_refused(cache_dir):
     data = load_proxy_data(_fast(cache_dir))
-    assert data.train_labels.shape == (48, 24, 32) and data.eval_labels.shape == (16, *CROP)  # features4x, label
+    assert data.train_labels.shape == (48, 24, 32) and data.eval_labels.shape == (
+        16,
+        *CROP,
+    )  # features4x, label
     assert data.train_features.dtype == np.float16
     with pytest.raises(ValueError, match="call load_proxy_data"):
         run_proxy(CELL, _fast(cache_dir, loss_resolution="label"), features=data)
 
 
 def test_config_round_trips_through_json():
-    config = ProxyConfig(cache_dir=os.getcwd(), proxy_steps=123, learning_rate=0.01, loss_resolution="label",
-                         jit_compile=False, max_eval_examples=5)
+    config = ProxyConfig(
+        cache_dir=os.getcwd(),
+        proxy_steps=123,
+        learning_rate=0.01,
+        loss_resolution="label",
+        jit_compile=False,
+        max_eval_examples=5,
+    )
     assert ProxyConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     assert ProxyConfig.from_dict({"cache_dir": os.getcwd()}) == ProxyConfig(cache_dir=os.getcwd())
     assert {f.name for f in dataclasses.fields(ProxyConfig)} == set(config.to_dict())
@@ -144,7 +189,11 @@ def test_config_round_trips_through_json():
         ("learning_rate", float("nan"), "learning_rate=nan must be a finite number"),
         ("weight_decay", -1.0, "weight_decay=-1.0 must be >= 0"),
         ("batch_norm_momentum", 1.0, r"batch_norm_momentum=1.0 must be in \[0, 1\)"),
-        ("loss_resolution", "pixels", "loss_resolution='pixels' is unknown; valid: \\['features4x', 'label'\\]"),
+        (
+            "loss_resolution",
+            "pixels",
+            "loss_resolution='pixels' is unknown; valid: \\['features4x', 'label'\\]",
+        ),
         ("eval_resolution", "x", "eval_resolution='x' is unknown"),
         ("feature_dtype", "bfloat16", "feature_dtype='bfloat16' is unknown"),
         ("seed", -1, "seed=-1 must be an integer >= 0"),
@@ -163,9 +212,14 @@ def test_unknown_fields_are_named():
 
 def test_command_flag_errors_name_the_flag(cache_dir):
     with pytest.raises(app.UsageError, match="--proxy_filters=0 must be a positive integer"):
-        proxy_train.config_from_flags(_flags(f"--cache_dir={cache_dir}", "--proxy_filters=0",
-                                             f"--dense_prediction_cell_json={REPO}/experiments/specs/"
-                                             "dense_prediction_cell_branch5_top1_cityscapes.json"))
+        proxy_train.config_from_flags(
+            _flags(
+                f"--cache_dir={cache_dir}",
+                "--proxy_filters=0",
+                f"--dense_prediction_cell_json={REPO}/experiments/specs/"
+                "dense_prediction_cell_branch5_top1_cityscapes.json",
+            )
+        )
     with pytest.raises(app.UsageError, match="--dense_prediction_cell_json is required"):
         proxy_train.config_from_flags(_flags(f"--cache_dir={cache_dir}"))
 
@@ -193,8 +247,9 @@ def test_the_proxy_trains_on_jax(cache_dir):
         "proxy_filters=16, learning_rate=0.3)); print(json.dumps([r['backend'], r['miou']]))"
     )
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     backend, miou = json.loads(proc.stdout.strip().splitlines()[-1])
     assert backend == "jax" and miou > 0.45
