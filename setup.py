@@ -38,6 +38,8 @@ setup(
             "deeplab-eval=deeplab_dpc.eval:console_main",
             "deeplab-vis=deeplab_dpc.vis:console_main",
             "deeplab-export-model=deeplab_dpc.export_model:console_main",
+            "deeplab-cache-features=deeplab_dpc.cache_features:console_main",
+            "deeplab-proxy-train=deeplab_dpc.proxy_train:console_main",
             "deeplab-search=deeplab_dpc.search:console_main",
             "deeplab-rerank=deeplab_dpc.rerank:console_main",
             "deeplab-analyze=deeplab_dpc.analyze:console_main",
