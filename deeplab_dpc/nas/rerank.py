@@ -51,6 +51,7 @@ from optuna.trial import FrozenTrial, TrialState
 from deeplab_dpc.core.spec import CellSpec, SearchSpace, SpecError
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas.progress import format_duration
 from deeplab_dpc.nas import study as study_lib
 
 if TYPE_CHECKING:  # Keras loads with the training config; selecting and reading records needs neither.
@@ -432,17 +433,6 @@ def _release_memory() -> None:
 
 
 # --------------------------------------------------------------------------- console
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def _describe(candidate: Candidate) -> str:
