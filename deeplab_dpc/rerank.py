@@ -1,11 +1,11 @@
 r"""Re-ranks a search's best cells by training them end to end: the paper's step after the proxy.
 
     python -m deeplab_dpc.rerank --search_dir=runs/search --top_k=10 \
-        --flagfile=experiments/camvid/mobilenet_v2_dpc.flags [--include_reference]
+        --flagfile=experiments/camvid/mobilenet_v2_dpc.flags [--include_reference] [--spread_k=5]
 
 The flags are ``deeplab_dpc.train``'s (a training flagfile works unchanged;
 its cell, if any, is replaced by each candidate's), plus --search_dir,
---top_k, --include_reference and the evaluation's --eval_scales,
+--top_k, --spread_k, --include_reference and the evaluation's --eval_scales,
 --add_flipped_images and --eval_batch_size (--eval_split, default val, and
 --eval_crop_size are train's). Each of the top K distinct cells by proxy mIoU
 trains in ``<search_dir>/rerank/trial_<number>`` (or under --train_logdir),
@@ -42,6 +42,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "include_reference",
         False,
         "Also re-rank the published Cityscapes cell and the ASPP-equivalent cell if the study has them.",
+        **f,
+    )
+    flags.DEFINE_integer(
+        "spread_k",
+        0,
+        "Also train this many cells spread evenly over the rest of the proxy ranking (best to worst), "
+        "so that the proxy-vs-full rank correlation covers the whole score range.",
         **f,
     )
     flags.DEFINE_list("eval_scales", ["1.0"], "Inference scales of the full score, comma separated.", **f)
@@ -103,6 +110,7 @@ def config_from_flags(fv: flags.FlagValues):
             train=template,
             top_k=fv.top_k,
             include_reference=fv.include_reference,
+            spread_k=fv.spread_k,
             eval_split=fv.eval_split or "val",
             eval_crop_size=cli.parse_pair(fv.eval_crop_size, "eval_crop_size"),
             eval_scales=cli.parse_floats(fv.eval_scales, "eval_scales"),

@@ -9,9 +9,10 @@ after ``kill -9``, continues the search: finished trials are kept, a trial
 that was running is retried once. Only --max_trials, --max_hours,
 --num_workers, --executor, --ray_address and the heartbeat flags may change
 between runs. Watch it live with the ``optuna-dashboard`` command it prints,
-and in TensorBoard's HParams tab (``search_dir/tensorboard``); the best cell so
-far is ``search_dir/best_cell.json``, ready for ``train
---dense_prediction_cell_json``.
+and in TensorBoard's HParams tab (``search_dir/tensorboard``); the best cell by
+proxy score so far is ``search_dir/best_proxy_cell.json``, ready for ``train
+--dense_prediction_cell_json``; ``deeplab_dpc.rerank`` writes the re-ranked
+winner as ``search_dir/best_cell.json``.
 """
 
 from __future__ import annotations

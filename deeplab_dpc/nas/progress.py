@@ -1,5 +1,5 @@
 """What a person sees of a running search: one line per finished trial, a live status line with
-the ETA, TensorBoard's HParams dashboard, and ``best_cell.json``.
+the ETA, TensorBoard's HParams dashboard, and ``best_proxy_cell.json``.
 
 The driver calls ``SearchProgress.update`` with the study's trials every
 second or so; it reports each trial once, whoever ran it (a worker process, a
@@ -243,7 +243,7 @@ class SearchProgress:
         if self.best is None or best.number != self.best.number:
             self.best = best
             spec = space_lib.params_to_spec(best.params, self.config.space)
-            spec.save(os.path.join(self.config.search_dir, "best_cell.json"))
+            spec.save(os.path.join(self.config.search_dir, study_lib.BEST_PROXY_CELL))
 
     def status(self, trials: Sequence[FrozenTrial], workers: int | None = None) -> str:
         done = sum(t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t) for t in trials)

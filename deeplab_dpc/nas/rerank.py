@@ -200,13 +200,33 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
     return out
 
 
+def spread_ranks(remaining: int, count: int) -> list[int]:
+    """``count`` indices evenly spaced over ``range(remaining)``, first and last included (all of
+    them when ``count >= remaining``)."""
+    if count <= 0 or remaining <= 0:
+        return []
+    if count >= remaining:
+        return list(range(remaining))
+    if count == 1:
+        return [remaining // 2]
+    return sorted({round(i * (remaining - 1) / (count - 1)) for i in range(count)})
+
+
 def select_candidates(
-    trials: Sequence[FrozenTrial], space: SearchSpace, top_k: int, include_reference: bool = False
+    trials: Sequence[FrozenTrial],
+    space: SearchSpace,
+    top_k: int,
+    include_reference: bool = False,
+    spread_k: int = 0,
 ) -> tuple[list[Candidate], list[str]]:
-    """The top ``top_k`` distinct cells by proxy score, then (``include_reference``) the published
-    and ASPP cells found in the study by graph; returns (candidates, notes on what was not found)."""
+    """The top ``top_k`` distinct cells by proxy score, then ``spread_k`` more spread evenly over
+    the rest of the proxy ranking (best to worst: what a rank correlation needs), then
+    (``include_reference``) the published and ASPP cells found in the study by graph; returns
+    (candidates, notes on what was not found)."""
     ranking = proxy_ranking(trials, space)
     chosen = list(ranking[:top_k])
+    rest = ranking[top_k:]
+    chosen += [rest[i] for i in spread_ranks(len(rest), spread_k)]
     notes = []
     if include_reference:
         for name, spec in space_lib.reference_cells().items():
@@ -292,6 +312,7 @@ class RerankConfig:
             ``trial_<number>`` folder per cell), its model's cell is replaced by each candidate's.
         top_k: distinct cells to train, best proxy score first.
         include_reference: also the published and ASPP cells, if the study has them.
+        spread_k: also this many cells spread evenly over the rest of the proxy ranking.
         eval_split, eval_crop_size, eval_scales, add_flipped_images, eval_batch_size: the
             evaluation, as ``deeplab_dpc.eval``'s flags.
         notes: sentences printed when the re-ranking starts (where the runs start from, ...).
@@ -301,6 +322,7 @@ class RerankConfig:
     train: "TrainConfig"
     top_k: int = 10
     include_reference: bool = False
+    spread_k: int = 0
     eval_split: str = "val"
     eval_crop_size: tuple[int, int] = (513, 513)
     eval_scales: tuple[float, ...] = (1.0,)
@@ -315,6 +337,8 @@ class RerankConfig:
         object.__setattr__(self, "notes", tuple(self.notes))
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {self.top_k!r}")
+        if isinstance(self.spread_k, bool) or not isinstance(self.spread_k, int) or self.spread_k < 0:
+            raise ValueError(f"spread_k must be an integer >= 0, got {self.spread_k!r}")
         if self.train.model.context != "dpc":
             raise ValueError(
                 f"context={self.train.model.context!r}: re-ranking trains each cell as the model's Dense "
@@ -498,7 +522,9 @@ def run_rerank(config: RerankConfig, stream: TextIO | None = None, verbose: int 
     search_config = load_search_config(config.search_dir)
     study = open_study(search_config)
     trials = study_lib.all_trials(study)
-    candidates, notes = select_candidates(trials, search_config.space, config.top_k, config.include_reference)
+    candidates, notes = select_candidates(
+        trials, search_config.space, config.top_k, config.include_reference, config.spread_k
+    )
     if not candidates:
         raise ValueError(f"search_dir={config.search_dir}: the study has no completed cell to re-rank")
     check_settings(study.user_attrs.get(SETTINGS), config)

@@ -67,6 +67,8 @@ DEFAULT_OBJECTIVE = "deeplab_dpc.nas.objective:proxy_objective"
 EXECUTORS = ("local", "ray")
 CONFIG_FILE = "search_config.json"
 LOCK_FILE = "claims.lock"
+# The best cell by proxy score so far (the re-ranked winner is rerank's best_cell.json).
+BEST_PROXY_CELL = "best_proxy_cell.json"
 # Fields that may change when a search is continued: budgets and how it is run, not what it searches.
 RESUMABLE_FIELDS = frozenset(
     {
@@ -142,7 +144,7 @@ class SearchConfig:
 
     Args:
         search_dir: where the config, the default SQLite study, the claim lock, TensorBoard logs
-            and ``best_cell.json`` go.
+            and ``best_proxy_cell.json`` go.
         storage: Optuna storage: None (``sqlite:///<search_dir>/study.db``), a database URL, or a
             journal file (``journal:PATH`` or a path ending in .log) for many processes. Resolved
             to a URL on construction.

@@ -185,3 +185,15 @@ def test_ray_executor_completes_trials_and_retries_a_lost_task(tmp_path, objecti
     killed = trials[victim.number]
     retry = trials[killed.user_attrs["retried_as"]]
     assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+
+
+def test_local_workers_share_the_cores_without_overriding_the_user(monkeypatch):
+    assert [executors.cpu_threads_per_worker(n, cpus=2) for n in (1, 2, 3)] == [2, 1, 1]
+    assert executors.cpu_threads_per_worker(2, cpus=16) == 8
+    monkeypatch.delenv("TF_NUM_INTRAOP_THREADS", raising=False)
+    monkeypatch.setenv("TF_NUM_INTEROP_THREADS", "3")  # the user's own setting
+    executors._share_cpu_threads(1)
+    assert "TF_NUM_INTRAOP_THREADS" not in os.environ  # one worker: TensorFlow's default
+    executors._share_cpu_threads(os.cpu_count() or 1)
+    assert os.environ["TF_NUM_INTRAOP_THREADS"] == "1"
+    assert os.environ["TF_NUM_INTEROP_THREADS"] == "3"

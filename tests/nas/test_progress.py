@@ -1,4 +1,4 @@
-"""What a person sees: trial lines, the status line, TensorBoard's HParams records, best_cell.json."""
+"""What a person sees: trial lines, the status line, TensorBoard's HParams records, best_proxy_cell.json."""
 
 import io
 import json
@@ -124,7 +124,7 @@ def test_progress_reports_each_trial_once_and_saves_the_best_cell(tmp_path):
     report.update([a, b])
     text = out.getvalue()
     assert text.count("trial 0 done") == 1 and text.count("trial 1 done") == 1
-    with open(tmp_path / "best_cell.json") as f:
+    with open(tmp_path / "best_proxy_cell.json") as f:
         assert json.load(f) == space_lib.aspp_cell().to_list()
     status = report.status([a, b])
     assert status.startswith("[2/4 trials: 2 done, 0 failed, 0 running")

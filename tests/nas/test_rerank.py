@@ -112,6 +112,19 @@ def test_candidates_are_the_top_distinct_completed_cells_by_proxy_score(tmp_path
     assert [c.number for c in everything] == [1, 4, 0, 5]  # the duplicate and the failure left out
 
 
+def test_spread_cells_cover_the_rest_of_the_proxy_ranking(tmp_path):
+    assert rerank_lib.spread_ranks(10, 3) == [0, 4, 9]  # best, middle, worst of the rest
+    assert rerank_lib.spread_ranks(10, 1) == [5]
+    assert rerank_lib.spread_ranks(3, 5) == [0, 1, 2]
+    assert rerank_lib.spread_ranks(0, 2) == [] and rerank_lib.spread_ranks(5, 0) == []
+    config, study = standard_study(tmp_path)  # distinct by proxy score: 1, 4, 0, 5
+    trials = study_lib.all_trials(study)
+    chosen, _ = rerank_lib.select_candidates(trials, config.space, top_k=1, spread_k=2)
+    assert [(c.number, c.proxy_rank) for c in chosen] == [(1, 1), (4, 2), (5, 4)]
+    with pytest.raises(ValueError, match="spread_k"):
+        rerank_lib.RerankConfig(search_dir=str(tmp_path), train=None, spread_k=-1)
+
+
 def test_reference_cells_are_found_by_graph_and_added(tmp_path):
     config, study = make_search(tmp_path, num_branches=5)
     published = space_lib.published_cell()

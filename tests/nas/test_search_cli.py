@@ -209,5 +209,5 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     assert third.returncode == 0, third.stderr
     assert len(log.read_text().splitlines()) == 6
     assert "best proxy mIoU" in third.stderr
-    with open(search_dir / "best_cell.json") as f:
+    with open(search_dir / "best_proxy_cell.json") as f:
         assert len(json.load(f)) == 2
