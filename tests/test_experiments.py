@@ -1,4 +1,5 @@
-"""Every experiments/**/*.flags parses into a valid TrainConfig and carries its header."""
+"""Every experiments/**/*.flags parses into its entry point's config and carries its header: training
+flagfiles into a TrainConfig, search.flags into a SearchConfig, rerank.flags into a RerankConfig."""
 
 import pathlib
 
@@ -8,13 +9,16 @@ from absl import flags
 from deeplab_dpc import train as train_main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-FLAGFILES = sorted((REPO / "experiments").rglob("*.flags"))
+ALL_FLAGFILES = sorted((REPO / "experiments").rglob("*.flags"))
+SEARCH_FLAGFILES = [p for p in ALL_FLAGFILES if p.name == "search.flags"]
+RERANK_FLAGFILES = [p for p in ALL_FLAGFILES if p.name == "rerank.flags"]
+FLAGFILES = [p for p in ALL_FLAGFILES if p not in SEARCH_FLAGFILES + RERANK_FLAGFILES]
 
 
 def test_the_promised_flagfiles_exist():
-    names = {str(p.relative_to(REPO / "experiments")) for p in FLAGFILES}
+    names = {str(p.relative_to(REPO / "experiments")) for p in ALL_FLAGFILES}
     assert {"camvid/mobilenet_v2_dpc.flags", "camvid/mobilenet_v2_aspp.flags", "camvid/xception_65_dpc.flags",
-            "cityscapes/mobilenet_v2_dpc.flags"} <= names
+            "cityscapes/mobilenet_v2_dpc.flags", "camvid/search.flags", "cityscapes/search.flags"} <= names
     assert any(n.startswith("pascal_voc_seg/") for n in names)
     assert any(n.startswith("pascal_person_part/") for n in names)
 
@@ -35,3 +39,45 @@ def test_flagfile_parses_into_a_train_config(path, tmp_path, monkeypatch):
     assert config.model.num_classes == config.data.descriptor.num_classes
     if "dpc" in path.stem:
         assert config.model.context == "dpc" and len(config.model.dense_prediction_cell.branches) == 5
+
+
+def _header(path) -> str:
+    return "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+
+
+@pytest.mark.parametrize("path", SEARCH_FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_search_flagfile_parses_into_a_search_config(path, tmp_path):
+    from deeplab_dpc import search as search_main
+
+    header = _header(path)
+    assert "Command:" in header and "easured" in header, f"{path.name}: header lacks the command or its runtime"
+    fv = flags.FlagValues()
+    search_main.define_flags(fv)
+    fv(["search", f"--flagfile={path}", f"--cache_dir={tmp_path}", f"--search_dir={tmp_path / 'search'}"])
+    config = search_main.config_from_flags(fv)
+    assert config.enqueue_published and config.num_branches == 5 and config.max_trials >= 100
+    assert config.proxy["cache_dir"] == str(tmp_path) and config.proxy["proxy_steps"] == fv.proxy_steps
+    if "cityscapes" in str(path):  # the paper's proxy: 30K steps of batch 8 with 256 filters
+        assert (config.proxy["proxy_steps"], config.proxy["batch_size"], config.proxy["proxy_filters"]) == (
+            30000,
+            8,
+            256,
+        )
+
+
+@pytest.mark.parametrize("path", RERANK_FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_rerank_flagfile_parses_into_a_rerank_config(path, tmp_path):
+    from deeplab_dpc import rerank as rerank_main
+    from deeplab_dpc.nas import study as study_lib
+
+    assert "Command:" in _header(path)
+    search_dir = tmp_path / "search"
+    study_lib.prepare_search_dir(
+        study_lib.SearchConfig(search_dir=str(search_dir), objective="tests.nas.fakes:deterministic")
+    )
+    fv = flags.FlagValues()
+    rerank_main.define_flags(fv)
+    fv(["rerank", f"--flagfile={path}", f"--search_dir={search_dir}", f"--dataset_dir={tmp_path}"])
+    config = rerank_main.config_from_flags(fv)
+    assert config.train.model.context == "dpc" and config.top_k >= 1 and config.include_reference
+    assert config.train.train_logdir == str(search_dir / "rerank")
