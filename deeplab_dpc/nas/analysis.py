@@ -275,12 +275,13 @@ def cell_layout(spec: CellSpec) -> dict[int, tuple[float, float]]:
 _OP_COLOURS = {"conv 1x1": "#c6dbef", "sep": "#fdd0a2", "pool": "#c7e9c0"}
 
 
-def draw_cell(ax, spec: CellSpec, title: str = "") -> None:
-    """One cell on ``ax``: boxes and arrows (Fig. 6)."""
+def draw_cell(ax, spec: CellSpec, title: str = "", columns: int | None = None) -> None:
+    """One cell on ``ax``: boxes and arrows (Fig. 6). ``columns``: the widest cell's column count
+    in the figure, so that every cell is drawn at one scale (a shallow cell is not squeezed)."""
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: PLC0415
 
     position = cell_layout(spec)
-    x_gap, y_gap, width, height = 2.2, 1.0, 1.6, 0.62
+    x_gap, y_gap, width, height = 2.2, 1.0, 1.8, 0.7
     centre = {n: (x * x_gap, y * y_gap) for n, (x, y) in position.items()}
     last_column = max(x for x, _ in position.values()) + 1
     concat = (last_column * x_gap, 0.0)
@@ -298,7 +299,7 @@ def draw_cell(ax, spec: CellSpec, title: str = "") -> None:
                 lw=1,
             )
         )
-        ax.text(x, y, text, ha="center", va="center", fontsize=8)
+        ax.text(x, y, text, ha="center", va="center", fontsize=7)
 
     def arrow(a, b):
         start = (a[0] + width / 2, a[1])
@@ -319,14 +320,16 @@ def draw_cell(ax, spec: CellSpec, title: str = "") -> None:
     for i, branch in enumerate(spec.branches):
         label = op_label(branch)
         colour = _OP_COLOURS.get(label, _OP_COLOURS["sep" if label.startswith("sep") else "pool"])
-        box(centre[i], f"b{i}: {label}", colour)
+        box(centre[i], f"b{i}\n{label}", colour)
         arrow(centre[branch.input], centre[i])
         arrow(centre[i], concat)
     box(concat, "concat\n+ 1x1 proj", "#dadaeb")
     ys = [y for _, y in centre.values()]
-    ax.set_xlim(-width, concat[0] + width)
-    ax.set_ylim(min(ys) - 1, max(ys) + 1)
-    ax.set_aspect("equal")
+    span = max(columns or 0, last_column) * x_gap
+    ax.set_xlim(-width, span + width)
+    middle = (min(ys) + max(ys)) / 2
+    half = max((max(ys) - min(ys)) / 2, (len(spec.branches) - 1) * y_gap / 2) + 1
+    ax.set_ylim(middle - half, middle + half)
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=9)
@@ -334,10 +337,11 @@ def draw_cell(ax, spec: CellSpec, title: str = "") -> None:
 
 def plot_cells(path: str, cells: Sequence[tuple[CellSpec, str]]) -> str:
     """Fig. 6: one diagram per (spec, title), stacked."""
-    fig = _figure(8, 2.6 * len(cells))
+    columns = max(max(x for x, _ in cell_layout(spec).values()) + 1 for spec, _ in cells)
+    fig = _figure(max(8.0, 1.6 * (columns + 1)), 2.6 * len(cells))
     axes = fig.subplots(len(cells), 1, squeeze=False)[:, 0]
     for ax, (spec, title) in zip(axes, cells):
-        draw_cell(ax, spec, title)
+        draw_cell(ax, spec, title, columns)
     return _save(fig, path)
 
 
