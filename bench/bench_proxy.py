@@ -1,6 +1,9 @@
 r"""Proxy trial cost: time per training step and per trial of the published cell at 256/128/64/32 filters.
 
     python bench/bench_proxy.py [--steps=25 --warmup=5 --repeats=2 --train_examples=64 --eval_examples=16]
+    # the paper's proxy on a GPU (JAX): Cityscapes 769x769 crops, 256 filters, 30K-step trials
+    KERAS_BACKEND=jax python bench/bench_proxy.py --features=49,49,320 --crop=769,769 --filters=256 \
+        --steps=300 --warmup=50 --project_steps=30000
 
 On CamVid-sized features (23x30x320, MobileNet-v2 at stride 16 on 360x480
 crops; random values: cost does not depend on them), batch 8, labels at 4x the
@@ -46,15 +49,15 @@ FEATURES = (23, 30, 320)
 CROP = (360, 480)
 
 
-def make_cache(root: str, train: int, val: int, num_classes: int = 11) -> None:
+def make_cache(root: str, train: int, val: int, num_classes: int = 11, features=FEATURES, crop=CROP) -> None:
     from deeplab_dpc.nas.features import write_arrays
 
     rng = np.random.default_rng(0)
     for split, n in (("train", train), ("val", val)):
-        features = rng.normal(size=(n, *FEATURES)).astype("float16")
-        labels = rng.integers(0, num_classes, size=(n, *CROP)).astype("uint8")
+        features_ = rng.normal(size=(n, *features)).astype("float16")
+        labels = rng.integers(0, num_classes, size=(n, *crop)).astype("uint8")
         write_arrays(
-            root, split, features, labels, num_classes=num_classes, shard_size=32, description="random"
+            root, split, features_, labels, num_classes=num_classes, shard_size=32, description="random"
         )
 
 
@@ -86,7 +89,13 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--train_examples", type=int, default=64)
     parser.add_argument("--eval_examples", type=int, default=16)
+    parser.add_argument("--features", default=",".join(map(str, FEATURES)), help="height,width,channels")
+    parser.add_argument("--crop", default=",".join(map(str, CROP)), help="label height,width")
+    parser.add_argument("--project_steps", type=int, default=300, help="steps of the projected trial")
     args = parser.parse_args(argv)
+    features = tuple(int(v) for v in args.features.split(","))
+    crop = tuple(int(v) for v in args.crop.split(","))
+    project = args.project_steps
 
     import keras
 
@@ -97,7 +106,7 @@ def main(argv=None):
     filters = [int(f) for f in args.filters.split(",")]
     root = tempfile.mkdtemp(prefix="bench_proxy_")
     try:
-        make_cache(root, args.train_examples, args.eval_examples)
+        make_cache(root, args.train_examples, args.eval_examples, features=features, crop=crop)
         base = ProxyConfig(cache_dir=root, proxy_steps=args.steps, batch_size=args.batch_size)
         data = load_proxy_data(base)
         load_start = os.getloadavg()
@@ -118,14 +127,15 @@ def main(argv=None):
     print(f"command: python bench/bench_proxy.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(
         f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs, load average {load_start[0]:.1f} at the "
-        f"start, {load_end[0]:.1f} at the end; published cell, features {list(FEATURES)}, batch "
+        f"start, {load_end[0]:.1f} at the end; published cell, features {list(features)}, batch "
         f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
         f"eval on {args.eval_examples} examples "
-        f"at {CROP[0]}x{CROP[1]}, median of {args.repeats}"
+        f"at {crop[0]}x{crop[1]}, median of {args.repeats}"
     )
     print(
         f"{'filters':>7} {'ms/step':>8} {'CPU ms/step':>11} {'vs 256':>7} {'MAdds (G)':>9} {'params':>8} "
-        f"{'trial s':>8} {'CPU s':>6} {'fixed s':>8} {'CPU s':>6} {'300 steps s':>11} {'CPU s':>6}"
+        f"{'trial s':>8} {'CPU s':>6} {'fixed s':>8} {'CPU s':>6} {f'{project} steps s':>11} {'CPU s':>6} "
+        f"{'trials/h':>8}"
     )
     reference = None
     for f in filters:
@@ -138,9 +148,12 @@ def main(argv=None):
         print(
             f"{f:7d} {per_step * 1000:8.0f} {cpu_step * 1000:11.0f} {ratio:>7} {result['madds'] / 1e9:9.3f} "
             f"{result['params']:8d} {trial:8.1f} {cpu_trial:6.1f} {fixed:8.1f} {cpu_fixed:6.1f} "
-            f"{fixed + 300 * per_step:11.0f} {cpu_fixed + 300 * cpu_step:6.0f}"
+            f"{fixed + project * per_step:11.0f} {cpu_fixed + project * cpu_step:6.0f} "
+            f"{3600 / (fixed + project * per_step):8.1f}"
         )
-    print("vs 256: wall/CPU time per step relative to 256 filters")
+    print(
+        f"vs 256: wall/CPU time per step relative to 256 filters; trials/h: one worker, {project}-step trials"
+    )
 
 
 if __name__ == "__main__":
