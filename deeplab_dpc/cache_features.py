@@ -65,11 +65,26 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean(
         "flip", False, "Also cache each image's left-right mirror (two examples per image).", **f
     )
+    flags.DEFINE_list(
+        "source_size",
+        None,
+        "height,width images are padded to before --crops_per_image crops of --crop_size are cut from them "
+        "(unset: one crop, the whole image padded to --crop_size).",
+        **f,
+    )
+    flags.DEFINE_integer(
+        "crops_per_image",
+        1,
+        "Crops cut from each image (with --source_size), at positions seeded by --seed.",
+        **f,
+    )
     flags.DEFINE_integer("shard_size", 64, "Images per shard (the unit of resumption).", **f)
     flags.DEFINE_integer("batch_size", 4, "Images per backbone call.", **f)
     flags.DEFINE_integer("max_images", None, "Cache only the first N images of the split.", **f)
     flags.DEFINE_boolean("overwrite", False, "Replace a cache of this split made with other settings.", **f)
-    flags.DEFINE_integer("seed", 0, "Seed of a random backbone (no weights given).", **f)
+    flags.DEFINE_integer(
+        "seed", 0, "Seed of a random backbone (no weights given) and of the crop positions.", **f
+    )
 
 
 def config_from_flags(fv: flags.FlagValues):
@@ -94,6 +109,8 @@ def config_from_flags(fv: flags.FlagValues):
             tf_initial_checkpoint=fv.tf_initial_checkpoint,
             backbone_weights=fv.backbone_weights,
             flip=fv.flip,
+            source_size=cli.parse_pair(fv.source_size, "source_size") if fv.source_size else None,
+            crops_per_image=fv.crops_per_image,
             shard_size=fv.shard_size,
             batch_size=fv.batch_size,
             max_images=fv.max_images,

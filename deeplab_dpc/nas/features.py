@@ -123,7 +123,13 @@ class CacheConfig:
             ImageNet weights (``core.backbones.load_backbone_weights``).
             With neither, the backbone has random weights (a warning), and its
             batch norms take the statistics of the first batch.
-        flip: also cache each image's left-right mirror.
+        flip: also cache each image's left-right mirror (of every crop).
+        source_size: (height, width) images are padded (cut) to before ``crops_per_image`` crops of
+            ``crop_size`` are cut from them at seeded positions (None: one crop, the whole padded
+            image, as evaluation sees it). For datasets whose images are larger than the proxy's
+            crop (Cityscapes: 1024x2048 images, 769x769 crops).
+        crops_per_image: crops cut from each image of ``source_size``; the positions depend only on
+            ``seed`` and the image's index, so a resumed cache cuts the same ones.
         shard_size: images per shard (a shard holds ``shard_size`` examples,
             twice that with ``flip``).
         batch_size: images per backbone call.
@@ -147,6 +153,8 @@ class CacheConfig:
     tf_initial_checkpoint: str | None = None
     backbone_weights: str | None = None
     flip: bool = False
+    source_size: tuple[int, int] | None = None
+    crops_per_image: int = 1
     shard_size: int = 64
     batch_size: int = 4
     max_images: int | None = None
@@ -169,7 +177,18 @@ class CacheConfig:
                 f"crop_size={list(self.crop_size)} must be two positive integers (height, width)"
             )
         object.__setattr__(self, "crop_size", crop)
-        for name in ("shard_size", "batch_size"):
+        if self.source_size is not None:
+            source = tuple(int(c) for c in self.source_size)
+            if len(source) != 2 or source[0] < crop[0] or source[1] < crop[1]:
+                raise ValueError(
+                    f"source_size={list(self.source_size)} must be two integers at least crop_size={list(crop)}"
+                )
+            object.__setattr__(self, "source_size", source)
+        elif self.crops_per_image != 1:
+            raise ValueError(
+                f"crops_per_image={self.crops_per_image} needs source_size (the padded image the crops are cut from)"
+            )
+        for name in ("shard_size", "batch_size", "crops_per_image"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
@@ -426,7 +445,9 @@ def _image_source(config: CacheConfig):
     from deeplab_dpc.data.preprocess import PreprocessConfig  # noqa: PLC0415
 
     preprocess = PreprocessConfig(
-        crop_size=config.crop_size, ignore_label=config.data.descriptor.ignore_label, is_training=False
+        crop_size=config.source_size or config.crop_size,
+        ignore_label=config.data.descriptor.ignore_label,
+        is_training=False,
     )
     batches = make_batches(config.data, config.split, preprocess, 1, as_tuple=False)
     if hasattr(batches, "sample"):  # numpy_loader.SegmentationPyDataset
@@ -473,7 +494,23 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
             "backbone_weights): "
             "its features suit tests, not a search"
         )
-    copies = 2 if config.flip else 1
+    crops = config.crops_per_image
+    copies = crops * (2 if config.flip else 1)
+    augmentation = {
+        "flip": config.flip,
+        "copies_per_image": copies,
+        "preprocessing": "evaluation: whole image padded bottom/right to crop_size (mean pixel; labels "
+        "ignore_label)" + ("; copy 2: left-right mirror of the padded crop" if config.flip else ""),
+    }
+    if config.source_size is not None:
+        augmentation.update(
+            source_size=list(config.source_size),
+            crops_per_image=crops,
+            crop_seed=config.seed,
+            preprocessing=f"evaluation: whole image padded bottom/right to source_size (mean pixel; labels "
+            f"ignore_label), then {crops} crop(s) of crop_size at positions seeded by crop_seed and the "
+            "image's index" + ("; each followed by its left-right mirror" if config.flip else ""),
+        )
     identity = {
         "format": FORMAT,
         "split": config.split,
@@ -489,12 +526,7 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
         "ignore_label": descriptor.ignore_label,
         "crop_size": list(config.crop_size),
         "backbone": backbone.description,
-        "augmentation": {
-            "flip": config.flip,
-            "copies_per_image": copies,
-            "preprocessing": "evaluation: whole image padded bottom/right to crop_size (mean pixel; labels "
-            "ignore_label)" + ("; copy 2: left-right mirror of the padded crop" if config.flip else ""),
-        },
+        "augmentation": augmentation,
         "shard_size": config.shard_size,
         "num_images": total_images,
         "feature_dtype": FEATURE_DTYPE,
@@ -521,17 +553,23 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
         # Random weights: batch norm statistics of the split's first images, whichever shards remain.
         first_images = _first_images(get_sample, in_order, min(config.batch_size, total_images))
         backbone.warm_start(first_images)
-    bar = Progress(total_images, f"caching {config.split}", initial=done_images) if progress else None
+    bar = (
+        Progress(total_images * crops, f"caching {config.split}", initial=done_images * crops)
+        if progress
+        else None
+    )
     for index, first, count, shard_samples in _samples_for(pending, get_sample, in_order, total_images):
         images = np.stack([s["image"] for s in shard_samples]).astype(np.float32)
-        features = _run_backbone(backbone.extract, images, config.batch_size, config.flip, bar)
         labels = np.stack([s["label"][..., 0] for s in shard_samples]).astype(LABEL_DTYPE)
         names = np.array([_name(s) for s in shard_samples], dtype=np.str_)
-        flipped = np.zeros(len(shard_samples), bool)
+        if config.source_size is not None:
+            images, labels, names = cut_crops(images, labels, names, first, config)
+        features = _run_backbone(backbone.extract, images, config.batch_size, config.flip, bar)
+        flipped = np.zeros(len(labels), bool)
         if config.flip:
+            flipped = np.tile([False, True], len(labels))
             labels = np.stack([labels, labels[:, :, ::-1]], axis=1).reshape(-1, *labels.shape[1:])
             names = np.repeat(names, 2)
-            flipped = np.tile([False, True], len(shard_samples))
         entry = _write_shard(
             config.cache_dir, config.split, index, first, count, features, labels, names, flipped
         )
@@ -545,6 +583,31 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
     _check_shapes(config, manifest)
     _save_manifest(config, manifest, complete=True)
     return manifest
+
+
+def crop_offsets(
+    image_index: int, crops: int, source_size: tuple[int, int], crop_size: tuple[int, int], seed: int
+) -> list[tuple[int, int]]:
+    """(top, left) of each crop of one image: uniform over the valid positions, from a generator seeded
+    by ``seed`` and the image's index alone (a resumed or re-sharded cache cuts the same crops)."""
+    rng = np.random.default_rng([int(seed), int(image_index)])
+    rows = source_size[0] - crop_size[0] + 1
+    cols = source_size[1] - crop_size[1] + 1
+    return [(int(rng.integers(rows)), int(rng.integers(cols))) for _ in range(crops)]
+
+
+def cut_crops(images, labels, names, first: int, config: CacheConfig):
+    """``crops_per_image`` crops of each padded image (images ``first``, ``first + 1``, ... of the
+    split), in image order: (images, labels, names), each ``crops_per_image`` times as long."""
+    height, width = config.crop_size
+    out_images, out_labels = [], []
+    for i in range(len(images)):
+        for top, left in crop_offsets(
+            first + i, config.crops_per_image, config.source_size, config.crop_size, config.seed
+        ):
+            out_images.append(images[i, top : top + height, left : left + width])
+            out_labels.append(labels[i, top : top + height, left : left + width])
+    return np.stack(out_images), np.stack(out_labels), np.repeat(names, config.crops_per_image)
 
 
 def _name(sample: dict) -> str:

@@ -302,3 +302,46 @@ def test_the_run_contradicting_a_model_flag_is_named(dataset, run_dir, tmp_path)
     )
     with pytest.raises(app.UsageError, match="--output_stride=8 contradicts the run's model config"):
         cache_features.run(fv)
+
+
+def test_several_crops_per_image_are_the_backbone_output_on_those_crops(dataset, run_dir, tmp_path):
+    """Images padded to 64x80, three seeded 32x48 crops each, each followed by its mirror."""
+    from deeplab_dpc.runs import load_model_for_inference
+
+    crop, source = (32, 48), CROP
+    config = _config(
+        dataset,
+        tmp_path / "c",
+        run_dir,
+        crop_size=crop,
+        source_size=source,
+        crops_per_image=3,
+        max_images=5,
+        seed=4,
+    )
+    manifest = cache_split(config, progress=False)
+    assert manifest["num_examples"] == 5 * 3 * 2 and manifest["augmentation"]["copies_per_image"] == 6
+    assert manifest["augmentation"]["source_size"] == list(source) and manifest["label_shape"] == list(crop)
+    got, labels = FeatureCache(str(tmp_path / "c"), "train").load_all("float32")
+
+    model, _ = load_model_for_inference(run_dir)
+    source_data = open_source(dataset, "train")
+    padded = preprocess_numpy(
+        source_data[3], PreprocessConfig(crop_size=source, ignore_label=255, is_training=False)
+    )
+    offsets = features_lib.crop_offsets(3, 3, source, crop, seed=4)
+    assert len(set(offsets)) == 3 and all(0 <= t <= 32 and 0 <= left <= 32 for t, left in offsets)
+    assert offsets == features_lib.crop_offsets(3, 3, source, crop, seed=4)  # a resume cuts the same crops
+    assert offsets != features_lib.crop_offsets(3, 3, source, crop, seed=5)
+    top, left = offsets[1]
+    image = padded["image"][top : top + crop[0], left : left + crop[1]][None].astype("float32")
+    expected = np.asarray(model.get_layer("backbone")(model.get_layer("normalize")(image))["features"])[0]
+    example = (3 * 3 + 1) * 2  # image 3, crop 1, not mirrored
+    np.testing.assert_allclose(got[example], expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    label = padded["label"][top : top + crop[0], left : left + crop[1], 0]
+    np.testing.assert_array_equal(labels[example], label)
+    np.testing.assert_array_equal(labels[example + 1], label[:, ::-1])
+    with pytest.raises(ValueError, match="crops_per_image=2 needs source_size"):
+        _config(dataset, tmp_path / "d", run_dir, crops_per_image=2)
+    with pytest.raises(ValueError, match="source_size=.*at least crop_size"):
+        _config(dataset, tmp_path / "d", run_dir, source_size=(32, 32))
