@@ -1,0 +1,97 @@
+r"""The figures of finished searches: throughput, score distribution, best so far, re-ranking.
+
+    python bench/search_report.py /tmp/runs/random [/tmp/runs/evolution ...] [--at=25,50,75,100]
+
+For each search folder (``deeplab_dpc.search``'s ``--search_dir``): trials per
+hour over the search's wall time (first trial start to last trial end, the
+workers' start-up included), the mean trial time per worker, the proxy
+score distribution over distinct completed cells (and where the published and
+ASPP cells fall in it), the best proxy score after the first N trials (the
+fair comparison of strategies at one budget), and, where ``deeplab_dpc.rerank``
+ran, each re-ranked cell's proxy and full score with Spearman's rho.
+Prints the command that made the figures first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def report(search_dir: str, at: list[int]) -> None:
+    from optuna.trial import TrialState
+
+    from deeplab_dpc.nas import rerank as rerank_lib
+    from deeplab_dpc.nas import space as space_lib
+    from deeplab_dpc.nas import study as study_lib
+    from deeplab_dpc.nas.analysis import spearman_rho
+
+    config = rerank_lib.load_search_config(search_dir)
+    study = rerank_lib.open_study(config)
+    trials = study_lib.all_trials(study)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
+    failed = [t for t in trials if t.state == TrialState.FAIL and study_lib.counts_toward_budget(t)]
+    finished = [t for t in done + failed if t.datetime_start and t.datetime_complete]
+    print(f"\n## {search_dir}: strategy {config.strategy}, seed {config.seed}, {config.num_workers} workers")
+    print(f"proxy: {dict((k, config.proxy.get(k)) for k in ('proxy_steps', 'batch_size', 'proxy_filters'))}")
+    print(
+        f"trials: {len(done)} completed, {len(failed)} failed, "
+        f"{sum(study_lib.is_duplicate(t) for t in trials)} duplicates"
+    )
+    if finished:
+        start = min(t.datetime_start for t in finished)
+        end = max(t.datetime_complete for t in finished)
+        hours = (end - start).total_seconds() / 3600
+        seconds = [t.user_attrs.get("seconds") for t in done if t.user_attrs.get("seconds")]
+        print(
+            f"wall {hours * 60:.1f} min: {len(finished) / hours:.1f} trials/hour; "
+            f"mean trial {np.mean(seconds):.1f} s per worker (median {np.median(seconds):.1f} s)"
+        )
+    scores = np.array([t.value for t in done])
+    if len(scores):
+        q = np.percentile(scores, [0, 10, 25, 50, 75, 90, 100]) * 100
+        print(
+            "proxy mIoU (x100): min {:.2f}, p10 {:.2f}, p25 {:.2f}, median {:.2f}, p75 {:.2f}, p90 {:.2f}, "
+            "max {:.2f}; std {:.2f}".format(*q, scores.std() * 100)
+        )
+        ranking = rerank_lib.proxy_ranking(trials, config.space)
+        for name, spec in space_lib.reference_cells().items():
+            found = [c for c in ranking if c.graph_hash == spec.canonical_hash()]
+            if found:
+                c = found[0]
+                print(f"{name}: proxy {c.proxy_miou * 100:.2f}, rank {c.proxy_rank} of {len(ranking)}")
+        order = sorted(done, key=lambda t: t.number)
+        best = np.maximum.accumulate([t.value for t in order]) * 100
+        marks = [n for n in at if n <= len(best)] + ([len(best)] if len(best) not in at else [])
+        print("best so far: " + ", ".join(f"{n} trials {best[n - 1]:.2f}" for n in marks))
+    records = rerank_lib.full_scores(study)
+    scored = [(n, r) for n, r in sorted(records.items()) if r.get(rerank_lib.FULL_MIOU) is not None]
+    if scored:
+        print(f"re-ranked ({len(scored)} cells, of {len(records)} recorded):")
+        print("  trial  proxy rank  proxy mIoU  full mIoU  reference")
+        for number, r in sorted(scored, key=lambda item: item[1]["proxy_rank"]):
+            print(
+                f"  {number:5d}  {r['proxy_rank']:10d}  {r['proxy_miou'] * 100:10.2f}  "
+                f"{r[rerank_lib.FULL_MIOU] * 100:9.2f}  {r.get('reference') or ''}"
+            )
+        if len(scored) >= 3:
+            rho = spearman_rho(
+                [r["proxy_miou"] for _, r in scored], [r[rerank_lib.FULL_MIOU] for _, r in scored]
+            )
+            print(f"Spearman's rho, proxy vs full: {rho:.3f} over {len(scored)} cells")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("search_dirs", nargs="+")
+    parser.add_argument("--at", default="10,25,50,75,100", help="best-so-far after these many trials")
+    args = parser.parse_args(argv)
+    print(f"command: python bench/search_report.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    for search_dir in args.search_dirs:
+        report(search_dir, [int(n) for n in args.at.split(",")])
+
+
+if __name__ == "__main__":
+    main()
