@@ -39,6 +39,7 @@ PROXY_FIELDS = (
     "momentum",
     "learning_power",
     "dropout_rate",
+    "drop_path_keep_prob",
     "eval_interval",
     "feature_dtype",
     "max_train_examples",
@@ -116,6 +117,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.", **f)
     flags.DEFINE_float("learning_power", 0.9, "Poly power.", **f)
     flags.DEFINE_float("dropout_rate", 0.1, "Dropout on the concatenated branches (the model's: 0.1).", **f)
+    flags.DEFINE_float(
+        "drop_path_keep_prob",
+        1.0,
+        "ScheduledDropPath: branch outputs kept with a probability falling linearly from 1 to this over "
+        "--proxy_steps (1: off).",
+        **f,
+    )
     flags.DEFINE_integer(
         "eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f
     )

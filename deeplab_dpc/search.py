@@ -33,6 +33,7 @@ PROXY_FLAGS = {
     "proxy_batch_size": "batch_size",
     "proxy_filters": "proxy_filters",
     "proxy_learning_rate": "learning_rate",
+    "proxy_drop_path_keep_prob": "drop_path_keep_prob",
 }
 FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
 
@@ -90,6 +91,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("proxy_batch_size", None, "Batch size of the proxy trainer.", **f)
     flags.DEFINE_integer("proxy_filters", None, "Filters of the proxy cell's convolutions.", **f)
     flags.DEFINE_float("proxy_learning_rate", None, "Learning rate of the proxy trainer.", **f)
+    flags.DEFINE_float(
+        "proxy_drop_path_keep_prob", None, "ScheduledDropPath's final keep probability in proxy trials.", **f
+    )
 
 
 def _proxy_message(message: str) -> str:

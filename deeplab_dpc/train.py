@@ -55,6 +55,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("tf_initial_checkpoint", None, "DeepLab TF1 checkpoint, or a Keras checkpoint / train_logdir.", **f)
     flags.DEFINE_boolean("initialize_last_layer", True, "Restore the logits from tf_initial_checkpoint.", **f)
     flags.DEFINE_float("last_layer_gradient_multiplier", 1.0, "Gradient multiplier of the logits layer.", **f)
+    flags.DEFINE_float(
+        "drop_path_keep_prob", 1.0,
+        "ScheduledDropPath (NASNet): each Dense Prediction Cell branch output is kept with a probability "
+        "falling linearly from 1 to this over --training_number_of_steps (1: off; off at inference).", **f,
+    )
     flags.DEFINE_float("save_interval_secs", 1200, "Seconds between checkpoints.", **f)
     flags.DEFINE_integer("log_steps", 10, "Steps between log lines, summaries and checkpoint checks.", **f)
     flags.DEFINE_string("eval_split", None, "Split for mIoU during training.", **f)
@@ -83,10 +88,17 @@ def config_from_flags(fv: flags.FlagValues):
         raise app.UsageError("--train_logdir is required")
     data = cli.data_config_from_flags(fv)
     model = cli.model_config_from_flags(fv, data.descriptor.num_classes, fv.weight_decay)
-    if fv.last_layer_gradient_multiplier != 1.0:
-        import dataclasses  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
 
+    if fv.last_layer_gradient_multiplier != 1.0:
         model = dataclasses.replace(model, last_layer_gradient_multiplier=fv.last_layer_gradient_multiplier)
+    if fv.drop_path_keep_prob != 1.0:
+        try:
+            model = dataclasses.replace(
+                model, drop_path_keep_prob=fv.drop_path_keep_prob, drop_path_steps=fv.training_number_of_steps
+            )
+        except ValueError as e:
+            raise app.UsageError(cli.flag_message(str(e), fv)) from None
     try:
         return TrainConfig(
             model=model,

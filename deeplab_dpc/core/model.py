@@ -56,6 +56,10 @@ class ModelConfig:
             (glorot_uniform). Trained or ImageNet weights replace either; from
             scratch on short budgets "keras" trains faster (BENCHMARKS.md). The
             logits start from a truncated normal of 0.01 in both.
+        drop_path_keep_prob: ScheduledDropPath's final keep probability in the
+            Dense Prediction Cell (1: off; ``DensePredictionCell``).
+        drop_path_steps: steps over which it falls from 1 (the training run's
+            length; ``train`` sets it from ``training_number_of_steps``).
     """
 
     num_classes: int
@@ -70,6 +74,8 @@ class ModelConfig:
     dropout_rate: float = 0.1
     last_layer_gradient_multiplier: float = 1.0
     initializer: str = "deeplab"
+    drop_path_keep_prob: float = 1.0
+    drop_path_steps: int = 0
 
     def __post_init__(self):
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -96,6 +102,16 @@ class ModelConfig:
             raise ValueError(f"initializer={self.initializer!r} is unknown; valid: {list(INITIALIZERS)}")
         if self.atrous_rates is not None:
             object.__setattr__(self, "atrous_rates", tuple(int(r) for r in self.atrous_rates))
+        if not 0.0 < self.drop_path_keep_prob <= 1.0:
+            raise ValueError(f"drop_path_keep_prob={self.drop_path_keep_prob} must be in (0, 1]")
+        if self.drop_path_keep_prob < 1.0:
+            if self.context != "dpc":
+                raise ValueError(
+                    f"drop_path_keep_prob={self.drop_path_keep_prob} drops Dense Prediction Cell branches; "
+                    f"context={self.context!r} has none"
+                )
+            if self.drop_path_steps < 1:
+                raise ValueError(f"drop_path_steps={self.drop_path_steps} must be positive with drop path")
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -164,6 +180,8 @@ def build_context(config: ModelConfig):
             dropout_rate=config.dropout_rate,
             weight_decay=config.weight_decay,
             initializer=config.initializer,
+            drop_path_keep_prob=config.drop_path_keep_prob,
+            drop_path_steps=config.drop_path_steps,
         )
     if config.context == "aspp":
         return ASPP(

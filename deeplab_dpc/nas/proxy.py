@@ -95,6 +95,8 @@ class ProxyConfig:
         momentum: SGD momentum.
         learning_power: poly power.
         dropout_rate: dropout on the concatenated branches (the model's is 0.1).
+        drop_path_keep_prob: ScheduledDropPath's final keep probability, reached at
+            ``proxy_steps`` (1: off).
         eval_interval: steps between intermediate val scores (``history``);
             0 scores only at the end.
         feature_dtype: ``float16`` or ``float32`` resident features.
@@ -121,6 +123,7 @@ class ProxyConfig:
     momentum: float = 0.9
     learning_power: float = 0.9
     dropout_rate: float = 0.1
+    drop_path_keep_prob: float = 1.0
     eval_interval: int = 0
     feature_dtype: str = "float16"
     max_train_examples: int | None = None
@@ -153,6 +156,7 @@ class ProxyConfig:
             "momentum",
             "learning_power",
             "dropout_rate",
+            "drop_path_keep_prob",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -168,6 +172,8 @@ class ProxyConfig:
             raise ValueError(f"momentum={self.momentum} must be in [0, 1)")
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
+        if not 0 < self.drop_path_keep_prob <= 1:
+            raise ValueError(f"drop_path_keep_prob={self.drop_path_keep_prob} must be in (0, 1]")
         for name in ("loss_resolution", "eval_resolution"):
             if getattr(self, name) not in RESOLUTIONS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(RESOLUTIONS)}")
@@ -361,6 +367,9 @@ def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int
         dropout_rate=config.dropout_rate,
         weight_decay=config.weight_decay,
         batch_norm_momentum=config.batch_norm_momentum,
+        drop_path_keep_prob=config.drop_path_keep_prob,
+        drop_path_steps=config.proxy_steps,
+        seed=config.seed,
     )(features)
     logits = Logits(num_classes, kernel_regularizer=l2_regularizer(config.weight_decay), name="logits")(x)
     return keras.Model(features, logits, name="proxy")

@@ -67,6 +67,9 @@ DEFAULT_OBJECTIVE = "deeplab_dpc.nas.objective:proxy_objective"
 EXECUTORS = ("local", "ray")
 CONFIG_FILE = "search_config.json"
 LOCK_FILE = "claims.lock"
+# Proxy trainer fields added after searches were already run, with the default that reproduces those
+# searches: a search_config.json without the field continues when the field is at this value.
+PROXY_FIELDS_ADDED = {"drop_path_keep_prob": 1.0}
 # The best cell by proxy score so far (the re-ranked winner is rerank's best_cell.json).
 BEST_PROXY_CELL = "best_proxy_cell.json"
 # Fields that may change when a search is continued: budgets and how it is run, not what it searches.
@@ -273,6 +276,13 @@ def prepare_search_dir(config: SearchConfig) -> str:
                 continue
             if name == "proxy":
                 for key in sorted(set(value) | set(old[name])):
+                    if (
+                        key not in old[name]
+                        and key in value
+                        and _canonical_json(value[key])
+                        == _canonical_json(PROXY_FIELDS_ADDED.get(key, object()))
+                    ):
+                        continue  # A field added since the search started, at its default: nothing changed.
                     if _canonical_json(value.get(key)) != _canonical_json(old[name].get(key)):
                         raise ConfigMismatch(
                             name,

@@ -100,6 +100,10 @@ def warm_start_batch_norm(model: keras.Model, images, keep=()) -> int:
         if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
     ]
     momenta = [layer.momentum for layer in layers]
+    # Other state a training forward pass advances (ScheduledDropPath's step count, random seeds) is
+    # put back: the warm start is not a training step.
+    statistics = {id(v) for layer in layers for v in (layer.moving_mean, layer.moving_variance)}
+    other_state = [(v, keras.ops.convert_to_numpy(v)) for v in model.non_trainable_variables if id(v) not in statistics]
     started = 0
     for layer in layers:
         kept = id(layer.moving_mean) in kept_variables or id(layer.moving_variance) in kept_variables
@@ -111,6 +115,8 @@ def warm_start_batch_norm(model: keras.Model, images, keep=()) -> int:
     finally:
         for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
+        for variable, value in other_state:
+            variable.assign(value)
     return started
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -152,6 +153,17 @@ def test_equal_seeds_give_equal_scores_in_one_process(cache_dir):
     first = run_proxy(CELL, config, features=data)
     again = run_proxy(CELL, config, features=data)  # dropout included
     assert first["miou"] == again["miou"] and first["final_loss"] == again["final_loss"]
+
+
+def test_scheduled_drop_path_trains_and_changes_the_run_but_not_inference(cache_dir):
+    config = _fast(cache_dir, proxy_steps=10, eval_interval=0)
+    data = load_proxy_data(config)
+    plain = run_proxy(CELL, config, features=data)
+    dropped = run_proxy(
+        CELL, ProxyConfig.from_dict(dict(config.to_dict(), drop_path_keep_prob=0.5)), features=data
+    )
+    assert dropped["config"]["drop_path_keep_prob"] == 0.5 and math.isfinite(dropped["miou"])
+    assert dropped["final_loss"] != plain["final_loss"]  # branches were dropped in training
 
 
 def test_features_loaded_for_another_config_are_refused(cache_dir):

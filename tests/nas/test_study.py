@@ -108,6 +108,17 @@ def test_a_search_dir_refuses_another_config_but_takes_new_budgets(tmp_path):
         assert json.load(f)["max_trials"] == 50
 
 
+def test_a_search_started_before_a_proxy_field_existed_continues_at_its_default(tmp_path):
+    study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))  # no drop_path_keep_prob
+    with pytest.raises(study_lib.ConfigMismatch, match=r"^proxy.drop_path_keep_prob=0.7 differs from None"):
+        study_lib.prepare_search_dir(
+            make_config(tmp_path, proxy={"proxy_steps": 300, "drop_path_keep_prob": 0.7})
+        )
+    study_lib.prepare_search_dir(
+        make_config(tmp_path, proxy={"proxy_steps": 300, "drop_path_keep_prob": 1.0})
+    )
+
+
 # --------------------------------------------------------------------------- trials
 
 

@@ -76,6 +76,23 @@ def test_killed_run_resumes_at_the_right_step(dataset, tmp_path, monkeypatch):
     assert again["step"] == 30 and again["history"] == []
 
 
+def test_drop_path_run_checkpoints_its_schedule_and_reloads_for_inference(dataset, tmp_path):
+    from deeplab_dpc.core.spec import CellSpec
+    from deeplab_dpc.runs import load_model_for_inference
+
+    spec = CellSpec.from_list([{"op": "conv", "kernel": 1, "input": -1}, {"op": "conv", "kernel": 1, "input": 0}])
+    model = ModelConfig(
+        num_classes=3, context="dpc", dense_prediction_cell=spec, depth_multiplier=0.35, dropout_rate=0.0,
+        initializer="keras", drop_path_keep_prob=0.6, drop_path_steps=10,
+    )
+    train_lib.train(tiny_train_config(dataset, tmp_path, model, training_number_of_steps=4), verbose=0)
+    reloaded, config = load_model_for_inference(str(tmp_path))
+    cell = reloaded.get_layer("dense_prediction_cell")
+    assert config.drop_path_keep_prob == 0.6 and float(cell.drop_path_step.numpy()) == 4.0  # 4 training steps
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 80, 3)).astype("float32")
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(reloaded(images)))  # inference: no masks
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(dataset, tmp_path, monkeypatch):
     import tensorflow as tf
 
@@ -149,6 +166,9 @@ def _flags(*args):
         (["--context=aspp", "--num_clones=3"], "train_batch_size=8 must be divisible by num_clones=3"),
         (["--context=aspp", "--label_remap=11-255"], "--label_remap=11-255"),
         (["--context=aspp", "--tf_initial_checkpoint=/nonexistent/model.ckpt"], "tf_initial_checkpoint=/nonexistent"),
+        (["--context=aspp", "--drop_path_keep_prob=0.8"], "--drop_path_keep_prob=0.8 drops Dense Prediction Cell"),
+        (["--dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json",
+          "--drop_path_keep_prob=1.5"], "--drop_path_keep_prob=1.5 must be in"),
     ],
 )
 def test_bad_flag_combinations_name_the_flag(dataset, tmp_path, args, message):
@@ -156,6 +176,17 @@ def test_bad_flag_combinations_name_the_flag(dataset, tmp_path, args, message):
     base = [f"--dataset={descriptor}", f"--dataset_dir={root}", "--dataset_format=folder", f"--train_logdir={tmp_path}"]
     with pytest.raises(app.UsageError, match=message):
         train_main.config_from_flags(_flags(*base, *args))
+
+
+def test_drop_path_falls_over_the_runs_steps_and_is_off_by_default(dataset, tmp_path):
+    root, descriptor = dataset
+    base = [f"--dataset={descriptor}", f"--dataset_dir={root}", "--dataset_format=folder", f"--train_logdir={tmp_path}",
+            "--dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json",
+            "--training_number_of_steps=700"]
+    model = train_main.config_from_flags(_flags(*base, "--drop_path_keep_prob=0.7")).model
+    assert (model.drop_path_keep_prob, model.drop_path_steps) == (0.7, 700)
+    model = train_main.config_from_flags(_flags(*base)).model
+    assert (model.drop_path_keep_prob, model.drop_path_steps) == (1.0, 0)
 
 
 def test_missing_dataset_files_name_the_flag(tmp_path):
