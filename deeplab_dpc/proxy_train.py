@@ -40,6 +40,7 @@ PROXY_FIELDS = (
     "learning_power",
     "dropout_rate",
     "drop_path_keep_prob",
+    "ema_decay",
     "eval_interval",
     "feature_dtype",
     "max_train_examples",
@@ -123,6 +124,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "ScheduledDropPath: branch outputs kept with a probability falling linearly from 1 to this over "
         "--proxy_steps (1: off).",
         **f,
+    )
+    flags.DEFINE_float(
+        "ema_decay", None, "Polyak averaging: score the cell with an EMA of its weights of this decay.", **f
     )
     flags.DEFINE_integer(
         "eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f

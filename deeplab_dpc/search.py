@@ -34,6 +34,7 @@ PROXY_FLAGS = {
     "proxy_filters": "proxy_filters",
     "proxy_learning_rate": "learning_rate",
     "proxy_drop_path_keep_prob": "drop_path_keep_prob",
+    "proxy_ema_decay": "ema_decay",
 }
 FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
 
@@ -94,6 +95,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float(
         "proxy_drop_path_keep_prob", None, "ScheduledDropPath's final keep probability in proxy trials.", **f
     )
+    flags.DEFINE_float("proxy_ema_decay", None, "Polyak averaging (EMA decay) of proxy trials' weights.", **f)
 
 
 def _proxy_message(message: str) -> str:

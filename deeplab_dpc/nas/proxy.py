@@ -97,6 +97,10 @@ class ProxyConfig:
         dropout_rate: dropout on the concatenated branches (the model's is 0.1).
         drop_path_keep_prob: ScheduledDropPath's final keep probability, reached at
             ``proxy_steps`` (1: off).
+        ema_decay: Polyak averaging: the cell is scored with an exponential moving
+            average of its weights of this decay (Keras' optimizer EMA: the average
+            starts at the first step's weights); training continues from the raw
+            weights after each intermediate score. None: off.
         eval_interval: steps between intermediate val scores (``history``);
             0 scores only at the end.
         feature_dtype: ``float16`` or ``float32`` resident features.
@@ -124,6 +128,7 @@ class ProxyConfig:
     learning_power: float = 0.9
     dropout_rate: float = 0.1
     drop_path_keep_prob: float = 1.0
+    ema_decay: float | None = None
     eval_interval: int = 0
     feature_dtype: str = "float16"
     max_train_examples: int | None = None
@@ -174,6 +179,12 @@ class ProxyConfig:
             raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
         if not 0 < self.drop_path_keep_prob <= 1:
             raise ValueError(f"drop_path_keep_prob={self.drop_path_keep_prob} must be in (0, 1]")
+        if self.ema_decay is not None:
+            if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)):
+                raise ValueError(f"ema_decay={self.ema_decay!r} must be a number in (0, 1) or None")
+            if not 0 < self.ema_decay < 1:
+                raise ValueError(f"ema_decay={self.ema_decay} must be in (0, 1) (None: off)")
+            object.__setattr__(self, "ema_decay", float(self.ema_decay))
         for name in ("loss_resolution", "eval_resolution"):
             if getattr(self, name) not in RESOLUTIONS:
                 raise ValueError(f"{name}={getattr(self, name)!r} is unknown; valid: {list(RESOLUTIONS)}")
@@ -461,6 +472,43 @@ def _default_jit_compile() -> bool:
     return default_jit_compile()
 
 
+def _raw_weights_keeper():
+    """A callback keeping the trainable weights as the last step left them: at the end of ``fit``
+    Keras replaces them with the optimizer's moving average (``finalize_variable_values``) when EMA
+    is on. Made here: Keras is imported only when a trial runs."""
+    import keras  # noqa: PLC0415
+
+    class RawWeights(keras.callbacks.Callback):
+        values = None
+
+        def on_epoch_end(self, epoch, logs=None):  # State is synced to the variables here on JAX too.
+            self.values = [keras.ops.convert_to_numpy(v) for v in self.model.trainable_variables]
+
+    return RawWeights()
+
+
+def fit_segment(model, batches, steps: int, callbacks) -> tuple:
+    """``steps`` training steps; returns (the ``fit`` history, the raw trainable weights when the
+    optimizer keeps an EMA, which the model now holds instead, else None)."""
+    ema = bool(getattr(model.optimizer, "use_ema", False))
+    keeper = _raw_weights_keeper() if ema else None
+    fit = model.fit(
+        batches,
+        steps_per_epoch=steps,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[*callbacks, *([keeper] if keeper else [])],
+    )
+    return fit, (keeper.values if keeper else None)
+
+
+def restore_weights(model, values) -> None:
+    """Puts trainable weights from ``fit_segment`` back."""
+    for variable, value in zip(model.trainable_variables, values):
+        variable.assign(value)
+
+
 def run_proxy(
     spec,
     config: ProxyConfig,
@@ -521,7 +569,12 @@ def run_proxy(
     model = build_proxy_model(spec, config, data.feature_shape, data.num_classes, data.output_stride)
     schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
     model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=config.momentum),
+        optimizer=keras.optimizers.SGD(
+            schedule,
+            momentum=config.momentum,
+            use_ema=config.ema_decay is not None,
+            ema_momentum=config.ema_decay if config.ema_decay is not None else 0.99,
+        ),
         loss=SegmentationLoss(data.num_classes, data.ignore_label),
         jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
         steps_per_execution=config.steps_per_execution,
@@ -545,9 +598,7 @@ def run_proxy(
     for end in ends:
         t = time.perf_counter()
         monitor.offset = done
-        fit = model.fit(
-            batches, steps_per_epoch=end - done, epochs=1, verbose=0, shuffle=False, callbacks=[monitor]
-        )
+        fit, raw = fit_segment(model, batches, end - done, [monitor])
         train_seconds += time.perf_counter() - t
         loss = float(fit.history["loss"][-1])
         if monitor.failed is not None or not math.isfinite(loss):
@@ -567,6 +618,8 @@ def run_proxy(
             dtype,
         )
         eval_seconds += time.perf_counter() - t
+        if raw is not None and end != total:
+            restore_weights(model, raw)  # Scored with the average; training goes on from the raw weights.
         history.append({"step": end, "miou": matrix.mean_iou(), "loss": loss})
     if progress is not None:
         progress(total, total)

@@ -265,3 +265,52 @@ def test_the_proxy_trains_on_jax(cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     backend, miou = json.loads(proc.stdout.strip().splitlines()[-1])
     assert backend == "jax" and miou > 0.45
+
+
+def test_ema_weights_equal_the_hand_computed_average_and_training_continues_from_the_raw_weights():
+    import keras
+
+    from deeplab_dpc.nas.proxy import fit_segment, restore_weights
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(12, 3)).astype("float32"), rng.normal(size=(12, 1)).astype("float32")
+
+    def model(ema):
+        keras.utils.set_random_seed(0)
+        m = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+        m.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=ema, ema_momentum=0.6), loss="mse")
+        return m
+
+    def batches():
+        while True:
+            for i in range(0, 12, 4):
+                yield x[i : i + 4], y[i : i + 4]
+
+    averaged, plain = model(True), model(False)
+    data, plain_data, raw_steps = batches(), batches(), []
+    for _ in range(3):  # three one-step segments, as a proxy with eval_interval=1
+        _, raw = fit_segment(averaged, data, 1, [])
+        raw_steps.append(raw)
+        if len(raw_steps) < 3:
+            restore_weights(averaged, raw)
+        assert fit_segment(plain, plain_data, 1, [])[1] is None  # no EMA: nothing to keep
+    # Training went on from the raw weights: they equal the same segments without EMA.
+    for got, want in zip(raw_steps[-1], plain.get_weights()):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # The model holds the average: a_1 = w_1, a_t = 0.6 a_(t-1) + 0.4 w_t.
+    expected = [w.copy() for w in raw_steps[0]]
+    for raw in raw_steps[1:]:
+        expected = [0.6 * a + 0.4 * w for a, w in zip(expected, raw)]
+    for got, want in zip(averaged.get_weights(), expected):
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    assert not np.allclose(averaged.get_weights()[0], raw_steps[-1][0])
+
+
+def test_a_proxy_trial_with_ema_scores_the_average(cache_dir):
+    config = _fast(cache_dir, proxy_steps=20, eval_interval=10, ema_decay=0.9)
+    result = run_proxy(CELL, config)
+    assert result["config"]["ema_decay"] == 0.9 and len(result["history"]) == 2
+    assert [h["step"] for h in result["history"]] == [10, 20]
+    assert result["miou"] > 0.3  # chance on this 3-class task is ~0.2
+    with pytest.raises(ValueError, match="ema_decay=1.0 must be in"):
+        _fast(cache_dir, ema_decay=1.0)
