@@ -80,6 +80,21 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "(default: the proxy trainer).",
         **f,
     )
+    flags.DEFINE_enum(
+        "cost_metric",
+        None,
+        ["madds", "params"],
+        "Weigh each trial's proxy mIoU by this cost, MnasNet-style: mIoU x (cost / --cost_target) ** w, "
+        "w = --cost_alpha at or below the target, --cost_beta above (unset: mIoU alone, as the paper).",
+        **f,
+    )
+    flags.DEFINE_float(
+        "cost_target", None, "Target cost (multiply-adds or parameters of the proxy cell).", **f
+    )
+    flags.DEFINE_float(
+        "cost_alpha", -0.07, "Exponent at or below the target (MnasNet soft: -0.07; hard: 0).", **f
+    )
+    flags.DEFINE_float("cost_beta", -0.07, "Exponent above the target (MnasNet soft: -0.07; hard: -1).", **f)
     flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
     flags.DEFINE_float(
         "grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f
@@ -156,6 +171,10 @@ def config_from_flags(fv: flags.FlagValues):
             proxy=proxy,
             heartbeat_seconds=fv.heartbeat_seconds,
             grace_seconds=fv.grace_seconds,
+            cost_metric=fv.cost_metric,
+            cost_target=fv.cost_target,
+            cost_alpha=fv.cost_alpha,
+            cost_beta=fv.cost_beta,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None

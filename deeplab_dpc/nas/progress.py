@@ -56,7 +56,10 @@ def trial_line(trial: FrozenTrial) -> str:
     if trial.state == TrialState.FAIL:
         prefix = f"trial {trial.number} failed"
         return f"{prefix}: {attrs.get(study_lib.ERROR, 'unknown error')}".splitlines()[0][:300]
-    parts = [f"proxy mIoU {trial.value:.3f}"]
+    if attrs.get("score") is not None and attrs.get("miou") is not None:  # a cost-aware search
+        parts = [f"score {trial.value:.3f} (proxy mIoU {float(attrs['miou']):.3f})"]
+    else:
+        parts = [f"proxy mIoU {trial.value:.3f}"]
     if attrs.get("madds") is not None:
         parts.append(f"{attrs['madds'] / 1e9:.2f} GMAdds")
     if study_lib.is_duplicate(trial):

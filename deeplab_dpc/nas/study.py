@@ -59,6 +59,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from deeplab_dpc.core.spec import CellSpec, SearchSpace
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas.cost import COST_METRICS, score_of
 from deeplab_dpc.nas.samplers import STRATEGIES, StrategyOptions, make_sampler
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,11 @@ class SearchConfig:
         proxy: the proxy trainer's config as a dict.
         heartbeat_seconds: interval of a running trial's heartbeat.
         grace_seconds: a running trial whose heartbeat is older than this is interrupted.
+        cost_metric: None (the trial's value is its mIoU, as in the paper) or a key of the result
+            (``madds``, ``params``) that ``nas.cost.cost_aware_score`` weighs the mIoU by; the
+            mIoU stays in user attr ``miou``, the weighed value is also user attr ``score``.
+        cost_target, cost_alpha, cost_beta: the target cost and MnasNet's exponents (below / above
+            the target).
     """
 
     search_dir: str
@@ -190,6 +196,10 @@ class SearchConfig:
     proxy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     heartbeat_seconds: float = 15.0
     grace_seconds: float = 120.0
+    cost_metric: str | None = None
+    cost_target: float | None = None
+    cost_alpha: float = -0.07
+    cost_beta: float = -0.07
 
     def __post_init__(self):
         if not self.search_dir:
@@ -224,6 +234,13 @@ class SearchConfig:
         if not module or not attr:
             raise ValueError(f"objective={self.objective!r}: expected 'module:function'")
         self.strategy_options()  # validates the strategy fields, errors naming them
+        if self.cost_metric is not None:
+            if self.cost_metric not in COST_METRICS:
+                raise ValueError(f"cost_metric={self.cost_metric!r} unknown; valid: {list(COST_METRICS)}")
+            if self.cost_target is None or not self.cost_target > 0:
+                raise ValueError(
+                    f"cost_target={self.cost_target} must be positive with cost_metric={self.cost_metric}"
+                )
 
     @property
     def space(self) -> SearchSpace:
@@ -702,13 +719,19 @@ def _copy_result_attrs(trial: optuna.Trial, source: FrozenTrial) -> None:
 
 
 def _train(
-    study: optuna.Study, trial: optuna.Trial, spec: CellSpec, objective: Objective, report: WorkerReport
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: CellSpec,
+    objective: Objective,
+    report: WorkerReport,
+    config: SearchConfig,
 ) -> None:
     try:
         result = dict(objective(spec))
         miou = float(result["miou"])
         if not math.isfinite(miou):
             raise FloatingPointError(f"the objective returned a non-finite mIoU ({miou})")
+        score = score_of(result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
     except Exception as e:  # noqa: BLE001  (any failure of one trial is recorded; the search goes on)
         trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}"[:2000])
         trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
@@ -718,7 +741,9 @@ def _train(
     for key, value in result.items():
         if key in RESULT_ATTRS or len(json.dumps(value)) <= _MAX_ATTR_JSON:
             trial.set_user_attr(key if key in RESULT_ATTRS else f"result_{key}", value)
-    report.trained += _finish(study, trial, TrialState.COMPLETE, miou)
+    if config.cost_metric is not None:
+        trial.set_user_attr("score", score)
+    report.trained += _finish(study, trial, TrialState.COMPLETE, score)
 
 
 def run_worker(
@@ -793,7 +818,7 @@ def run_worker(
                             trial.set_user_attr(DUPLICATE_OF, resolution.of)
                 if resolution.action == "train":
                     duplicates_in_a_row = 0
-                    _train(study, trial, spec, objective, report)
+                    _train(study, trial, spec, objective, report, config)
                     continue
                 duplicates_in_a_row += 1
                 source = study._storage.get_trial(
