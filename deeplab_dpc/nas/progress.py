@@ -48,6 +48,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
+def format_madds(madds: float) -> str:
+    """``0.21 GMAdds``; below 10 million, ``2.4 MMAdds`` (small proxy cells would all read 0.00 G)."""
+    return f"{madds / 1e9:.2f} GMAdds" if madds >= 1e7 else f"{madds / 1e6:.1f} MMAdds"
+
+
 def trial_line(trial: FrozenTrial) -> str:
     """One line for a finished trial: ``trial 12 done: proxy mIoU 0.412, 0.21 GMAdds, 31 s``."""
     attrs = trial.user_attrs
@@ -61,7 +66,7 @@ def trial_line(trial: FrozenTrial) -> str:
     else:
         parts = [f"proxy mIoU {trial.value:.3f}"]
     if attrs.get("madds") is not None:
-        parts.append(f"{attrs['madds'] / 1e9:.2f} GMAdds")
+        parts.append(format_madds(float(attrs["madds"])))
     if study_lib.is_duplicate(trial):
         return (
             f"trial {trial.number} duplicate of trial {attrs[study_lib.DUPLICATE_OF]}: "

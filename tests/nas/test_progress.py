@@ -35,6 +35,7 @@ def test_trial_lines():
     spec = space_lib.published_cell()
     done = finished(12, spec, 0.4123, madds=2.1e8, seconds=31.2)
     assert progress.trial_line(done) == "trial 12 done: proxy mIoU 0.412, 0.21 GMAdds, 31 s"
+    assert [progress.format_madds(m) for m in (2.1e8, 1e7, 2.43e6)] == ["0.21 GMAdds", "0.01 GMAdds", "2.4 MMAdds"]
     dup = finished(13, spec, 0.4123, madds=2.1e8, duplicate_of=12)
     assert (
         progress.trial_line(dup)
