@@ -39,6 +39,19 @@ PROXY_FLAGS = {
 FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
 
 
+RL_FLAGS = (
+    "rl_algorithm",
+    "rl_learning_rate",
+    "rl_batch_size",
+    "rl_epochs",
+    "rl_clip",
+    "rl_entropy_weight",
+    "rl_baseline_decay",
+    "rl_hidden",
+    "rl_layers",
+)
+
+
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     from deeplab_dpc.nas.samplers import STRATEGIES  # noqa: PLC0415
     from deeplab_dpc.nas.study import DEFAULT_OBJECTIVE, EXECUTORS  # noqa: PLC0415
@@ -64,6 +77,15 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer("mutation_top_k", 10, "random: mutate one of this many best completed cells.", **f)
     flags.DEFINE_integer("population_size", 20, "evolution: population (most recent completed trials).", **f)
     flags.DEFINE_integer("sample_size", 5, "evolution: tournament size.", **f)
+    flags.DEFINE_enum("rl_algorithm", "ppo", ["ppo", "reinforce"], "rl: how the controller learns.", **f)
+    flags.DEFINE_float("rl_learning_rate", 1e-3, "rl: Adam's learning rate (Nekrasov et al.: 1e-4).", **f)
+    flags.DEFINE_integer("rl_batch_size", 5, "rl: completed proposals per controller update.", **f)
+    flags.DEFINE_integer("rl_epochs", 4, "rl: PPO passes over each batch.", **f)
+    flags.DEFINE_float("rl_clip", 0.1, "rl: PPO clip range (Nekrasov et al.: 0.1).", **f)
+    flags.DEFINE_float("rl_entropy_weight", 1e-3, "rl: weight of the entropy bonus.", **f)
+    flags.DEFINE_float("rl_baseline_decay", 0.95, "rl: decay of the reward baseline's moving average.", **f)
+    flags.DEFINE_integer("rl_hidden", 100, "rl: units of each controller LSTM layer.", **f)
+    flags.DEFINE_integer("rl_layers", 2, "rl: controller LSTM layers.", **f)
     flags.DEFINE_boolean(
         "enqueue_published",
         False,
@@ -163,6 +185,7 @@ def config_from_flags(fv: flags.FlagValues):
             mutation_top_k=fv.mutation_top_k,
             population_size=fv.population_size,
             sample_size=fv.sample_size,
+            **{name: fv[name].value for name in RL_FLAGS},
             enqueue_published=fv.enqueue_published,
             executor=fv.executor,
             num_workers=fv.num_workers,

@@ -11,8 +11,7 @@ sampler over the same categorical parameters. All of them:
 * record how a cell was proposed as user attributes of its trial
   (``proposal``: uniform | mutation | tpe, and ``parent``: the trial mutated).
 
-Strategies (``STRATEGIES``, a name -> factory dict; a reinforcement-learning
-controller would be one more entry):
+Strategies (``STRATEGIES``, a name -> factory dict):
 
 * ``random``: the paper's policy. Uniform samples, and with probability
   ``mutation_probability`` a mutation of one of the ``mutation_top_k`` best
@@ -23,15 +22,25 @@ controller would be one more entry):
   uniform samples; then ``sample_size`` members are drawn with replacement
   and the child is a mutation of the best of them.
 * ``tpe``: ``optuna.samplers.TPESampler`` (seeded per trial, no constant liar).
+* ``rl``: the LSTM controller of ``nas.controller`` (NASNet, Nekrasov et al.),
+  trained with PPO or REINFORCE on the completed trials it proposed (user
+  attr ``rl_logp``: the cell's log-probability when proposed), ``batch_size``
+  at a time in completion order. Its state (weights, Adam's moments, the
+  reward baseline, the trials learnt from) is saved after every update to
+  ``<search_dir>/controller/controller.npz``, under the search's claim lock:
+  every worker, and a restarted search, continues from it exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import math
+import os
 import random
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -53,6 +62,8 @@ class StrategyOptions:
         mutation_top_k: ``random``: how many of the best completed cells may be mutated.
         population_size: ``evolution``: trials in the population.
         sample_size: ``evolution``: tournament size (at most population_size).
+        state_dir: where a strategy with state keeps it (``rl``: the controller); None: in memory.
+        rl: ``rl``: ``nas.controller.ControllerConfig`` fields.
     """
 
     seed: int = 0
@@ -60,6 +71,8 @@ class StrategyOptions:
     mutation_top_k: int = 10
     population_size: int = 20
     sample_size: int = 5
+    state_dir: str | None = None
+    rl: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         if not 0.0 <= self.mutation_probability <= 1.0:
@@ -181,6 +194,79 @@ class SeededTPESampler(TPESampler):
         super().before_trial(study, trial)
 
 
+RL_LOGP = "rl_logp"
+log = logging.getLogger(__name__)
+
+
+class ControllerSampler(CellSampler):
+    """Cells written by the RL controller, which learns from the completed trials it proposed."""
+
+    def __init__(self, space: SearchSpace, options: StrategyOptions):
+        from deeplab_dpc.nas.controller import ControllerConfig  # noqa: PLC0415
+
+        super().__init__(space, options)
+        self.config = ControllerConfig(**dict(options.rl))
+        self._controller = None
+
+    def _fresh(self):
+        from deeplab_dpc.nas.controller import Controller  # noqa: PLC0415  (Keras: only for this strategy)
+
+        return Controller(self.space, self.config, seed=self.options.seed)
+
+    def controller(self, study: Study):
+        """The controller after learning from every full batch of completed proposals (saved)."""
+        from deeplab_dpc.nas.controller import controller_path  # noqa: PLC0415
+
+        if self._controller is None:
+            self._controller = self._fresh()
+        c = self._controller
+        path = controller_path(self.options.state_dir) if self.options.state_dir else None
+        if path and os.path.exists(path):
+            import numpy as np  # noqa: PLC0415
+
+            with np.load(path, allow_pickle=False) as z:
+                saved = int(z["consumed"].size)
+            if saved > len(c.consumed):
+                c.load(path)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        history = [
+            t for t in trials if RL_LOGP in t.user_attrs and t.value is not None and math.isfinite(t.value)
+        ]
+        history.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))
+        numbers = [t.number for t in history]
+        if numbers[: len(c.consumed)] != c.consumed:
+            log.warning(
+                "the controller's saved state does not match the study's trials: learning again from the start"
+            )
+            c = self._controller = self._fresh()
+        batch = self.config.batch_size
+        while len(numbers) - len(c.consumed) >= batch:
+            chosen = history[len(c.consumed) : len(c.consumed) + batch]
+            actions = [c.actions_of(space_lib.params_to_spec(t.params, self.space)) for t in chosen]
+            c.update(actions, [t.user_attrs[RL_LOGP] for t in chosen], [t.value for t in chosen])
+            c.consumed = c.consumed + [t.number for t in chosen]
+            if path:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                c.save(path)
+        return c
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        if not search_space:
+            return {}
+        import numpy as np  # noqa: PLC0415
+
+        c = self.controller(study)
+        actions, logp = c.sample(np.random.default_rng(trial_seed(self.options.seed, trial.number)))
+        spec = c.spec_of(actions)
+        info = {"proposal": "rl", RL_LOGP: logp, "rl_learnt_from": len(c.consumed)}
+        for key, value in info.items():
+            study._storage.set_trial_user_attr(trial._trial_id, key, value)
+        params = space_lib.spec_to_params(spec)
+        return {name: params[name] for name in search_space}
+
+
 def _random(space: SearchSpace, options: StrategyOptions) -> BaseSampler:
     return RandomMutationSampler(space, options)
 
@@ -200,6 +286,7 @@ STRATEGIES: dict[str, Callable[[SearchSpace, StrategyOptions], BaseSampler]] = {
     "random": _random,
     "evolution": _evolution,
     "tpe": _tpe,
+    "rl": lambda space, options: ControllerSampler(space, options),
 }
 
 

@@ -174,6 +174,7 @@ class SearchConfig:
             mIoU stays in user attr ``miou``, the weighed value is also user attr ``score``.
         cost_target, cost_alpha, cost_beta: the target cost and MnasNet's exponents (below / above
             the target).
+        rl_*: the ``rl`` strategy's controller (``nas.controller.ControllerConfig`` without the prefix).
     """
 
     search_dir: str
@@ -200,6 +201,15 @@ class SearchConfig:
     cost_target: float | None = None
     cost_alpha: float = -0.07
     cost_beta: float = -0.07
+    rl_algorithm: str = "ppo"
+    rl_learning_rate: float = 1e-3
+    rl_batch_size: int = 5
+    rl_epochs: int = 4
+    rl_clip: float = 0.1
+    rl_entropy_weight: float = 1e-3
+    rl_baseline_decay: float = 0.95
+    rl_hidden: int = 100
+    rl_layers: int = 2
 
     def __post_init__(self):
         if not self.search_dir:
@@ -261,7 +271,16 @@ class SearchConfig:
             mutation_top_k=self.mutation_top_k,
             population_size=self.population_size,
             sample_size=self.sample_size,
+            state_dir=os.path.join(self.search_dir, "controller"),
+            rl=self.controller_config(),
         )
+
+    def controller_config(self) -> dict[str, Any]:
+        """The ``rl_*`` fields without their prefix, validated (errors name the ``rl_`` field)."""
+        from deeplab_dpc.nas.controller import ControllerConfig  # noqa: PLC0415  (NumPy only at import)
+
+        values = {f.name: getattr(self, f"rl_{f.name}") for f in dataclasses.fields(ControllerConfig)}
+        return dataclasses.asdict(ControllerConfig(**values))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
