@@ -8,7 +8,6 @@ import pytest
 from optuna.trial import TrialState
 
 from deeplab_dpc.core.spec import SearchSpace
-from deeplab_dpc.nas import samplers
 from deeplab_dpc.nas import study as study_lib
 from deeplab_dpc.nas.controller import Controller, ControllerConfig, controller_path
 from tests.nas.test_study import make_config, start
@@ -96,7 +95,7 @@ def test_the_rl_strategy_learns_from_completed_proposals_only_and_resumes_exactl
     # The same search stopped after 4 trials and continued by a new worker (a new sampler, as a
     # restarted process has) proposes exactly the same cells.
     cut = config("cut", 4)
-    cut_study = start(cut)
+    start(cut)
     study_lib.run_worker(cut, "w1")
     resumed = config("cut", 9)
     study_lib.prepare_search_dir(resumed)
@@ -106,4 +105,3 @@ def test_the_rl_strategy_learns_from_completed_proposals_only_and_resumes_exactl
     assert [t.user_attrs["rl_logp"] for t in again] == pytest.approx(
         [t.user_attrs["rl_logp"] for t in trials]
     )
-    assert cut_study is not None

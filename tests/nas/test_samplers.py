@@ -56,9 +56,9 @@ def test_strategies_respect_the_number_of_branches():
 
 def test_unknown_strategy_lists_the_valid_ones():
     with pytest.raises(
-        ValueError, match=r"strategy='rl' unknown; valid strategies: \['evolution', 'random', 'tpe'\]"
+        ValueError, match=r"strategy='bayes' unknown; valid strategies: \['evolution', 'random', 'rl', 'tpe'\]"
     ):
-        samplers.make_sampler("rl", SearchSpace(), samplers.StrategyOptions())
+        samplers.make_sampler("bayes", SearchSpace(), samplers.StrategyOptions())
 
 
 @pytest.mark.parametrize(
