@@ -41,6 +41,7 @@ PROXY_FIELDS = (
     "dropout_rate",
     "drop_path_keep_prob",
     "ema_decay",
+    "initializer",
     "eval_interval",
     "feature_dtype",
     "max_train_examples",
@@ -123,6 +124,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         1.0,
         "ScheduledDropPath: branch outputs kept with a probability falling linearly from 1 to this over "
         "--proxy_steps (1: off).",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "initializer",
+        "deeplab",
+        ["deeplab", "keras"],
+        "The cell's kernel initialisers: DeepLab's (separable 0.33/0.06) or Keras' glorot_uniform.",
         **f,
     )
     flags.DEFINE_float(

@@ -35,6 +35,7 @@ PROXY_FLAGS = {
     "proxy_learning_rate": "learning_rate",
     "proxy_drop_path_keep_prob": "drop_path_keep_prob",
     "proxy_ema_decay": "ema_decay",
+    "proxy_initializer": "initializer",
 }
 FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
 
@@ -131,6 +132,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("proxy_learning_rate", None, "Learning rate of the proxy trainer.", **f)
     flags.DEFINE_float(
         "proxy_drop_path_keep_prob", None, "ScheduledDropPath's final keep probability in proxy trials.", **f
+    )
+    flags.DEFINE_enum(
+        "proxy_initializer", None, ["deeplab", "keras"], "Kernel initialisers of the proxy cells.", **f
     )
     flags.DEFINE_float("proxy_ema_decay", None, "Polyak averaging (EMA decay) of proxy trials' weights.", **f)
 

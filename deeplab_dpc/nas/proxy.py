@@ -97,6 +97,9 @@ class ProxyConfig:
         dropout_rate: dropout on the concatenated branches (the model's is 0.1).
         drop_path_keep_prob: ScheduledDropPath's final keep probability, reached at
             ``proxy_steps`` (1: off).
+        initializer: the cell's kernel initialisers, as ``ModelConfig.initializer``: "deeplab"
+            (separable convs 0.33 / 0.06, what the CamVid search in BENCHMARKS.md used) or "keras"
+            (glorot_uniform, which trains faster on short budgets from scratch: issue 8).
         ema_decay: Polyak averaging: the cell is scored with an exponential moving
             average of its weights of this decay (Keras' optimizer EMA: the average
             starts at the first step's weights); training continues from the raw
@@ -129,6 +132,7 @@ class ProxyConfig:
     dropout_rate: float = 0.1
     drop_path_keep_prob: float = 1.0
     ema_decay: float | None = None
+    initializer: str = "deeplab"
     eval_interval: int = 0
     feature_dtype: str = "float16"
     max_train_examples: int | None = None
@@ -179,6 +183,8 @@ class ProxyConfig:
             raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
         if not 0 < self.drop_path_keep_prob <= 1:
             raise ValueError(f"drop_path_keep_prob={self.drop_path_keep_prob} must be in (0, 1]")
+        if self.initializer not in ("deeplab", "keras"):
+            raise ValueError(f"initializer={self.initializer!r} is unknown; valid: ['deeplab', 'keras']")
         if self.ema_decay is not None:
             if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)):
                 raise ValueError(f"ema_decay={self.ema_decay!r} must be a number in (0, 1) or None")
@@ -378,6 +384,7 @@ def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int
         dropout_rate=config.dropout_rate,
         weight_decay=config.weight_decay,
         batch_norm_momentum=config.batch_norm_momentum,
+        initializer=config.initializer,
         drop_path_keep_prob=config.drop_path_keep_prob,
         drop_path_steps=config.proxy_steps,
         seed=config.seed,

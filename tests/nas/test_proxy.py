@@ -314,3 +314,20 @@ def test_a_proxy_trial_with_ema_scores_the_average(cache_dir):
     assert result["miou"] > 0.3  # chance on this 3-class task is ~0.2
     with pytest.raises(ValueError, match="ema_decay=1.0 must be in"):
         _fast(cache_dir, ema_decay=1.0)
+
+
+def test_the_proxy_cell_takes_the_models_initialisers(cache_dir):
+    from deeplab_dpc.core.spec import CellSpec
+    from deeplab_dpc.nas.proxy import build_proxy_model
+
+    spec = CellSpec.from_list([{"op": "conv", "kernel": 3, "rate": [1, 1], "input": -1}])
+
+    def depthwise_std(initializer):
+        model = build_proxy_model(spec, _fast(cache_dir, initializer=initializer), (6, 8, 16), 3, 16)
+        [kernel] = [w for w in model.weights if "depthwise" in w.path and w.path.endswith("kernel")]
+        return float(np.std(np.asarray(kernel)))
+
+    assert 0.2 < depthwise_std("deeplab") < 0.33  # truncated normal of stddev 0.33
+    assert depthwise_std("keras") < 0.2  # glorot_uniform over 9 x 16 fan-in + 9 x 1 fan-out
+    with pytest.raises(ValueError, match="initializer='he' is unknown"):
+        _fast(cache_dir, initializer="he")
