@@ -171,6 +171,13 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     assert running and first.poll() is None, "no trial was training: " + (tmp_path / "first.txt").read_text()
     first.send_signal(signal.SIGKILL)
     first.wait()
+    # What was training when the kill landed (a trial seen running above may have finished since).
+    running = [
+        t
+        for t in study_lib.all_trials(study_lib.load_study(config))
+        if t.state == TrialState.RUNNING and "graph_hash" in t.user_attrs
+    ]
+    assert running, "the kill landed between trials: " + (tmp_path / "first.txt").read_text()
     # Its workers die with it (no orphan keeps training).
     workers = {
         t.system_attrs[study_lib.OWNER]["pid"] for t in study_lib.all_trials(study_lib.load_study(config))

@@ -54,7 +54,7 @@ def objective_log(tmp_path, monkeypatch):
     [
         (
             dict(strategy="grid"),
-            r"^strategy='grid' unknown; valid strategies: \['evolution', 'random', 'tpe'\]",
+            r"^strategy='grid' unknown; valid strategies: \['evolution', 'random', 'rl', 'tpe'\]",
         ),
         (dict(executor="slurm"), r"^executor='slurm' unknown"),
         (dict(max_trials=0), r"^max_trials must be a positive integer"),
