@@ -36,6 +36,7 @@ PROXY_FLAGS = {
     "proxy_drop_path_keep_prob": "drop_path_keep_prob",
     "proxy_ema_decay": "ema_decay",
     "proxy_initializer": "initializer",
+    "proxy_eval_interval": "eval_interval",
 }
 FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
 
@@ -118,6 +119,19 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "cost_alpha", -0.07, "Exponent at or below the target (MnasNet soft: -0.07; hard: 0).", **f
     )
     flags.DEFINE_float("cost_beta", -0.07, "Exponent above the target (MnasNet soft: -0.07; hard: -1).", **f)
+    flags.DEFINE_enum(
+        "pruner",
+        "none",
+        ["none", "median", "sha", "hyperband"],
+        "Stop proxy trials early on their intermediate val scores (every --proxy_eval_interval steps): "
+        "Optuna's median pruner, successive halving (sha) or Hyperband; none trains every trial to the end.",
+        **f,
+    )
+    flags.DEFINE_integer("pruner_startup_trials", 5, "median: prune nothing until this many trials completed.", **f)
+    flags.DEFINE_integer("pruner_warmup_steps", 0, "median: prune no trial before this proxy step.", **f)
+    flags.DEFINE_integer(
+        "pruner_reduction_factor", 3, "sha, hyperband: about 1 in this many trials continues at each rung.", **f
+    )
     flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
     flags.DEFINE_float(
         "grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f
@@ -132,6 +146,9 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("proxy_learning_rate", None, "Learning rate of the proxy trainer.", **f)
     flags.DEFINE_float(
         "proxy_drop_path_keep_prob", None, "ScheduledDropPath's final keep probability in proxy trials.", **f
+    )
+    flags.DEFINE_integer(
+        "proxy_eval_interval", None, "Steps between a proxy trial's intermediate val scores (for --pruner).", **f
     )
     flags.DEFINE_enum(
         "proxy_initializer", None, ["deeplab", "keras"], "Kernel initialisers of the proxy cells.", **f
@@ -202,6 +219,10 @@ def config_from_flags(fv: flags.FlagValues):
             cost_target=fv.cost_target,
             cost_alpha=fv.cost_alpha,
             cost_beta=fv.cost_beta,
+            pruner=fv.pruner,
+            pruner_startup_trials=fv.pruner_startup_trials,
+            pruner_warmup_steps=fv.pruner_warmup_steps,
+            pruner_reduction_factor=fv.pruner_reduction_factor,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None

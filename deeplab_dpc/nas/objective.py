@@ -7,7 +7,10 @@ trains the cell on them (``run_proxy``) and returns its result dict
 raises the proxy's ``TrialFailed``, which the worker records as a failure.
 
 Other objectives plug in the same way (``--objective=module:function``): a
-function taking the ``SearchConfig`` and returning ``objective(spec)``.
+function taking the ``SearchConfig`` and returning ``objective(spec)``. With a
+pruner (``--pruner``), the objective must also take ``report=``, a function it
+calls as ``report(step, score)`` with each intermediate score; ``report``
+raises Optuna's ``TrialPruned`` when the pruner stops the trial.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def proxy_objective(config) -> Callable[[CellSpec], Mapping[str, Any]]:
     proxy_config = ProxyConfig.from_dict(dict(config.proxy))
     features = load_proxy_data(proxy_config)
 
-    def objective(spec: CellSpec) -> Mapping[str, Any]:
-        return run_proxy(spec, proxy_config, features=features)
+    def objective(spec: CellSpec, report: Callable[[int, float], None] | None = None) -> Mapping[str, Any]:
+        return run_proxy(spec, proxy_config, features=features, report=report)
 
     return objective

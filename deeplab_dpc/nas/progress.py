@@ -61,6 +61,13 @@ def trial_line(trial: FrozenTrial) -> str:
     if trial.state == TrialState.FAIL:
         prefix = f"trial {trial.number} failed"
         return f"{prefix}: {attrs.get(study_lib.ERROR, 'unknown error')}".splitlines()[0][:300]
+    if trial.state == TrialState.PRUNED:
+        step = attrs.get(study_lib.PRUNED_AT_STEP)
+        score = "" if trial.value is None else f": proxy mIoU {trial.value:.3f} then"
+        copy = ""
+        if study_lib.is_duplicate(trial):
+            copy = f" (duplicate of trial {attrs[study_lib.DUPLICATE_OF]}, not retrained)"
+        return f"trial {trial.number} pruned at step {step}{score}{copy}"
     if attrs.get("score") is not None and attrs.get("miou") is not None:  # a cost-aware search
         parts = [f"score {trial.value:.3f} (proxy mIoU {float(attrs['miou']):.3f})"]
     else:
@@ -256,6 +263,7 @@ class SearchProgress:
     def status(self, trials: Sequence[FrozenTrial], workers: int | None = None) -> str:
         done = sum(t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t) for t in trials)
         failed = sum(t.state == TrialState.FAIL and study_lib.counts_toward_budget(t) for t in trials)
+        pruned = sum(t.state == TrialState.PRUNED and not study_lib.is_duplicate(t) for t in trials)
         running = sum(t.state == TrialState.RUNNING for t in trials)
         duplicates = sum(study_lib.is_duplicate(t) and t.state.is_finished() for t in trials)
         remaining = max(0, self.config.max_trials - study_lib.budget_used(trials)) + running
@@ -270,8 +278,9 @@ class SearchProgress:
             eta_text = "?"
         best = f"best {self.best.value:.3f} (trial {self.best.number})" if self.best else "best -"
         return (
-            f"[{done + failed}/{self.config.max_trials} trials: {done} done, {failed} failed, "
-            f"{running} running"
+            f"[{done + pruned + failed}/{self.config.max_trials} trials: {done} done, "
+            + (f"{pruned} pruned, " if self.config.pruner != "none" else "")
+            + f"{failed} failed, {running} running"
             f" on {parallel} workers, {duplicates} duplicates] {best} | ETA {eta_text}"
         )
 

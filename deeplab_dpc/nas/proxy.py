@@ -521,6 +521,7 @@ def run_proxy(
     config: ProxyConfig,
     features: ProxyData | None = None,
     progress: Callable[[int, int], None] | None = None,
+    report: Callable[[int, float], None] | None = None,
 ) -> dict:
     """Trains ``spec`` on cached features and scores it on the eval split.
 
@@ -532,6 +533,9 @@ def run_proxy(
             ``config.data_key()``.
         progress: called as ``progress(step, total)`` as steps start, and with
             ``(total, total)`` at the end.
+        report: called as ``report(step, miou)`` after each intermediate score (every
+            ``eval_interval`` steps, not the last): a search's pruner. It stops the trial by
+            raising (Optuna's ``TrialPruned``), which propagates.
 
     Returns:
         ``miou`` (0..1), ``per_class_iou`` (class name -> IoU or None),
@@ -628,6 +632,8 @@ def run_proxy(
         if raw is not None and end != total:
             restore_weights(model, raw)  # Scored with the average; training goes on from the raw weights.
         history.append({"step": end, "miou": matrix.mean_iou(), "loss": loss})
+        if report is not None and end != total:
+            report(end, float(matrix.mean_iou()))
     if progress is not None:
         progress(total, total)
     iou = matrix.per_class_iou()

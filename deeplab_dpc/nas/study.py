@@ -25,6 +25,13 @@ loop every worker process runs against the shared study. The rules:
   with the same parameters and user attr ``retry_of``. A retry that is
   interrupted again stays FAIL ("interrupted again") and counts as failed.
   Retries start before any other queued or new trial.
+* **Pruning.** With a pruner (``pruner``: Optuna's median, successive
+  halving or Hyperband), the objective reports its intermediate scores (the
+  proxy's every ``eval_interval`` steps) and a trial the pruner stops is
+  recorded PRUNED with its last intermediate score as its value and user attr
+  ``pruned_at_step``. A pruned trial trained, so it counts toward
+  ``max_trials``; the strategies learn from COMPLETE trials only; a later
+  proposal of a pruned graph is recorded PRUNED as its duplicate (no training).
 * **Failures.** Any exception of the objective (the proxy's ``TrialFailed``
   on NaN, out of memory, ...) and a non-finite score make the trial FAIL with
   user attr ``error`` (and ``traceback``); the search goes on. A failure is
@@ -71,6 +78,8 @@ LOCK_FILE = "claims.lock"
 # Proxy trainer fields added after searches were already run, with the default that reproduces those
 # searches: a search_config.json without the field continues when the field is at this value.
 PROXY_FIELDS_ADDED = {"drop_path_keep_prob": 1.0, "ema_decay": None, "initializer": "deeplab"}
+# Optuna's pruners by flag value (``make_pruner``).
+PRUNERS = ("none", "median", "sha", "hyperband")
 # The best cell by proxy score so far (the re-ranked winner is rerank's best_cell.json).
 BEST_PROXY_CELL = "best_proxy_cell.json"
 # Fields that may change when a search is continued: budgets and how it is run, not what it searches.
@@ -98,6 +107,7 @@ GRAPH_HASH = "graph_hash"
 DUPLICATE_OF = "duplicate_of"
 RETRY_OF = "retry_of"
 RETRIED_AS = "retried_as"
+PRUNED_AT_STEP = "pruned_at_step"
 INTERRUPTED = "interrupted"
 ERROR = "error"
 PROPOSAL = "proposal"
@@ -175,6 +185,13 @@ class SearchConfig:
         cost_target, cost_alpha, cost_beta: the target cost and MnasNet's exponents (below / above
             the target).
         rl_*: the ``rl`` strategy's controller (``nas.controller.ControllerConfig`` without the prefix).
+        pruner: one of ``PRUNERS``: stop trials early on their intermediate scores (the proxy's
+            ``eval_interval`` must be set): "median" (Optuna's MedianPruner: below the median of
+            earlier trials at the same step), "sha" (asynchronous successive halving) or
+            "hyperband"; "none" trains every trial to the end (the paper).
+        pruner_startup_trials: "median" prunes nothing until this many trials completed.
+        pruner_warmup_steps: "median" prunes no trial before this step.
+        pruner_reduction_factor: "sha" and "hyperband": keep about 1 in this many at each rung.
     """
 
     search_dir: str
@@ -210,6 +227,10 @@ class SearchConfig:
     rl_baseline_decay: float = 0.95
     rl_hidden: int = 100
     rl_layers: int = 2
+    pruner: str = "none"
+    pruner_startup_trials: int = 5
+    pruner_warmup_steps: int = 0
+    pruner_reduction_factor: int = 3
 
     def __post_init__(self):
         if not self.search_dir:
@@ -240,6 +261,7 @@ class SearchConfig:
                 f"enqueue_published needs num_branches=5 (the published and ASPP cells have 5 branches), "
                 f"got num_branches={self.num_branches}"
             )
+        self._check_pruner()
         module, _, attr = self.objective.partition(":")
         if not module or not attr:
             raise ValueError(f"objective={self.objective!r}: expected 'module:function'")
@@ -251,6 +273,44 @@ class SearchConfig:
                 raise ValueError(
                     f"cost_target={self.cost_target} must be positive with cost_metric={self.cost_metric}"
                 )
+
+    def _check_pruner(self) -> None:
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner={self.pruner!r} unknown; valid: {list(PRUNERS)}")
+        for name in ("pruner_startup_trials", "pruner_warmup_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        factor = self.pruner_reduction_factor
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise ValueError(f"pruner_reduction_factor must be an integer >= 2, got {factor!r}")
+        if self.pruner != "none" and self.objective == DEFAULT_OBJECTIVE:
+            interval = self.proxy.get("eval_interval") or 0
+            steps = self.proxy.get("proxy_steps")
+            if not interval or (steps is not None and interval >= steps):
+                raise ValueError(
+                    f"pruner={self.pruner} needs intermediate scores: set proxy_eval_interval to a number of "
+                    f"steps below proxy_steps ({steps}), got {interval}"
+                )
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        """The study's pruner (``NopPruner`` for "none"); steps are the proxy's training steps."""
+        if self.pruner == "none":
+            return optuna.pruners.NopPruner()
+        if self.pruner == "median":
+            return optuna.pruners.MedianPruner(
+                n_startup_trials=self.pruner_startup_trials, n_warmup_steps=self.pruner_warmup_steps
+            )
+        interval = int(self.proxy.get("eval_interval") or 1)
+        if self.pruner == "sha":
+            return optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=interval, reduction_factor=self.pruner_reduction_factor
+            )
+        return optuna.pruners.HyperbandPruner(
+            min_resource=interval,
+            max_resource=int(self.proxy["proxy_steps"]) if self.proxy.get("proxy_steps") else "auto",
+            reduction_factor=self.pruner_reduction_factor,
+        )
 
     @property
     def space(self) -> SearchSpace:
@@ -379,6 +439,7 @@ def load_study(config: SearchConfig, *, create: bool = False, sampler=None) -> o
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(config.storage, create_tables=create)
     sampler = sampler or make_sampler(config.strategy, config.space, config.strategy_options())
+    pruner = config.make_pruner()
     if create:
         return optuna.create_study(
             storage=storage,
@@ -386,8 +447,9 @@ def load_study(config: SearchConfig, *, create: bool = False, sampler=None) -> o
             direction="maximize",
             load_if_exists=True,
             sampler=sampler,
+            pruner=pruner,
         )
-    return optuna.load_study(storage=storage, study_name=config.study_name, sampler=sampler)
+    return optuna.load_study(storage=storage, study_name=config.study_name, sampler=sampler, pruner=pruner)
 
 
 def all_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
@@ -433,8 +495,9 @@ def is_interrupted(trial: FrozenTrial) -> bool:
 
 
 def counts_toward_budget(trial: FrozenTrial) -> bool:
-    """Trials that trained, are training, or failed on their own (see ``max_trials``)."""
-    if trial.state not in (TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING):
+    """Trials that trained (to the end or until pruned), are training, or failed on their own (see
+    ``max_trials``)."""
+    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING):
         return False
     return not is_duplicate(trial) and not is_interrupted(trial)
 
@@ -445,8 +508,8 @@ def budget_used(trials: Iterable[FrozenTrial]) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Resolution:
-    """What to do with a proposed graph: "train", "copy" a completed score, "copy_failure", or
-    "wait" for an attempt in progress; ``of``: the trial it refers to."""
+    """What to do with a proposed graph: "train", "copy" a completed score, "copy_pruned",
+    "copy_failure", or "wait" for an attempt in progress; ``of``: the trial it refers to."""
 
     action: str
     of: int | None = None
@@ -466,6 +529,9 @@ def resolve_duplicate(number: int, graph_hash: str, trials: Iterable[FrozenTrial
     running = [t for t in same if t.state == TrialState.RUNNING]
     if running:
         return Resolution("wait", min(t.number for t in running))
+    pruned = [t for t in same if t.state == TrialState.PRUNED]
+    if pruned:
+        return Resolution("copy_pruned", min(t.number for t in pruned))
     failed = [t for t in same if t.state == TrialState.FAIL and not is_interrupted(t)]
     if failed:
         return Resolution("copy_failure", min(t.number for t in failed))
@@ -698,6 +764,17 @@ def load_objective_factory(reference: str) -> Callable[[SearchConfig], Objective
     return factory
 
 
+def accepts_report(objective: Callable) -> bool:
+    """Whether ``objective`` takes the pruners' ``report=`` keyword."""
+    import inspect  # noqa: PLC0415
+
+    try:
+        parameters = inspect.signature(objective).parameters
+    except (TypeError, ValueError):
+        return False
+    return "report" in parameters or any(p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
 def _jsonable(value: Any) -> Any:
     """Plain JSON types (NumPy scalars and arrays become numbers and lists)."""
     return json.loads(json.dumps(value, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v)))
@@ -711,6 +788,7 @@ class WorkerReport:
     """What one worker did (counts of its trials by outcome) and why it stopped."""
 
     trained: int = 0
+    pruned: int = 0
     failed: int = 0
     duplicates: int = 0
     stopped_because: str = ""
@@ -737,6 +815,18 @@ def _copy_result_attrs(trial: optuna.Trial, source: FrozenTrial) -> None:
             trial.set_user_attr(key, source.user_attrs[key])
 
 
+def _reporter(trial: optuna.Trial) -> Callable[[int, float], None]:
+    """The objective's ``report(step, score)``: records an intermediate score and raises
+    ``optuna.TrialPruned`` when the study's pruner stops the trial."""
+
+    def report(step: int, score: float) -> None:
+        trial.report(float(score), int(step))
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step} (intermediate score {score:.4f})")
+
+    return report
+
+
 def _train(
     study: optuna.Study,
     trial: optuna.Trial,
@@ -746,11 +836,19 @@ def _train(
     config: SearchConfig,
 ) -> None:
     try:
-        result = dict(objective(spec))
+        if config.pruner != "none":
+            result = dict(objective(spec, report=_reporter(trial)))
+        else:
+            result = dict(objective(spec))
         miou = float(result["miou"])
         if not math.isfinite(miou):
             raise FloatingPointError(f"the objective returned a non-finite mIoU ({miou})")
         score = score_of(result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
+    except optuna.TrialPruned:
+        step = study._storage.get_trial(trial._trial_id).last_step
+        trial.set_user_attr(PRUNED_AT_STEP, step)
+        report.pruned += _finish(study, trial, TrialState.PRUNED)
+        return
     except Exception as e:  # noqa: BLE001  (any failure of one trial is recorded; the search goes on)
         trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}"[:2000])
         trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
@@ -792,6 +890,11 @@ def run_worker(
             raise WorkerSetupError(
                 f"objective {config.objective} could not be built: {type(e).__name__}: {e}"
             ) from e
+    if config.pruner != "none" and not accepts_report(objective):
+        raise WorkerSetupError(
+            f"pruner={config.pruner} needs intermediate scores, but objective {config.objective} takes no "
+            "report= argument (see deeplab_dpc.nas.objective)"
+        )
     study = load_study(config)
     space = config.space
     lock = FileLock(config.lock_path)
@@ -846,6 +949,11 @@ def run_worker(
                 if resolution.action == "copy":
                     _copy_result_attrs(trial, source)
                     report.duplicates += _finish(study, trial, TrialState.COMPLETE, source.value)
+                elif resolution.action == "copy_pruned":
+                    for step, value in sorted(source.intermediate_values.items()):
+                        trial.report(value, step)
+                    trial.set_user_attr(PRUNED_AT_STEP, source.user_attrs.get(PRUNED_AT_STEP))
+                    report.duplicates += _finish(study, trial, TrialState.PRUNED)
                 else:
                     error = source.user_attrs.get(ERROR, "")
                     trial.set_user_attr(

@@ -82,3 +82,18 @@ def sleepy(config):
 
 def broken_factory(config):
     raise FileNotFoundError("cache_dir /nonexistent has no features")
+
+
+def curves(config):
+    """As ``deterministic``, reporting ``score * step / 4`` at steps 1, 2, 3 before returning ``score``
+    at step 4 (a learning curve ordered like the final scores), for the pruners."""
+
+    def objective(spec, report=None):
+        _log(spec)
+        final = score(spec)
+        if report is not None:
+            for step in (1, 2, 3):
+                report(step, final * step / 4)
+        return _result(spec)
+
+    return objective

@@ -331,3 +331,24 @@ def test_the_proxy_cell_takes_the_models_initialisers(cache_dir):
     assert depthwise_std("keras") < 0.2  # glorot_uniform over 9 x 16 fan-in + 9 x 1 fan-out
     with pytest.raises(ValueError, match="initializer='he' is unknown"):
         _fast(cache_dir, initializer="he")
+
+
+def test_intermediate_scores_reach_the_pruner_and_a_prune_stops_the_trial(cache_dir):
+    import optuna
+
+    config = _fast(cache_dir, proxy_steps=30, eval_interval=10)
+    seen = []
+
+    def report(step, miou):
+        seen.append((step, miou))
+        if step == 20:
+            raise optuna.TrialPruned("stop")
+
+    with pytest.raises(optuna.TrialPruned):
+        run_proxy(CELL, config, progress=lambda step, total: seen.append(("progress", step)), report=report)
+    scores = [s for s in seen if s[0] != "progress"]
+    assert [s[0] for s in scores] == [10, 20] and all(0 <= m <= 1 for _, m in scores)
+    assert max(step for kind, step in seen if kind == "progress") < 30  # no step past the prune
+    full = run_proxy(CELL, config, report=lambda step, miou: None)
+    assert [h["step"] for h in full["history"]] == [10, 20, 30]
+    assert [h["miou"] for h in full["history"][:2]] == pytest.approx([m for _, m in scores])

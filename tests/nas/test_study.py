@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from optuna.trial import TrialState, create_trial
 
@@ -69,6 +70,17 @@ def objective_log(tmp_path, monkeypatch):
             r"^objective='fakes.deterministic': expected 'module:function'",
         ),
         (dict(heartbeat_seconds=10.0, grace_seconds=15.0), r"^grace_seconds must be at least twice"),
+        (dict(pruner="asha"), r"^pruner='asha' unknown; valid: \['none', 'median', 'sha', 'hyperband'\]"),
+        (
+            dict(pruner="median", objective=study_lib.DEFAULT_OBJECTIVE, proxy={"proxy_steps": 200}),
+            r"^pruner=median needs intermediate scores: set proxy_eval_interval",
+        ),
+        (
+            dict(pruner="sha", objective=study_lib.DEFAULT_OBJECTIVE, proxy={"proxy_steps": 200, "eval_interval": 200}),
+            r"^pruner=sha needs intermediate scores",
+        ),
+        (dict(pruner_reduction_factor=1), r"^pruner_reduction_factor must be an integer >= 2"),
+        (dict(pruner_startup_trials=-1), r"^pruner_startup_trials must be an integer >= 0"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, overrides, message):
@@ -349,3 +361,67 @@ def test_journal_storage_runs_a_search(tmp_path, objective_log):
     study_lib.run_worker(config, "w")
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4
     assert config.storage.startswith("journal:")
+
+
+# --------------------------------------------------------------------------- pruning
+
+
+def test_the_median_pruner_stops_trials_below_the_median_and_they_count_once(tmp_path, objective_log):
+    # The fake curves end where their steps point (score * step / 4): the median pruner stops a trial at
+    # a step where its score is below the median of the completed trials' scores at that step.
+    config = make_config(
+        tmp_path, objective="tests.nas.fakes:curves", max_trials=20, pruner="median", pruner_startup_trials=3,
+        mutation_probability=0.0,
+    )
+    study = start(config)
+    report = study_lib.run_worker(config, "w")
+    trials = [t for t in study.get_trials() if not study_lib.is_duplicate(t)]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(trials) == 20 and report.pruned == len(pruned) and report.trained == len(complete)
+    assert 3 <= len(pruned) <= 17
+    for t in pruned:
+        step = t.user_attrs["pruned_at_step"]
+        assert max(t.intermediate_values) == step and t.value == pytest.approx(t.intermediate_values[step])
+        earlier = [u.intermediate_values[step] for u in complete if u.datetime_complete < t.datetime_complete]
+        assert len(earlier) >= 3 and t.value < np.median(earlier)
+    assert all(t.number >= 3 for t in pruned)  # n_startup_trials
+    for t in complete:
+        assert sorted(t.intermediate_values) == [1, 2, 3] and t.value == pytest.approx(fakes.score(
+            space_lib.params_to_spec(t.params, config.space)))
+    # Every cell trained once (pruned ones partly); the budget counted each once.
+    assert len(trained_hashes(objective_log)) == 20 == study_lib.budget_used(study.get_trials())
+
+
+def test_a_duplicate_of_a_pruned_graph_is_pruned_without_training(tmp_path, objective_log):
+    config = make_config(
+        tmp_path, objective="tests.nas.fakes:curves", num_branches=1, max_trials=40, pruner="median",
+        pruner_startup_trials=2,
+    )
+    study = start(config)
+    study_lib.run_worker(config, "w")
+    trials = study.get_trials()
+    by_number = {t.number: t for t in trials}
+    copies = [t for t in trials if study_lib.is_duplicate(t) and t.state == TrialState.PRUNED]
+    assert copies
+    for t in copies:
+        original = by_number[t.user_attrs["duplicate_of"]]
+        assert original.state == TrialState.PRUNED and t.value == original.value
+        assert t.intermediate_values == original.intermediate_values
+    trained = trained_hashes(objective_log)
+    assert len(trained) == len(set(trained)) == 40
+
+
+def test_a_pruner_needs_an_objective_that_reports(tmp_path):
+    config = make_config(tmp_path, pruner="median")
+    start(config)
+    with pytest.raises(study_lib.WorkerSetupError, match="pruner=median needs intermediate scores.*report="):
+        study_lib.run_worker(config, "w")
+
+
+@pytest.mark.parametrize("pruner, kind", [("none", "NopPruner"), ("median", "MedianPruner"),
+                                          ("sha", "SuccessiveHalvingPruner"), ("hyperband", "HyperbandPruner")])
+def test_the_study_uses_the_configured_pruner(tmp_path, pruner, kind):
+    config = make_config(tmp_path, pruner=pruner)
+    assert type(config.make_pruner()).__name__ == kind
+    assert type(start(config).pruner).__name__ == kind
