@@ -17,6 +17,7 @@ winner as ``search_dir/best_cell.json``.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -132,6 +133,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "pruner_reduction_factor", 3, "sha, hyperband: about 1 in this many trials continues at each rung.", **f
     )
+    flags.DEFINE_string(
+        "stage2_flagfile",
+        None,
+        "Progressive two-stage evaluation (Nekrasov et al.): a training flagfile (train's flags, like "
+        "rerank's) to fine-tune promising cells end to end after the proxy; the trial's value is then "
+        "its last stage's score. Unset: the proxy alone.",
+        **f,
+    )
+    flags.DEFINE_float(
+        "stage2_probability", 0.9, "Chance a cell not above the running average still goes to stage 2, at first.", **f
+    )
+    flags.DEFINE_float(
+        "stage2_probability_decay", 0.98, "...multiplied by this for each earlier stage-1 result.", **f
+    )
     flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
     flags.DEFINE_float(
         "grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f
@@ -185,13 +200,76 @@ def proxy_config_from_flags(fv: flags.FlagValues) -> dict:
         raise app.UsageError(_proxy_message(str(e))) from None
 
 
+def stage2_from_flags(fv: flags.FlagValues, search_config) -> dict | None:
+    """``--stage2_flagfile`` and its probabilities -> ``Stage2Config.to_dict()`` (None when unset).
+
+    The flagfile holds ``deeplab_dpc.train``'s flags (``rerank``'s are accepted and unused), parsed by
+    train itself (its cell, if any, is replaced by each candidate's); runs start from the feature cache's backbone checkpoint unless it
+    gives --tf_initial_checkpoint, as rerank's do. Errors name the flagfile and its flag.
+    """
+    if not fv.stage2_flagfile:
+        return None
+    import dataclasses  # noqa: PLC0415
+
+    from deeplab_dpc import rerank as rerank_main  # noqa: PLC0415
+    from deeplab_dpc import train as train_main  # noqa: PLC0415
+    from deeplab_dpc.nas import progressive  # noqa: PLC0415
+    from deeplab_dpc.nas.rerank import initial_checkpoint_from_cache  # noqa: PLC0415
+
+    path = fv.stage2_flagfile
+    if not os.path.isfile(path):
+        raise app.UsageError(f"--stage2_flagfile={path} does not exist")
+    work = flags.FlagValues()
+    rerank_main.define_flags(work)  # train's flags and rerank's: a re-ranking flagfile works unchanged
+    try:
+        work(["search", f"--flagfile={path}"])
+    except flags.Error as e:
+        raise app.UsageError(f"--stage2_flagfile={path}: {e}") from None
+    work.train_logdir = os.path.join(os.path.abspath(fv.search_dir), progressive.STAGE2_FOLDER)
+    try:
+        with rerank_main._placeholder_cell() as placeholder:
+            work.dense_prediction_cell_json = str(placeholder)
+            work.context = "dpc"
+            template = train_main.config_from_flags(work)
+        if not template.tf_initial_checkpoint:
+            checkpoint, _ = initial_checkpoint_from_cache(search_config, template.model)
+            if checkpoint:
+                template = dataclasses.replace(template, tf_initial_checkpoint=checkpoint)
+        return progressive.Stage2Config(
+            train=template.to_dict(),
+            eval_split=work.eval_split or "val",
+            eval_crop_size=cli.parse_pair(work.eval_crop_size, "eval_crop_size"),
+            initial_probability=fv.stage2_probability,
+            decay=fv.stage2_probability_decay,
+        ).to_dict()
+    except (app.UsageError, ValueError) as e:
+        message = str(e).replace("stage2_initial_probability", "stage2_probability")
+        message = message.replace("stage2_decay", "stage2_probability_decay")
+        if message.startswith("stage2_"):
+            raise app.UsageError("--" + message) from None
+        raise app.UsageError(f"--stage2_flagfile={path}: {message}") from None
+
+
 def config_from_flags(fv: flags.FlagValues):
     """Flags -> ``SearchConfig``; every error is an ``app.UsageError`` naming its flag."""
+    import dataclasses  # noqa: PLC0415
+
     from deeplab_dpc.nas.study import SearchConfig  # noqa: PLC0415
 
     if not fv.search_dir:
         raise app.UsageError("--search_dir is required")
     proxy = proxy_config_from_flags(fv)
+    config = _search_config(fv, proxy, SearchConfig)
+    stage2 = stage2_from_flags(fv, config)
+    if stage2 is None:
+        return config
+    try:
+        return dataclasses.replace(config, stage2=stage2)
+    except ValueError as e:
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+
+
+def _search_config(fv: flags.FlagValues, proxy: dict, SearchConfig):
     try:
         return SearchConfig(
             search_dir=fv.search_dir,

@@ -159,8 +159,9 @@ def trial_rows(
                 "state": trial.state.name,
                 "hash": rerank_lib.trial_hash(trial, space),
                 "spec": _spec_text(trial, space),
-                "proxy_miou": trial.value if trial.state == TrialState.COMPLETE else None,
-                "full_miou": record.get(rerank_lib.FULL_MIOU),
+                # The proxy's mIoU: the trial's value unless it was weighed by cost or is stage 2's.
+                "proxy_miou": attrs.get("miou", trial.value) if trial.state == TrialState.COMPLETE else None,
+                "full_miou": record.get(rerank_lib.FULL_MIOU, attrs.get(study_lib.FULL_MIOU)),
                 "params": attrs.get("params"),
                 "madds": attrs.get("madds"),
                 "seconds": attrs.get("seconds"),

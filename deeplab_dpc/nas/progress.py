@@ -72,6 +72,10 @@ def trial_line(trial: FrozenTrial) -> str:
         parts = [f"score {trial.value:.3f} (proxy mIoU {float(attrs['miou']):.3f})"]
     else:
         parts = [f"proxy mIoU {trial.value:.3f}"]
+    if attrs.get(study_lib.STAGE) == 2:  # two-stage evaluation: the value is the end-to-end score
+        parts = [f"stage 2 mIoU {float(attrs[study_lib.FULL_MIOU]):.3f}", f"proxy mIoU {float(attrs['miou']):.3f}"]
+    elif attrs.get(study_lib.STAGE) == 1:
+        parts[0] += " (stopped after stage 1)"
     if attrs.get("madds") is not None:
         parts.append(format_madds(float(attrs["madds"])))
     if study_lib.is_duplicate(trial):

@@ -175,16 +175,24 @@ class Candidate:
 
 
 def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Candidate]:
-    """Distinct completed cells, best proxy mIoU first (ties: the earlier trial); duplicates left out."""
+    """Distinct completed cells, best proxy score first (ties: the earlier trial); duplicates left out.
+
+    The proxy score is the trial's value, or its stage-1 score in a two-stage search (whose value may
+    be stage 2's); ``Candidate.proxy_miou`` is the proxy's mIoU (``miou``, not weighed by cost).
+    """
+
+    def proxy_score(t: FrozenTrial) -> float:
+        return float(t.user_attrs.get(study_lib.STAGE1_SCORE, t.value))
+
     done = [
         t
         for t in trials
         if t.state == TrialState.COMPLETE
         and not study_lib.is_duplicate(t)
         and t.value is not None
-        and math.isfinite(t.value)
+        and math.isfinite(proxy_score(t))
     ]
-    done.sort(key=lambda t: (-t.value, t.number))
+    done.sort(key=lambda t: (-proxy_score(t), t.number))
     out: list[Candidate] = []
     seen: set[str] = set()
     for trial in done:
@@ -196,7 +204,8 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
         if graph_hash in seen:
             continue
         seen.add(graph_hash)
-        out.append(Candidate(trial.number, graph_hash, spec, float(trial.value), len(out) + 1))
+        miou = float(trial.user_attrs.get("miou", trial.value))
+        out.append(Candidate(trial.number, graph_hash, spec, miou, len(out) + 1))
     return out
 
 

@@ -99,6 +99,12 @@ RESUMABLE_FIELDS = frozenset(
 MAX_CONSECUTIVE_DUPLICATES = 200
 # Result fields copied to user attributes (the rest of a result is kept if small).
 RESULT_ATTRS = ("miou", "params", "madds", "seconds", "steps", "filters")
+# Two-stage evaluation's user attributes (``nas.progressive``), copied to a duplicate with the result.
+STAGE = "stage"
+STAGE1_SCORE = "stage1_score"
+STAGE2_DECISION = "stage2_decision"
+FULL_MIOU = "full_miou"
+STAGE_ATTRS = (STAGE, STAGE1_SCORE, FULL_MIOU, "score")
 _MAX_ATTR_JSON = 20_000
 
 # User attribute names.
@@ -192,6 +198,9 @@ class SearchConfig:
         pruner_startup_trials: "median" prunes nothing until this many trials completed.
         pruner_warmup_steps: "median" prunes no trial before this step.
         pruner_reduction_factor: "sha" and "hyperband": keep about 1 in this many at each rung.
+        stage2: progressive two-stage evaluation (``nas.progressive``): a
+            ``Stage2Config.to_dict()`` (the end-to-end training of promising cells and Nekrasov's
+            early-termination rule), or None: the proxy alone (the paper).
     """
 
     search_dir: str
@@ -231,6 +240,7 @@ class SearchConfig:
     pruner_startup_trials: int = 5
     pruner_warmup_steps: int = 0
     pruner_reduction_factor: int = 3
+    stage2: Mapping[str, Any] | None = None
 
     def __post_init__(self):
         if not self.search_dir:
@@ -262,6 +272,10 @@ class SearchConfig:
                 f"got num_branches={self.num_branches}"
             )
         self._check_pruner()
+        if self.stage2 is not None:
+            from deeplab_dpc.nas.progressive import Stage2Config  # noqa: PLC0415  (NumPy only)
+
+            object.__setattr__(self, "stage2", Stage2Config.from_dict(self.stage2).to_dict())
         module, _, attr = self.objective.partition(":")
         if not module or not attr:
             raise ValueError(f"objective={self.objective!r}: expected 'module:function'")
@@ -810,7 +824,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: 
 
 
 def _copy_result_attrs(trial: optuna.Trial, source: FrozenTrial) -> None:
-    for key in RESULT_ATTRS:
+    for key in RESULT_ATTRS + STAGE_ATTRS:
         if key in source.user_attrs and key != "seconds":
             trial.set_user_attr(key, source.user_attrs[key])
 
@@ -858,9 +872,49 @@ def _train(
     for key, value in result.items():
         if key in RESULT_ATTRS or len(json.dumps(value)) <= _MAX_ATTR_JSON:
             trial.set_user_attr(key if key in RESULT_ATTRS else f"result_{key}", value)
+    if config.stage2 is not None:
+        try:
+            score = _stage2(study, trial, spec, result, score, config)
+        except Exception as e:  # noqa: BLE001  (a stage-2 failure fails the trial, as a stage-1 one does)
+            trial.set_user_attr(ERROR, f"stage 2: {type(e).__name__}: {e}"[:2000])
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            report.failed += _finish(study, trial, TrialState.FAIL)
+            return
     if config.cost_metric is not None:
         trial.set_user_attr("score", score)
     report.trained += _finish(study, trial, TrialState.COMPLETE, score)
+
+
+def _stage2(
+    study: optuna.Study, trial: optuna.Trial, spec: CellSpec, result: Mapping[str, Any], score: float,
+    config: SearchConfig,
+) -> float:
+    """Nekrasov's progressive evaluation after stage 1 (the proxy's ``result``, its ``score``): decides,
+    runs stage 2 if so, records both stages; returns the trial's value (the last stage's score)."""
+    from deeplab_dpc.nas import progressive  # noqa: PLC0415
+
+    stage2 = progressive.Stage2Config.from_dict(config.stage2)
+    earlier = [
+        float(t.user_attrs[STAGE1_SCORE])
+        for t in all_trials(study, states=(TrialState.COMPLETE,))
+        if t.number != trial.number and not is_duplicate(t) and STAGE1_SCORE in t.user_attrs
+    ]
+    decision = progressive.decide(score, earlier, stage2.initial_probability, stage2.decay, config.seed, trial.number)
+    trial.set_user_attr(STAGE1_SCORE, score)
+    trial.set_user_attr(STAGE2_DECISION, decision.to_dict())
+    if not decision.go:
+        trial.set_user_attr(STAGE, 1)
+        return score
+    directory = progressive.run_dir(config.search_dir, spec.canonical_hash())
+    full = dict(progressive.load_trainer(stage2.trainer)(spec, stage2, directory))
+    miou = float(full["miou"])
+    if not math.isfinite(miou):
+        raise FloatingPointError(f"stage 2 returned a non-finite mIoU ({miou})")
+    trial.set_user_attr(FULL_MIOU, miou)
+    trial.set_user_attr("full_seconds", float(full.get("seconds", float("nan"))))
+    trial.set_user_attr("full_run_dir", directory)
+    trial.set_user_attr(STAGE, 2)
+    return score_of({**result, "miou": miou}, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
 
 
 def run_worker(

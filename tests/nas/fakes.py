@@ -97,3 +97,13 @@ def curves(config):
         return _result(spec)
 
     return objective
+
+
+def stage2(spec, config, run_dir):
+    """A fake stage 2 (``Stage2Config.trainer``): the proxy score plus 0.1, logged to
+    ``$FAKE_STAGE2_LOG`` as ``<graph hash> <run_dir>``."""
+    path = os.environ.get("FAKE_STAGE2_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{spec.canonical_hash()} {run_dir}\n")
+    return {"miou": score(spec) + 0.1, "seconds": 0.0}

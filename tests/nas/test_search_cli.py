@@ -218,3 +218,36 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     assert "best proxy mIoU" in third.stderr
     with open(search_dir / "best_proxy_cell.json") as f:
         assert len(json.load(f)) == 2
+
+
+def test_a_stage2_flagfile_becomes_the_two_stage_config(tmp_path):
+    data = tmp_path / "tfrecord"
+    data.mkdir()
+    flagfile = tmp_path / "stage2.flags"
+    flagfile.write_text(
+        "\n".join([
+            "--top_k=5",  # a re-ranking flagfile works unchanged: rerank's own flags are accepted
+            "--model_variant=mobilenet_v2", "--dataset=camvid", f"--dataset_dir={data}",
+            "--train_crop_size=65,65", "--training_number_of_steps=7", "--eval_crop_size=97,129",
+            "--dense_prediction_cell_json=ignored.json",
+        ]) + "\n"
+    )
+    search_dir = tmp_path / "s"
+    fv = parse(f"--search_dir={search_dir}", "--objective=tests.nas.fakes:deterministic",
+               f"--stage2_flagfile={flagfile}", "--stage2_probability=0.6", "--stage2_probability_decay=0.9")
+    config = search.config_from_flags(fv)
+    stage2 = config.stage2
+    assert (stage2["initial_probability"], stage2["decay"], stage2["eval_crop_size"]) == (0.6, 0.9, [97, 129])
+    assert stage2["train"]["training_number_of_steps"] == 7
+    assert stage2["train"]["train_logdir"] == os.path.join(str(search_dir), "stage2")
+    assert stage2["train"]["model"]["context"] == "dpc"
+    with pytest.raises(app.UsageError, match=r"^--stage2_probability=1.5 must be a number in \[0, 1\]"):
+        search.config_from_flags(parse(f"--search_dir={search_dir}", "--objective=tests.nas.fakes:deterministic",
+                                       f"--stage2_flagfile={flagfile}", "--stage2_probability=1.5"))
+    with pytest.raises(app.UsageError, match=r"^--stage2_flagfile=.*nope.flags does not exist"):
+        search.config_from_flags(parse(f"--search_dir={search_dir}", "--objective=tests.nas.fakes:deterministic",
+                                       f"--stage2_flagfile={tmp_path / 'nope.flags'}"))
+    flagfile.write_text(f"--dataset=camvid\n--dataset_dir={data}\n--train_crop_size=8,8\n")
+    with pytest.raises(app.UsageError, match=r"^--stage2_flagfile=.*stage2.flags: .*train_crop_size"):
+        search.config_from_flags(parse(f"--search_dir={search_dir}", "--objective=tests.nas.fakes:deterministic",
+                                       f"--stage2_flagfile={flagfile}"))
