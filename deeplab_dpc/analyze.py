@@ -30,6 +30,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "run_dir", None, "A trained DPC run for projection_l1.png (default: the best re-ranked run).", **f
     )
     flags.DEFINE_integer("num_cells", 4, "Cells drawn in best_cells.png.", **f)
+    flags.DEFINE_float(
+        "max_madds",
+        None,
+        "Also find the best cell by proxy mIoU with at most this many multiply-adds (the proxy cell's, as "
+        "pareto.png), written to best_cell_under_max_madds.json.",
+        **f,
+    )
 
 
 def config_from_flags(fv: flags.FlagValues):
@@ -40,7 +47,8 @@ def config_from_flags(fv: flags.FlagValues):
         raise app.UsageError("--search_dir is required")
     try:
         return AnalyzeConfig(
-            search_dir=fv.search_dir, output_dir=fv.output_dir, run_dir=fv.run_dir, num_cells=fv.num_cells
+            search_dir=fv.search_dir, output_dir=fv.output_dir, run_dir=fv.run_dir, num_cells=fv.num_cells,
+            max_madds=fv.max_madds,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None
@@ -69,6 +77,12 @@ def summary_lines(summary: dict) -> list[str]:
         )
     if summary.get("pareto_front"):
         lines.append(f"Pareto front (proxy mIoU vs multiply-adds): trials {summary['pareto_front']}")
+    under = summary.get("best_under_max_madds")
+    if under:
+        lines.append(
+            f"best cell with at most {under['max_madds'] / 1e9:g} GMAdds: trial {under['trial']}, proxy mIoU "
+            f"{under['proxy_miou']:.4f}, {under['madds'] / 1e9:.3f} GMAdds"
+        )
     return lines
 
 

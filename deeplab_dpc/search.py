@@ -108,9 +108,11 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum(
         "cost_metric",
         None,
-        ["madds", "params"],
+        ["madds", "params", "latency_ms"],
         "Weigh each trial's proxy mIoU by this cost, MnasNet-style: mIoU x (cost / --cost_target) ** w, "
-        "w = --cost_alpha at or below the target, --cost_beta above (unset: mIoU alone, as the paper).",
+        "w = --cost_alpha at or below the target, --cost_beta above (unset: mIoU alone, as the paper). "
+        "With --strategy=nsga2, the second objective (minimised; the result is the Pareto front). "
+        "latency_ms: the proxy cell's measured inference time, batch 1, on the machine running the trial.",
         **f,
     )
     flags.DEFINE_float(

@@ -160,7 +160,7 @@ def trial_rows(
                 "hash": rerank_lib.trial_hash(trial, space),
                 "spec": _spec_text(trial, space),
                 # The proxy's mIoU: the trial's value unless it was weighed by cost or is stage 2's.
-                "proxy_miou": attrs.get("miou", trial.value) if trial.state == TrialState.COMPLETE else None,
+                "proxy_miou": attrs.get("miou", study_lib.trial_score(trial)) if trial.state == TrialState.COMPLETE else None,
                 "full_miou": record.get(rerank_lib.FULL_MIOU, attrs.get(study_lib.FULL_MIOU)),
                 "params": attrs.get("params"),
                 "madds": attrs.get("madds"),
@@ -440,12 +440,16 @@ class AnalyzeConfig:
         output_dir: where the PNGs and ``trials.csv`` go (default ``<search_dir>/analysis``).
         run_dir: the trained DPC run of ``projection_l1.png`` (default: the best re-ranked run).
         num_cells: cells drawn in ``best_cells.png``.
+        max_madds: also answer "the best cell under this many multiply-adds" (the proxy cell's, as
+            ``pareto.png`` and a search's ``cost_metric=madds``): written to
+            ``best_cell_under_max_madds.json`` (None: not asked).
     """
 
     search_dir: str
     output_dir: str | None = None
     run_dir: str | None = None
     num_cells: int = 4
+    max_madds: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "search_dir", os.path.abspath(os.fspath(self.search_dir)))
@@ -455,6 +459,8 @@ class AnalyzeConfig:
             raise ValueError(f"num_cells must be between 1 and 20, got {self.num_cells}")
         if self.run_dir is not None and not os.path.isdir(self.run_dir):
             raise ValueError(f"run_dir={self.run_dir} is not a folder")
+        if self.max_madds is not None and not self.max_madds > 0:
+            raise ValueError(f"max_madds must be positive, got {self.max_madds}")
 
 
 def _proxy_rank_label(candidate: rerank_lib.Candidate) -> str:
@@ -608,4 +614,26 @@ def analyze(config: AnalyzeConfig) -> dict:
         written.append(os.path.join(out, FIGURES["pareto"]))
     else:
         notes.append("pareto.png skipped: no completed cell records multiply-adds")
+    if config.max_madds is not None:
+        best = best_under(costed, cost, config.max_madds)
+        summary["best_under_max_madds"] = best and {
+            "trial": best.number, "proxy_miou": best.proxy_miou, "madds": float(cost[best.number]),
+            "max_madds": config.max_madds, "spec": best.spec.to_list(),
+        }
+        if best is None:
+            notes.append(f"no completed cell has at most max_madds={config.max_madds:g} multiply-adds")
+        else:
+            path = os.path.join(out, BEST_UNDER_MAX_MADDS)
+            best.spec.save(path)
+            written.append(path)
     return summary
+
+
+BEST_UNDER_MAX_MADDS = "best_cell_under_max_madds.json"
+
+
+def best_under(candidates, cost: Mapping[int, Any], limit: float):
+    """The candidate with the best proxy mIoU among those costing at most ``limit`` (ties: the
+    earlier trial); None if none does. ``candidates`` are ``rerank.Candidate``s, ``cost`` by trial."""
+    within = [c for c in candidates if cost.get(c.number) is not None and float(cost[c.number]) <= limit]
+    return max(within, key=lambda c: (c.proxy_miou, -c.number), default=None)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-COST_METRICS = ("madds", "params")
+# Result keys a search can weigh or minimise: the proxy cell's analytical multiply-adds and
+# parameters, and its measured inference latency (ms, batch 1, on the machine running the trial).
+COST_METRICS = ("madds", "params", "latency_ms")
 
 
 def cost_aware_score(

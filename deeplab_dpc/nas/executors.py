@@ -391,13 +391,13 @@ def run_search(
         "duplicates": sum(study_lib.is_duplicate(t) for t in trials),
         "interrupted": sum(study_lib.is_interrupted(t) for t in trials),
         "best_trial": best[0].number if best else None,
-        "best_value": best[0].value if best else None,
+        "best_value": study_lib.trial_score(best[0]) if best else None,
         "best_cell": os.path.join(config.search_dir, study_lib.BEST_PROXY_CELL) if best else None,
         "seconds": time.time() - start,
     }
     if best:
         report.message(
-            f"best proxy mIoU {best[0].value:.4f} in trial {best[0].number}: {summary['best_cell']}"
+            f"best proxy mIoU {study_lib.trial_score(best[0]):.4f} in trial {best[0].number}: {summary['best_cell']}"
             f" (train it with --dense_prediction_cell_json={summary['best_cell']})"
         )
     return summary

@@ -63,7 +63,8 @@ def trial_line(trial: FrozenTrial) -> str:
         return f"{prefix}: {attrs.get(study_lib.ERROR, 'unknown error')}".splitlines()[0][:300]
     if trial.state == TrialState.PRUNED:
         step = attrs.get(study_lib.PRUNED_AT_STEP)
-        score = "" if trial.value is None else f": proxy mIoU {trial.value:.3f} then"
+        value = study_lib.trial_score(trial)
+        score = "" if value is None else f": proxy mIoU {value:.3f} then"
         copy = ""
         if study_lib.is_duplicate(trial):
             copy = f" (duplicate of trial {attrs[study_lib.DUPLICATE_OF]}, not retrained)"
@@ -71,7 +72,7 @@ def trial_line(trial: FrozenTrial) -> str:
     if attrs.get("score") is not None and attrs.get("miou") is not None:  # a cost-aware search
         parts = [f"score {trial.value:.3f} (proxy mIoU {float(attrs['miou']):.3f})"]
     else:
-        parts = [f"proxy mIoU {trial.value:.3f}"]
+        parts = [f"proxy mIoU {study_lib.trial_score(trial):.3f}"]
     if attrs.get(study_lib.STAGE) == 2:  # two-stage evaluation: the value is the end-to-end score
         parts = [f"stage 2 mIoU {float(attrs[study_lib.FULL_MIOU]):.3f}", f"proxy mIoU {float(attrs['miou']):.3f}"]
     elif attrs.get(study_lib.STAGE) == 1:
@@ -177,7 +178,7 @@ def write_hparams_trial(logdir: str, trial: FrozenTrial) -> bool:
             for tag, key, _ in METRICS
             if trial.user_attrs.get(key) is not None
         }
-        scalars["proxy/miou"] = float(trial.value)
+        scalars["proxy/miou"] = float(study_lib.trial_score(trial))
         summaries.write_scalars(tmp, 0, scalars)
     summaries.write_values(
         tmp,
@@ -258,7 +259,7 @@ class SearchProgress:
         done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
         if not done:
             return
-        best = max(done, key=lambda t: (t.value, -t.number))
+        best = max(done, key=lambda t: (study_lib.trial_score(t), -t.number))
         if self.best is None or best.number != self.best.number:
             self.best = best
             spec = space_lib.params_to_spec(best.params, self.config.space)
@@ -280,7 +281,7 @@ class SearchProgress:
             eta_text = format_duration(eta)
         else:
             eta_text = "?"
-        best = f"best {self.best.value:.3f} (trial {self.best.number})" if self.best else "best -"
+        best = f"best {study_lib.trial_score(self.best):.3f} (trial {self.best.number})" if self.best else "best -"
         return (
             f"[{done + pruned + failed}/{self.config.max_trials} trials: {done} done, "
             + (f"{pruned} pruned, " if self.config.pruner != "none" else "")
@@ -311,7 +312,7 @@ class SearchProgress:
 def best_trials(trials: Sequence[FrozenTrial], k: int) -> list[FrozenTrial]:
     """The ``k`` best completed trials (duplicates left out), best first."""
     done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
-    return sorted(done, key=lambda t: (-t.value, t.number))[:k]
+    return sorted(done, key=lambda t: (-study_lib.trial_score(t), t.number))[:k]
 
 
 def spec_of(trial: FrozenTrial, space: SearchSpace) -> CellSpec:

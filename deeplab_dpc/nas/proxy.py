@@ -510,6 +510,19 @@ def fit_segment(model, batches, steps: int, callbacks) -> tuple:
     return fit, (keeper.values if keeper else None)
 
 
+def measure_latency_ms(model, sample, repeats: int = 10, warmup: int = 2) -> float:
+    """Median milliseconds of one inference of ``model`` on ``sample`` (a batch of one), measured
+    here: the cost the search's ``cost_metric=latency_ms`` weighs, on the machine running the trial."""
+    for _ in range(warmup):
+        model.predict_on_batch(sample)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model.predict_on_batch(sample)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000.0)
+
+
 def restore_weights(model, values) -> None:
     """Puts trainable weights from ``fit_segment`` back."""
     for variable, value in zip(model.trainable_variables, values):
@@ -634,6 +647,7 @@ def run_proxy(
         history.append({"step": end, "miou": matrix.mean_iou(), "loss": loss})
         if report is not None and end != total:
             report(end, float(matrix.mean_iou()))
+    latency_ms = measure_latency_ms(model, data.eval_features[:1].astype(dtype))
     if progress is not None:
         progress(total, total)
     iou = matrix.per_class_iou()
@@ -647,6 +661,7 @@ def run_proxy(
         "pixel_accuracy": float(matrix.pixel_accuracy()),
         "params": cost["params"],
         "madds": cost["madds"],
+        "latency_ms": latency_ms,
         "params_256": cost_256["params"],
         "madds_256": cost_256["madds"],
         "seconds": time.perf_counter() - start,

@@ -182,14 +182,14 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
     """
 
     def proxy_score(t: FrozenTrial) -> float:
-        return float(t.user_attrs.get(study_lib.STAGE1_SCORE, t.value))
+        return float(t.user_attrs.get(study_lib.STAGE1_SCORE, study_lib.trial_score(t)))
 
     done = [
         t
         for t in trials
         if t.state == TrialState.COMPLETE
         and not study_lib.is_duplicate(t)
-        and t.value is not None
+        and t.values
         and math.isfinite(proxy_score(t))
     ]
     done.sort(key=lambda t: (-proxy_score(t), t.number))
@@ -204,7 +204,7 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
         if graph_hash in seen:
             continue
         seen.add(graph_hash)
-        miou = float(trial.user_attrs.get("miou", trial.value))
+        miou = float(trial.user_attrs.get("miou", study_lib.trial_score(trial)))
         out.append(Candidate(trial.number, graph_hash, spec, miou, len(out) + 1))
     return out
 

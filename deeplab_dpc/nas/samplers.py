@@ -22,6 +22,9 @@ Strategies (``STRATEGIES``, a name -> factory dict):
   uniform samples; then ``sample_size`` members are drawn with replacement
   and the child is a mutation of the best of them.
 * ``tpe``: ``optuna.samplers.TPESampler`` (seeded per trial, no constant liar).
+* ``nsga2``: Optuna's NSGA-II on two objectives, proxy mIoU (up) and the
+  search's ``cost_metric`` (down): its result is the Pareto front
+  (population ``population_size``; seeded per trial like TPE).
 * ``rl``: the LSTM controller of ``nas.controller`` (NASNet, Nekrasov et al.),
   trained with PPO or REINFORCE on the completed trials it proposed (user
   attr ``rl_logp``: the cell's log-probability when proposed), ``batch_size``
@@ -194,6 +197,21 @@ class SeededTPESampler(TPESampler):
         super().before_trial(study, trial)
 
 
+class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II (two objectives: proxy mIoU up, cost down), its random streams reseeded from
+    (seed, trial number) before each trial, as ``SeededTPESampler``."""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self._base_seed = seed
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        seed = trial_seed(self._base_seed, trial.number)
+        self._rng.rng.seed(seed)
+        self._random_sampler._rng.rng.seed(seed)
+        super().before_trial(study, trial)
+
+
 RL_LOGP = "rl_logp"
 log = logging.getLogger(__name__)
 
@@ -282,12 +300,22 @@ def _tpe(space: SearchSpace, options: StrategyOptions) -> BaseSampler:
         return SeededTPESampler(seed=options.seed, constant_liar=False, multivariate=True)
 
 
+def _nsga2(space: SearchSpace, options: StrategyOptions) -> BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return SeededNSGAIISampler(seed=options.seed, population_size=options.population_size)
+
+
 STRATEGIES: dict[str, Callable[[SearchSpace, StrategyOptions], BaseSampler]] = {
     "random": _random,
     "evolution": _evolution,
     "tpe": _tpe,
     "rl": lambda space, options: ControllerSampler(space, options),
+    "nsga2": _nsga2,
 }
+# Strategies that search two objectives at once (proxy mIoU up, ``cost_metric`` down): their result
+# is the Pareto front.
+MULTI_OBJECTIVE = frozenset({"nsga2"})
 
 
 def make_sampler(strategy: str, space: SearchSpace, options: StrategyOptions) -> BaseSampler:

@@ -67,7 +67,7 @@ from deeplab_dpc.core.spec import CellSpec, SearchSpace
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas.cost import COST_METRICS, score_of
-from deeplab_dpc.nas.samplers import STRATEGIES, StrategyOptions, make_sampler
+from deeplab_dpc.nas.samplers import MULTI_OBJECTIVE, STRATEGIES, StrategyOptions, make_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ RESUMABLE_FIELDS = frozenset(
 # nothing new to offer (a tiny space, or a converged TPE).
 MAX_CONSECUTIVE_DUPLICATES = 200
 # Result fields copied to user attributes (the rest of a result is kept if small).
-RESULT_ATTRS = ("miou", "params", "madds", "seconds", "steps", "filters")
+RESULT_ATTRS = ("miou", "params", "madds", "latency_ms", "seconds", "steps", "filters")
 # Two-stage evaluation's user attributes (``nas.progressive``), copied to a duplicate with the result.
 STAGE = "stage"
 STAGE1_SCORE = "stage1_score"
@@ -280,10 +280,20 @@ class SearchConfig:
         if not module or not attr:
             raise ValueError(f"objective={self.objective!r}: expected 'module:function'")
         self.strategy_options()  # validates the strategy fields, errors naming them
+        if self.multi_objective:
+            if self.cost_metric is None:
+                raise ValueError(
+                    f"strategy={self.strategy} searches two objectives, proxy mIoU and a cost: set cost_metric "
+                    f"(one of {list(COST_METRICS)})"
+                )
+            if self.pruner != "none":
+                raise ValueError(f"pruner={self.pruner}: Optuna's pruners take one objective, strategy={self.strategy} two")
+            if self.stage2 is not None:
+                raise ValueError(f"stage2_flagfile: two-stage evaluation takes one objective, strategy={self.strategy} two")
         if self.cost_metric is not None:
             if self.cost_metric not in COST_METRICS:
                 raise ValueError(f"cost_metric={self.cost_metric!r} unknown; valid: {list(COST_METRICS)}")
-            if self.cost_target is None or not self.cost_target > 0:
+            if not self.multi_objective and (self.cost_target is None or not self.cost_target > 0):
                 raise ValueError(
                     f"cost_target={self.cost_target} must be positive with cost_metric={self.cost_metric}"
                 )
@@ -325,6 +335,15 @@ class SearchConfig:
             max_resource=int(self.proxy["proxy_steps"]) if self.proxy.get("proxy_steps") else "auto",
             reduction_factor=self.pruner_reduction_factor,
         )
+
+    @property
+    def multi_objective(self) -> bool:
+        """Two objectives (proxy mIoU up, ``cost_metric`` down) rather than one score."""
+        return self.strategy in MULTI_OBJECTIVE
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize", "minimize"] if self.multi_objective else ["maximize"]
 
     @property
     def space(self) -> SearchSpace:
@@ -458,12 +477,17 @@ def load_study(config: SearchConfig, *, create: bool = False, sampler=None) -> o
         return optuna.create_study(
             storage=storage,
             study_name=config.study_name,
-            direction="maximize",
+            directions=config.directions,
             load_if_exists=True,
             sampler=sampler,
             pruner=pruner,
         )
     return optuna.load_study(storage=storage, study_name=config.study_name, sampler=sampler, pruner=pruner)
+
+
+def trial_score(trial: FrozenTrial) -> float | None:
+    """The trial's score: its value, or in a two-objective search its first value (the proxy mIoU)."""
+    return trial.values[0] if trial.values else None
 
 
 def all_trials(study: optuna.Study, states: Sequence[TrialState] | None = None) -> list[FrozenTrial]:
@@ -808,7 +832,7 @@ class WorkerReport:
     stopped_because: str = ""
 
 
-def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value: float | None = None) -> bool:
+def _finish(study: optuna.Study, trial: optuna.Trial, state: TrialState, value=None) -> bool:
     """Tells the outcome; False if the trial was declared interrupted meanwhile (result dropped)."""
     try:
         if state == TrialState.COMPLETE:
@@ -857,7 +881,10 @@ def _train(
         miou = float(result["miou"])
         if not math.isfinite(miou):
             raise FloatingPointError(f"the objective returned a non-finite mIoU ({miou})")
-        score = score_of(result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
+        if config.multi_objective:
+            score = [miou, _cost_of(result, config.cost_metric)]
+        else:
+            score = score_of(result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
     except optuna.TrialPruned:
         step = study._storage.get_trial(trial._trial_id).last_step
         trial.set_user_attr(PRUNED_AT_STEP, step)
@@ -880,9 +907,18 @@ def _train(
             trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
             report.failed += _finish(study, trial, TrialState.FAIL)
             return
-    if config.cost_metric is not None:
+    if config.cost_metric is not None and not config.multi_objective:
         trial.set_user_attr("score", score)
     report.trained += _finish(study, trial, TrialState.COMPLETE, score)
+
+
+def _cost_of(result: Mapping[str, Any], metric: str) -> float:
+    if metric not in result:
+        raise KeyError(f"the objective's result has no {metric!r}, the search's second objective (cost_metric)")
+    cost = float(result[metric])
+    if not math.isfinite(cost):
+        raise FloatingPointError(f"the objective returned a non-finite {metric} ({cost})")
+    return cost
 
 
 def _stage2(
@@ -1002,7 +1038,8 @@ def run_worker(
                 )
                 if resolution.action == "copy":
                     _copy_result_attrs(trial, source)
-                    report.duplicates += _finish(study, trial, TrialState.COMPLETE, source.value)
+                    value = source.values if config.multi_objective else source.value
+                    report.duplicates += _finish(study, trial, TrialState.COMPLETE, value)
                 elif resolution.action == "copy_pruned":
                     for step, value in sorted(source.intermediate_values.items()):
                         trial.report(value, step)

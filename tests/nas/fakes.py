@@ -107,3 +107,18 @@ def stage2(spec, config, run_dir):
         with open(path, "a", encoding="utf-8") as f:
             f.write(f"{spec.canonical_hash()} {run_dir}\n")
     return {"miou": score(spec) + 0.1, "seconds": 0.0}
+
+
+def latency(spec) -> float:
+    """A deterministic stand-in latency (ms): atrous convolutions cost more the larger their rates."""
+    return float(sum(1 + sum(b.rate or (0,)) if b.op == "conv" else 1 for b in spec.branches))
+
+
+def costly(config):
+    """As ``deterministic``, with ``latency_ms`` from ``latency``."""
+
+    def objective(spec):
+        _log(spec)
+        return {**_result(spec), "latency_ms": latency(spec)}
+
+    return objective

@@ -233,3 +233,23 @@ def test_an_empty_search_writes_the_csv_and_says_why_figures_are_missing(tmp_pat
     summary = analysis.analyze(analysis.AnalyzeConfig(config.search_dir))
     assert [os.path.basename(p) for p in summary["written"]] == ["trials.csv"]
     assert len(summary["notes"]) == 5 and summary["best_proxy"] is None
+
+
+def test_the_best_cell_under_a_multiply_add_budget(tmp_path):
+    # Standard study: A 0.50 and B 0.60 at 1 GMAdds, D 0.55 at 2, E 0.40 at 0.5 (B's duplicate left out).
+    config, _ = standard_study(tmp_path)
+    expected = {3e9: B, 1e9: B, 9.9e8: E, 5e8: E}
+    for limit, spec in expected.items():
+        summary = analysis.analyze(analysis.AnalyzeConfig(config.search_dir, max_madds=limit))
+        best = summary["best_under_max_madds"]
+        assert CellSpec.from_list(best["spec"]) == spec and best["madds"] <= limit
+        path = os.path.join(config.search_dir, "analysis", "best_cell_under_max_madds.json")
+        assert CellSpec.load(path) == spec
+        line = [ln for ln in analyze_main.summary_lines(summary) if ln.startswith("best cell with at most")]
+        assert line and f"trial {best['trial']}" in line[0]
+    summary = analysis.analyze(analysis.AnalyzeConfig(config.search_dir, output_dir=str(tmp_path / "o"), max_madds=1e8))
+    assert summary["best_under_max_madds"] is None
+    assert any("no completed cell has at most max_madds=1e+08" in n for n in summary["notes"])
+    assert not os.path.exists(tmp_path / "o" / "best_cell_under_max_madds.json")
+    with pytest.raises(ValueError, match="^max_madds must be positive"):
+        analysis.AnalyzeConfig(config.search_dir, max_madds=0)

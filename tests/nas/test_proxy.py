@@ -350,5 +350,5 @@ def test_intermediate_scores_reach_the_pruner_and_a_prune_stops_the_trial(cache_
     assert [s[0] for s in scores] == [10, 20] and all(0 <= m <= 1 for _, m in scores)
     assert max(step for kind, step in seen if kind == "progress") < 30  # no step past the prune
     full = run_proxy(CELL, config, report=lambda step, miou: None)
-    assert [h["step"] for h in full["history"]] == [10, 20, 30]
+    assert [h["step"] for h in full["history"]] == [10, 20, 30] and full["latency_ms"] > 0
     assert [h["miou"] for h in full["history"][:2]] == pytest.approx([m for _, m in scores])

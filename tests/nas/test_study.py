@@ -55,7 +55,7 @@ def objective_log(tmp_path, monkeypatch):
     [
         (
             dict(strategy="grid"),
-            r"^strategy='grid' unknown; valid strategies: \['evolution', 'random', 'rl', 'tpe'\]",
+            r"^strategy='grid' unknown; valid strategies: \['evolution', 'nsga2', 'random', 'rl', 'tpe'\]",
         ),
         (dict(executor="slurm"), r"^executor='slurm' unknown"),
         (dict(max_trials=0), r"^max_trials must be a positive integer"),
@@ -425,3 +425,46 @@ def test_the_study_uses_the_configured_pruner(tmp_path, pruner, kind):
     config = make_config(tmp_path, pruner=pruner)
     assert type(config.make_pruner()).__name__ == kind
     assert type(start(config).pruner).__name__ == kind
+
+
+# --------------------------------------------------------------------------- two objectives
+
+
+def test_nsga2_searches_miou_and_cost_as_two_objectives(tmp_path, objective_log):
+    config = make_config(
+        tmp_path, strategy="nsga2", cost_metric="latency_ms", objective="tests.nas.fakes:costly",
+        num_branches=1, max_trials=30, population_size=6,
+    )
+    assert config.directions == ["maximize", "minimize"]
+    study = start(config)
+    study_lib.run_worker(config, "w")
+    trials = study.get_trials()
+    by_number = {t.number: t for t in trials}
+    assert sum(not study_lib.is_duplicate(t) for t in trials) == 30
+    for t in trials:
+        spec = space_lib.params_to_spec(t.params, config.space)
+        assert t.state == TrialState.COMPLETE
+        assert t.values == pytest.approx([fakes.score(spec), fakes.latency(spec)])
+        if study_lib.is_duplicate(t):
+            assert t.values == by_number[t.user_attrs["duplicate_of"]].values
+        assert study_lib.trial_score(t) == t.values[0]
+    front = {t.number for t in study.best_trials}
+    assert len(front) >= 2
+    for t in trials:  # no completed cell dominates a cell of the front
+        if t.number in front:
+            assert not any(
+                u.values[0] >= t.values[0] and u.values[1] <= t.values[1] and u.values != t.values for u in trials
+            )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(strategy="nsga2"), r"^strategy=nsga2 searches two objectives, proxy mIoU and a cost: set cost_metric"),
+        (dict(strategy="nsga2", cost_metric="madds", pruner="median"), r"^pruner=median: Optuna's pruners take one"),
+        (dict(cost_metric="latency_ms"), r"^cost_target=None must be positive with cost_metric=latency_ms"),
+    ],
+)
+def test_two_objective_config_errors_name_the_field(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        make_config(tmp_path, **overrides)
