@@ -17,7 +17,7 @@ averaged over the pixels whose label is a class (the ignore label and padding ca
 carry no cross entropy). Imported by the proxy trainer when a trial runs (Keras).
 
 Example:
-    >>> loss = DistillationLoss(11, 255, weight=0.5, kind="kl", temperature=2.0)
+    >>> loss = ProxyDistillationLoss(11, 255, weight=0.5, kind="kl", temperature=2.0)
     >>> value = loss(pack_targets(labels, teacher_logits), cell_logits)  # doctest: +SKIP
 """
 
@@ -40,9 +40,10 @@ def pack_targets(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
     )
 
 
-@keras.saving.register_keras_serializable(package="deeplab_dpc")
-class DistillationLoss(keras.losses.Loss):
+class ProxyDistillationLoss(keras.losses.Loss):
     """``SegmentationLoss`` on the packed labels plus ``weight`` times a distillation term.
+
+    Not registered for serialisation: a proxy model is never saved with its loss.
 
     Args:
         num_classes: classes of the labels and of the teacher's logits.

@@ -45,7 +45,7 @@ What each knob costs in fidelity (against end-to-end training of the model):
   divergence of softened probabilities (``distillation_loss``,
   ``distillation_temperature``) against teacher logits cached with the
   features (``cache_features --teacher_checkpoint_path``), on the
-  ``features4x`` grid, ignore-label pixels excluded (``DistillationLoss``).
+  ``features4x`` grid, ignore-label pixels excluded (``ProxyDistillationLoss``).
   Scoring is unchanged (labels only).
 """
 
@@ -743,9 +743,9 @@ def run_proxy(
 def _proxy_loss(config: ProxyConfig, data: ProxyData):
     """The cross entropy, plus the distillation term when ``distillation_weight`` > 0."""
     if config.distillation_weight > 0:
-        from deeplab_dpc.nas.distillation import DistillationLoss  # noqa: PLC0415
+        from deeplab_dpc.nas.distillation import ProxyDistillationLoss  # noqa: PLC0415
 
-        return DistillationLoss(
+        return ProxyDistillationLoss(
             data.num_classes,
             data.ignore_label,
             weight=config.distillation_weight,

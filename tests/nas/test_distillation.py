@@ -49,7 +49,7 @@ def _numpy_term(kind, temperature, labels, student, teacher):
 
 @pytest.mark.parametrize("kind, temperature", [("mse", 1.0), ("kl", 1.0), ("kl", 3.0)])
 def test_the_distillation_loss_is_the_hand_computed_one(kind, temperature):
-    from deeplab_dpc.nas.distillation import DistillationLoss, pack_targets
+    from deeplab_dpc.nas.distillation import ProxyDistillationLoss, pack_targets
     from deeplab_dpc.training.losses import SegmentationLoss
 
     rng = np.random.default_rng(0)
@@ -62,9 +62,9 @@ def test_the_distillation_loss_is_the_hand_computed_one(kind, temperature):
     assert targets.shape == (2, 9, 13, 1 + NUM_CLASSES) and targets.dtype == np.float32
 
     weight = 0.7
-    total = float(DistillationLoss(NUM_CLASSES, IGNORE, weight, kind, temperature)(targets, logits))
+    total = float(ProxyDistillationLoss(NUM_CLASSES, IGNORE, weight, kind, temperature)(targets, logits))
     cross_entropy = float(SegmentationLoss(NUM_CLASSES, IGNORE)(labels, logits))
-    assert float(DistillationLoss(NUM_CLASSES, IGNORE, 0.0, kind, temperature)(targets, logits)) == (
+    assert float(ProxyDistillationLoss(NUM_CLASSES, IGNORE, 0.0, kind, temperature)(targets, logits)) == (
         pytest.approx(cross_entropy, rel=1e-6)
     )
     expected = _numpy_term(kind, temperature, labels, _resize(logits, (9, 13)), teacher)
@@ -75,7 +75,7 @@ def test_the_distillation_loss_is_the_hand_computed_one(kind, temperature):
     changed = teacher.copy()
     changed[0, :4] += 100.0
     again = float(
-        DistillationLoss(NUM_CLASSES, IGNORE, weight, kind, temperature)(
+        ProxyDistillationLoss(NUM_CLASSES, IGNORE, weight, kind, temperature)(
             pack_targets(labels, changed), logits
         )
     )
