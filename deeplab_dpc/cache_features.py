@@ -13,6 +13,12 @@ evaluation does: padded to ``--crop_size``. Output: ``CACHE/<split>-NNNNN.npz``
 shards (features float16, labels uint8 at the crop size) and
 ``CACHE/<split>.manifest.json``. Rerunning the command resumes: finished shards
 are kept, missing or damaged ones are computed again.
+
+``--teacher_checkpoint_path=RUN`` also caches that run's logits (float16, at 4x
+the feature grid) for the proxy's distillation (``proxy_train
+--distillation_weight``); the features' own run is a whole model and may be
+the teacher (``--teacher_checkpoint_path`` equal to ``--checkpoint_path``).
+Only the split the proxy trains on needs them.
 """
 
 from __future__ import annotations
@@ -85,6 +91,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "seed", 0, "Seed of a random backbone (no weights given) and of the crop positions.", **f
     )
+    flags.DEFINE_string(
+        "teacher_checkpoint_path",
+        None,
+        "A training run (or ckpt-<step>.weights.h5) whose model's logits are cached with the features, "
+        "float16 at 4x the feature grid, for proxy distillation (--distillation_weight). May be "
+        "--checkpoint_path itself (a whole model). Needed on the train split only.",
+        **f,
+    )
 
 
 def config_from_flags(fv: flags.FlagValues):
@@ -116,6 +130,7 @@ def config_from_flags(fv: flags.FlagValues):
             max_images=fv.max_images,
             overwrite=fv.overwrite,
             seed=fv.seed,
+            teacher_checkpoint_path=fv.teacher_checkpoint_path,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None
@@ -152,6 +167,11 @@ def main(argv):
         },
         "cache_dir": flags.FLAGS.cache_dir,
     }
+    if manifest.get("teacher"):
+        summary["teacher"] = {
+            "checkpoint": manifest["teacher"]["checkpoint"],
+            "logits_shape": manifest.get("teacher_shape"),
+        }
     sys.stdout.write(json.dumps(summary, indent=1) + "\n")
 
 

@@ -49,6 +49,9 @@ PROXY_FIELDS = (
     "eval_batch_size",
     "jit_compile",
     "steps_per_execution",
+    "distillation_weight",
+    "distillation_loss",
+    "distillation_temperature",
 )
 SUMMARY_KEYS = (
     "miou",
@@ -158,6 +161,22 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         **f,
     )
     flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (raise on a GPU).", **f)
+    flags.DEFINE_float(
+        "distillation_weight",
+        0.0,
+        "Weight of a distillation term against teacher logits cached with the features (cache_features "
+        "--teacher_checkpoint_path), added to the cross entropy (0: off).",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "distillation_loss",
+        "kl",
+        ["kl", "mse"],
+        "kl: KL divergence of probabilities softened at --distillation_temperature, times T^2; mse: squared "
+        "difference of the logits.",
+        **f,
+    )
+    flags.DEFINE_float("distillation_temperature", 1.0, "Softening temperature T of the kl term.", **f)
 
 
 def config_from_flags(fv: flags.FlagValues):

@@ -38,6 +38,9 @@ PROXY_FLAGS = {
     "proxy_ema_decay": "ema_decay",
     "proxy_initializer": "initializer",
     "proxy_eval_interval": "eval_interval",
+    "proxy_distillation_weight": "distillation_weight",
+    "proxy_distillation_loss": "distillation_loss",
+    "proxy_distillation_temperature": "distillation_temperature",
 }
 FIELD_TO_FLAG = {field: flag for flag, field in PROXY_FLAGS.items()} | {"seed": "seed"}
 
@@ -171,6 +174,19 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "proxy_initializer", None, ["deeplab", "keras"], "Kernel initialisers of the proxy cells.", **f
     )
     flags.DEFINE_float("proxy_ema_decay", None, "Polyak averaging (EMA decay) of proxy trials' weights.", **f)
+    flags.DEFINE_float(
+        "proxy_distillation_weight",
+        None,
+        "Distillation from teacher logits cached with the features (cache_features "
+        "--teacher_checkpoint_path): weight of the term (0: off).",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "proxy_distillation_loss", None, ["kl", "mse"], "Distillation term of proxy trials: kl or mse.", **f
+    )
+    flags.DEFINE_float(
+        "proxy_distillation_temperature", None, "Softening temperature of the kl distillation term.", **f
+    )
 
 
 def _proxy_message(message: str) -> str:

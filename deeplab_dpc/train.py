@@ -78,6 +78,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_boolean("jit_compile", False, "XLA (slower on CPU; use on GPU).", **f)
     flags.DEFINE_integer("num_clones", 1, "GPUs for MirroredStrategy (TensorFlow backend).", **f)
     flags.DEFINE_integer("seed", 0, "Random seed.", **f)
+    flags.DEFINE_float(
+        "ema_decay",
+        None,
+        "Polyak averaging: evaluate and finally save an exponential moving average of the weights of this "
+        "decay, e.g. 0.999 (unset: off; cannot change on resume).",
+        **f,
+    )
 
 
 def config_from_flags(fv: flags.FlagValues):
@@ -139,6 +146,7 @@ def config_from_flags(fv: flags.FlagValues):
             jit_compile=fv.jit_compile,
             num_clones=fv.num_clones,
             seed=fv.seed,
+            ema_decay=fv.ema_decay,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None

@@ -10,10 +10,17 @@ context module) is stored with the label of each example:
     cache_dir/
       <split>.manifest.json          what the cache holds, and where it came from
       <split>-00000.npz ...          shards: features float16 [n, h, w, c],
-                                     labels uint8 [n, crop_h, crop_w], names, flipped
+                                     labels uint8 [n, crop_h, crop_w], names, flipped,
+                                     with a teacher: teacher_logits float16 [n, 4h, 4w, classes]
 
 Labels stay at the crop resolution; the proxy trainer decides at which
-resolution it computes its loss. ``flip=True`` adds each image's left-right
+resolution it computes its loss. With ``teacher_checkpoint_path`` a whole
+model's logits are cached too, for the proxy's distillation: at 4x the feature
+grid (the proxy's ``features4x`` loss grid, 92x120 for CamVid's 23x30
+features), taken from the model's image-size logits at the pixels the labels
+are sampled at there (``proxy.nearest_indices``), so each logit lines up with
+the label the loss pairs it with. The manifest's ``teacher`` records the
+teacher's checkpoint, model and grid. ``flip=True`` adds each image's left-right
 mirror as a second example (image and label mirrored after padding, as
 training's random flip does), so a trainer sees both without a backbone pass.
 
@@ -60,6 +67,8 @@ FEATURES_ENDPOINT = "features"
 FEATURE_DTYPE = "float16"
 LABEL_DTYPE = "uint8"
 SHARD_KEYS = ("features", "labels", "names", "flipped")
+TEACHER_KEY = "teacher_logits"  # A shard's array of teacher logits, when the manifest records a teacher.
+TEACHER_DTYPE = "float16"
 
 # Manifest fields that say what the cache is; a rerun must agree on all of them to resume.
 IDENTITY_FIELDS = (
@@ -75,6 +84,7 @@ IDENTITY_FIELDS = (
     "num_images",
     "feature_dtype",
     "label_dtype",
+    "teacher",
 )
 
 
@@ -140,6 +150,13 @@ class CacheConfig:
             with a GPU (XLA is several times slower on CPU), always on JAX.
         seed: initialises a random backbone (no weights given), so that a
             rerun resumes with the same weights.
+        teacher_checkpoint_path: a training run (its newest checkpoint) or a
+            checkpoint file whose whole model's logits are cached with each
+            example (the mirror's from the mirrored image), for the proxy's
+            distillation; float16 at 4x the feature grid (see the module doc).
+            It may be ``checkpoint_path`` itself: the run whose backbone gives
+            the features is a complete model (its logits then come from a
+            second pass over the images). None: no teacher logits.
     """
 
     cache_dir: str
@@ -161,6 +178,7 @@ class CacheConfig:
     overwrite: bool = False
     jit_compile: bool | None = None
     seed: int = 0
+    teacher_checkpoint_path: str | None = None
 
     def __post_init__(self):
         if not self.cache_dir:
@@ -213,6 +231,8 @@ class CacheConfig:
                         f"{name} is for a fresh backbone; checkpoint_path={self.checkpoint_path} already "
                         "gives the weights (drop one of them)"
                     )
+        if self.teacher_checkpoint_path is not None and not os.path.exists(self.teacher_checkpoint_path):
+            raise ValueError(f"teacher_checkpoint_path={self.teacher_checkpoint_path} does not exist")
         if self.tf_initial_checkpoint is not None and self.backbone_weights is not None:
             raise ValueError(
                 "tf_initial_checkpoint and backbone_weights both give backbone weights: choose one"
@@ -225,12 +245,17 @@ class CacheConfig:
 
 @dataclasses.dataclass
 class Backbone:
-    """A backbone ready to cache with: ``extract(images) -> features`` and what to record about it."""
+    """A backbone ready to cache with: ``extract(images) -> features`` and what to record about it.
 
-    extract: Callable[[np.ndarray], np.ndarray]
+    With a teacher, ``extract`` returns ``{"features": ..., TEACHER_KEY: ...}`` and ``teacher``
+    describes it (the manifest's ``teacher``).
+    """
+
+    extract: Callable[[np.ndarray], np.ndarray | dict]
     description: dict
     random_weights: bool
     warm_start: Callable[[np.ndarray], int] | None = None
+    teacher: dict | None = None
 
 
 def default_jit_compile() -> bool:
@@ -312,19 +337,69 @@ def build_backbone_for_cache(config: CacheConfig) -> Backbone:
     backbone = model.get_layer("backbone")
     features = backbone(normalized)[FEATURES_ENDPOINT]
     extractor = keras.Model(images, features, name="feature_extractor")
-    extractor.compile(jit_compile=default_jit_compile() if config.jit_compile is None else config.jit_compile)
+    jit_compile = default_jit_compile() if config.jit_compile is None else config.jit_compile
+    extractor.compile(jit_compile=jit_compile)
 
-    def warm_start(batch: np.ndarray) -> int:
+    def warm_start(batch: np.ndarray) -> int:  # The features' batch norms only, never a teacher's.
         from deeplab_dpc.training.train_lib import warm_start_batch_norm  # noqa: PLC0415
 
         return warm_start_batch_norm(extractor, batch)
 
+    extract = lambda batch: np.asarray(extractor.predict_on_batch(batch))  # noqa: E731
+    teacher = None
+    if config.teacher_checkpoint_path is not None:
+        teacher_logits, teacher = _teacher_logits(config, images, tuple(features.shape[1:3]))
+        both = keras.Model(images, {"features": features, TEACHER_KEY: teacher_logits}, name="with_teacher")
+        both.compile(jit_compile=jit_compile)
+        extract = lambda batch: {
+            k: np.asarray(v) for k, v in both.predict_on_batch(batch).items()
+        }  # noqa: E731
     return Backbone(
-        extract=lambda batch: np.asarray(extractor.predict_on_batch(batch)),
+        extract=extract,
         description=description,
         random_weights=random_weights,
         warm_start=warm_start if random_weights else None,
+        teacher=teacher,
     )
+
+
+def _teacher_logits(config: CacheConfig, images, feature_grid: tuple[int, int]):
+    """(the teacher's logits of ``images`` at 4x ``feature_grid``, a symbolic tensor; its manifest entry).
+
+    The model's logits at the crop size are sampled at the rows and columns the proxy samples labels
+    at for its ``features4x`` loss (nearest, align corners).
+    """
+    import keras  # noqa: PLC0415
+
+    from deeplab_dpc.nas.proxy import nearest_indices  # noqa: PLC0415 (proxy imports this module)
+    from deeplab_dpc.runs import load_model_for_inference, resolve_checkpoint  # noqa: PLC0415
+
+    try:
+        checkpoint = resolve_checkpoint(config.teacher_checkpoint_path)
+        model, model_config = load_model_for_inference(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        message = str(e).replace("checkpoint_path=", "teacher_checkpoint_path=", 1)
+        raise ValueError(message if message.startswith("teacher_") else f"teacher_{message}") from None
+    num_classes = config.data.descriptor.num_classes
+    if model_config.num_classes != num_classes:
+        raise ValueError(
+            f"teacher_checkpoint_path={config.teacher_checkpoint_path}: the teacher predicts "
+            f"{model_config.num_classes} classes, dataset={config.data.dataset} has {num_classes}"
+        )
+    grid = (4 * feature_grid[0], 4 * feature_grid[1])
+    rows = nearest_indices(config.crop_size[0], grid[0])
+    cols = nearest_indices(config.crop_size[1], grid[1])
+    logits = model(images)  # [B, crop_h, crop_w, classes], float32
+    sampled = keras.ops.take(keras.ops.take(logits, rows, axis=1), cols, axis=2)
+    description = {
+        "checkpoint": os.path.abspath(checkpoint),
+        "model_config": model_config.to_dict(),
+        "logits_shape": [*grid, num_classes],
+        "dtype": TEACHER_DTYPE,
+        "sampling": "the model's logits at the crop size, nearest-sampled (align corners) to 4x the "
+        "feature grid, as the proxy samples labels for loss_resolution=features4x",
+    }
+    return sampled, description
 
 
 def _restore_initial_checkpoint(model, path: str) -> int:
@@ -531,6 +606,7 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
         "num_images": total_images,
         "feature_dtype": FEATURE_DTYPE,
         "label_dtype": LABEL_DTYPE,
+        "teacher": backbone.teacher,
     }
     manifest = _start_manifest(config, identity)
     num_shards = -(-total_images // config.shard_size)
@@ -564,22 +640,34 @@ def cache_split(config: CacheConfig, progress: bool = True, backbone: Backbone |
         names = np.array([_name(s) for s in shard_samples], dtype=np.str_)
         if config.source_size is not None:
             images, labels, names = cut_crops(images, labels, names, first, config)
-        features = _run_backbone(backbone.extract, images, config.batch_size, config.flip, bar)
+        outputs = _run_backbone(backbone.extract, images, config.batch_size, config.flip, bar)
+        features, teacher_logits = outputs["features"], outputs.get(TEACHER_KEY)
         flipped = np.zeros(len(labels), bool)
         if config.flip:
             flipped = np.tile([False, True], len(labels))
             labels = np.stack([labels, labels[:, :, ::-1]], axis=1).reshape(-1, *labels.shape[1:])
             names = np.repeat(names, 2)
         entry = _write_shard(
-            config.cache_dir, config.split, index, first, count, features, labels, names, flipped
+            config.cache_dir,
+            config.split,
+            index,
+            first,
+            count,
+            features,
+            labels,
+            names,
+            flipped,
+            teacher_logits,
         )
         manifest["feature_shape"] = list(features.shape[1:])
         manifest["label_shape"] = list(labels.shape[1:])
+        if teacher_logits is not None:
+            manifest["teacher_shape"] = list(teacher_logits.shape[1:])
         manifest["shards"] = sorted(
             [e for e in manifest["shards"] if e["index"] != index] + [entry], key=lambda e: e["index"]
         )
         _save_manifest(config, manifest, complete=False)
-        del images, features, labels
+        del images, features, labels, outputs, teacher_logits
     _check_shapes(config, manifest)
     _save_manifest(config, manifest, complete=True)
     return manifest
@@ -649,8 +737,9 @@ def _samples_for(pending, get_sample, in_order, total_images):
                 current = None
 
 
-def _run_backbone(extract, images, batch_size, flip, bar):
-    """Features of ``images`` (and, with ``flip``, of their mirrors, interleaved), float16."""
+def _run_backbone(extract, images, batch_size, flip, bar) -> dict[str, np.ndarray]:
+    """``{"features": ...}`` of ``images`` (and, with ``flip``, of their mirrors, interleaved), float16,
+    and ``TEACHER_KEY``'s logits the same way when ``extract`` returns them."""
 
     def call(batch):
         # One batch shape for every call: a compiled function retraced for a smaller last batch would run
@@ -658,27 +747,37 @@ def _run_backbone(extract, images, batch_size, flip, bar):
         n = len(batch)
         if n < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        return extract(batch)[:n].astype(FEATURE_DTYPE)
+        result = extract(batch)
+        result = result if isinstance(result, dict) else {"features": result}
+        return {key: np.asarray(value)[:n].astype(FEATURE_DTYPE) for key, value in result.items()}
 
-    out = []
+    out: dict[str, list] = {}
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]
-        features = call(batch)
+        arrays = call(batch)
         if flip:
             mirrored = call(np.ascontiguousarray(batch[:, :, ::-1]))
-            features = np.stack([features, mirrored], axis=1).reshape(-1, *features.shape[1:])
-        out.append(features)
+            arrays = {
+                k: np.stack([v, mirrored[k]], axis=1).reshape(-1, *v.shape[1:]) for k, v in arrays.items()
+            }
+        for key, value in arrays.items():
+            out.setdefault(key, []).append(value)
         if bar is not None:
             bar.update(len(batch))
-    return np.concatenate(out)
+    return {key: np.concatenate(parts) for key, parts in out.items()}
 
 
-def _write_shard(cache_dir, split, index, first, count, features, labels, names, flipped) -> dict:
+def _write_shard(
+    cache_dir, split, index, first, count, features, labels, names, flipped, teacher_logits=None
+) -> dict:
     name = shard_name(split, index)
     path = os.path.join(cache_dir, name)
+    arrays = dict(features=features, labels=labels, names=names, flipped=flipped)
+    if teacher_logits is not None:
+        arrays[TEACHER_KEY] = teacher_logits
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, features=features, labels=labels, names=names, flipped=flipped)
+            np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
     return {
@@ -751,6 +850,8 @@ def _check_shapes(config: CacheConfig, manifest: dict) -> None:
         with np.load(os.path.join(config.cache_dir, manifest["shards"][0]["file"]), allow_pickle=False) as z:
             manifest["feature_shape"] = list(z["features"].shape[1:])
             manifest["label_shape"] = list(z["labels"].shape[1:])
+            if TEACHER_KEY in z.files:
+                manifest["teacher_shape"] = list(z[TEACHER_KEY].shape[1:])
 
 
 def write_arrays(
@@ -765,10 +866,13 @@ def write_arrays(
     shard_size: int = 64,
     description: str = "arrays",
     class_names=None,
+    teacher_logits: np.ndarray | None = None,
 ) -> dict:
     """Writes features ``[N, h, w, c]`` and labels ``[N, H, W]`` as a cache split (benchmarks, tests).
 
     The same shards and manifest as ``cache_split``; ``backbone.weights`` is ``description``.
+    ``teacher_logits`` ``[N, 4h, 4w, num_classes]``: cached as a teacher's (``teacher.checkpoint`` is
+    ``description``).
     """
     features = np.asarray(features)
     labels = np.asarray(labels)
@@ -798,12 +902,26 @@ def write_arrays(
         "num_images": len(features),
         "feature_dtype": FEATURE_DTYPE,
         "label_dtype": LABEL_DTYPE,
+        "teacher": None,
         "feature_shape": list(features.shape[1:]),
         "label_shape": list(labels.shape[1:]),
         "created": _now(),
         "code_version": _code_version(),
         "shards": [],
     }
+    if teacher_logits is not None:
+        teacher_logits = np.asarray(teacher_logits)
+        if teacher_logits.shape[:1] != features.shape[:1] or teacher_logits.shape[-1] != num_classes:
+            raise ValueError(
+                f"teacher_logits {teacher_logits.shape} must be [N, H, W, num_classes] for {len(features)} "
+                f"examples and num_classes={num_classes}"
+            )
+        manifest["teacher"] = {
+            "checkpoint": description,
+            "logits_shape": list(teacher_logits.shape[1:]),
+            "dtype": TEACHER_DTYPE,
+        }
+        manifest["teacher_shape"] = list(teacher_logits.shape[1:])
     os.makedirs(cache_dir, exist_ok=True)
     for index, first in enumerate(range(0, len(features), shard_size)):
         part = slice(first, first + shard_size)
@@ -819,6 +937,7 @@ def write_arrays(
                 labels[part].astype(LABEL_DTYPE),
                 np.array([str(i) for i in range(first, first + n)]),
                 np.zeros(n, bool),
+                None if teacher_logits is None else teacher_logits[part].astype(TEACHER_DTYPE),
             )
         )
     manifest["complete"] = True
@@ -911,6 +1030,16 @@ class FeatureCache:
     def output_stride(self) -> int:
         return int(self.manifest["backbone"]["output_stride"])
 
+    @property
+    def has_teacher_logits(self) -> bool:
+        """Whether the shards hold a teacher's logits (``cache_features --teacher_checkpoint_path``)."""
+        return bool(self.manifest.get("teacher")) and "teacher_shape" in self.manifest
+
+    @property
+    def teacher_shape(self) -> tuple[int, int, int] | None:
+        """(height, width, classes) of the cached teacher logits; None without a teacher."""
+        return tuple(self.manifest["teacher_shape"]) if self.has_teacher_logits else None
+
     def shard_paths(self) -> list[str]:
         return [os.path.join(self.cache_dir, e["file"]) for e in self.manifest["shards"]]
 
@@ -921,9 +1050,10 @@ class FeatureCache:
             raise CacheError(
                 f"{path} is missing (listed in {self.manifest_file}); rerun cache_features to rewrite it"
             )
+        keys = SHARD_KEYS + ((TEACHER_KEY,) if self.has_teacher_logits else ())
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {key: z[key] for key in SHARD_KEYS}
+                arrays = {key: z[key] for key in keys}
         except KeyError as e:
             raise CacheError(f"{path} lacks the array {e} of a feature shard") from None
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
@@ -936,6 +1066,8 @@ class FeatureCache:
             "features": ((n, *self.feature_shape), self.manifest["feature_dtype"]),
             "labels": ((n, *self.label_shape), self.manifest["label_dtype"]),
         }
+        if self.has_teacher_logits:
+            expected[TEACHER_KEY] = ((n, *self.teacher_shape), TEACHER_DTYPE)
         for key, (shape, dtype) in expected.items():
             if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
                 raise CacheError(
@@ -945,7 +1077,8 @@ class FeatureCache:
         return arrays
 
     def iter_shards(self) -> Iterator[dict[str, np.ndarray]]:
-        """Each shard's ``features``, ``labels``, ``names``, ``flipped``, in order, one at a time."""
+        """Each shard's ``features``, ``labels``, ``names``, ``flipped`` (and ``teacher_logits`` with a
+        teacher), in order, one at a time."""
         for entry in self.manifest["shards"]:
             yield self.read_shard(entry)
 
@@ -954,8 +1087,9 @@ class FeatureCache:
         dtype="float32",
         label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
         max_examples: int | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """All features (as ``dtype``) and labels in memory.
+        teacher_logits: bool = False,
+    ) -> tuple[np.ndarray, ...]:
+        """All features (as ``dtype``) and labels in memory (and the teacher's logits, when asked).
 
         Args:
             dtype: of the features: float16 (as stored, half the memory) or float32.
@@ -963,12 +1097,23 @@ class FeatureCache:
                 read (e.g. nearest sampling to a smaller grid), so full-size
                 labels are never all in memory at once.
             max_examples: keep only the first N examples.
+            teacher_logits: also return the cached teacher logits (float16).
 
         Returns:
-            (features ``[N, h, w, c]``, labels ``[N, ...]`` uint8).
+            (features ``[N, h, w, c]``, labels ``[N, ...]`` uint8), and with ``teacher_logits`` the
+            logits ``[N, H, W, classes]`` float16 third.
+
+        Raises:
+            CacheError: ``teacher_logits`` asked of a cache without them.
         """
+        if teacher_logits and not self.has_teacher_logits:
+            raise CacheError(
+                f"{self.manifest_file} holds no teacher logits: cache the split with "
+                "cache_features --teacher_checkpoint_path"
+            )
         total = self.num_examples if max_examples is None else min(self.num_examples, int(max_examples))
         features = np.empty((total, *self.feature_shape), dtype)
+        teacher = np.empty((total, *self.teacher_shape), TEACHER_DTYPE) if teacher_logits else None
         labels = None
         at = 0
         for shard in self.iter_shards():
@@ -976,6 +1121,8 @@ class FeatureCache:
                 break
             take = min(len(shard["features"]), total - at)
             features[at : at + take] = shard["features"][:take]
+            if teacher is not None:
+                teacher[at : at + take] = shard[TEACHER_KEY][:take]
             shard_labels = shard["labels"][:take]
             if label_fn is not None:
                 shard_labels = label_fn(shard_labels)
@@ -983,4 +1130,4 @@ class FeatureCache:
                 labels = np.empty((total, *shard_labels.shape[1:]), shard_labels.dtype)
             labels[at : at + take] = shard_labels
             at += take
-        return features, labels
+        return (features, labels) if teacher is None else (features, labels, teacher)

@@ -40,6 +40,13 @@ What each knob costs in fidelity (against end-to-end training of the model):
   (NumPy's on TensorFlow, the device's on other backends).
 * ``seed``: the spread between seeds is about half the spread between cells
   (GUIDE.md §6): compare cells over equal seeds, or several.
+* ``distillation_weight``: adds a teacher's knowledge to the labels: the
+  loss is the cross entropy plus this weight times an MSE on logits or a KL
+  divergence of softened probabilities (``distillation_loss``,
+  ``distillation_temperature``) against teacher logits cached with the
+  features (``cache_features --teacher_checkpoint_path``), on the
+  ``features4x`` grid, ignore-label pixels excluded (``ProxyDistillationLoss``).
+  Scoring is unchanged (labels only).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import numpy as np
 from deeplab_dpc.nas.features import CacheError, FeatureCache
 
 RESOLUTIONS = ("features4x", "label")
+DISTILLATION_LOSSES = ("kl", "mse")
 FEATURE_DTYPES = ("float16", "float32")
 PAPER_FILTERS = 256
 _NAN_CHECK_STEPS = 20
@@ -113,6 +121,16 @@ class ProxyConfig:
         jit_compile: compile with XLA; None: on TensorFlow only with a GPU
             (XLA is several times slower on CPU), always on JAX.
         steps_per_execution: training steps per compiled call (GPUs).
+        distillation_weight: weight of the distillation term added to the cross
+            entropy (0: off). Needs teacher logits in the train split's cache
+            (``cache_features --teacher_checkpoint_path``) and
+            ``loss_resolution=features4x`` (the grid they are cached at).
+        distillation_loss: ``kl``: Hinton's KL divergence from the teacher's to
+            the cell's probabilities, both softened at ``distillation_temperature``
+            T, times T^2 (gradients of the size of T=1's); ``mse``: the squared
+            difference of the logits, averaged over classes. Either averaged over
+            the pixels that do not carry the ignore label.
+        distillation_temperature: T of ``kl`` (unused by ``mse``).
     """
 
     cache_dir: str
@@ -140,6 +158,9 @@ class ProxyConfig:
     eval_batch_size: int = 16
     jit_compile: bool | None = None
     steps_per_execution: int = 1
+    distillation_weight: float = 0.0
+    distillation_loss: str = "kl"
+    distillation_temperature: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.cache_dir, str) or not self.cache_dir:
@@ -166,6 +187,8 @@ class ProxyConfig:
             "learning_power",
             "dropout_rate",
             "drop_path_keep_prob",
+            "distillation_weight",
+            "distillation_temperature",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -183,6 +206,19 @@ class ProxyConfig:
             raise ValueError(f"dropout_rate={self.dropout_rate} must be in [0, 1)")
         if not 0 < self.drop_path_keep_prob <= 1:
             raise ValueError(f"drop_path_keep_prob={self.drop_path_keep_prob} must be in (0, 1]")
+        if self.distillation_weight < 0:
+            raise ValueError(f"distillation_weight={self.distillation_weight} must be >= 0 (0: off)")
+        if not self.distillation_temperature > 0:
+            raise ValueError(f"distillation_temperature={self.distillation_temperature} must be positive")
+        if self.distillation_loss not in DISTILLATION_LOSSES:
+            raise ValueError(
+                f"distillation_loss={self.distillation_loss!r} is unknown; valid: {list(DISTILLATION_LOSSES)}"
+            )
+        if self.distillation_weight > 0 and self.loss_resolution != "features4x":
+            raise ValueError(
+                f"distillation_weight={self.distillation_weight} needs loss_resolution=features4x, the grid "
+                f"teacher logits are cached at (loss_resolution={self.loss_resolution})"
+            )
         if self.initializer not in ("deeplab", "keras"):
             raise ValueError(f"initializer={self.initializer!r} is unknown; valid: ['deeplab', 'keras']")
         if self.ema_decay is not None:
@@ -225,6 +261,7 @@ class ProxyConfig:
             self.feature_dtype,
             self.max_train_examples,
             self.max_eval_examples,
+            self.distillation_weight > 0,  # teacher logits loaded
         )
 
 
@@ -244,6 +281,8 @@ class ProxyData:
 
     ``train_labels`` are at the loss resolution, ``eval_labels`` at the eval
     resolution; both uint8 ``[N, H, W]``. ``key`` is the config's ``data_key()``.
+    ``train_teacher_logits``: float16 ``[N, H, W, classes]`` at the loss
+    resolution, loaded for distillation only (None otherwise).
     """
 
     train_features: np.ndarray
@@ -256,6 +295,7 @@ class ProxyData:
     class_names: tuple[str, ...]
     key: tuple
     source: dict
+    train_teacher_logits: np.ndarray | None = None
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -263,9 +303,9 @@ class ProxyData:
 
     @property
     def nbytes(self) -> int:
-        return sum(
-            a.nbytes for a in (self.train_features, self.train_labels, self.eval_features, self.eval_labels)
-        )
+        arrays = (self.train_features, self.train_labels, self.eval_features, self.eval_labels)
+        teacher = self.train_teacher_logits.nbytes if self.train_teacher_logits is not None else 0
+        return sum(a.nbytes for a in arrays) + teacher
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -299,7 +339,9 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
 
     Raises:
         CacheError: a split is missing, incomplete or corrupt, or the two splits
-            come from different backbones (the message names the file).
+            come from different backbones (the message names the file); or
+            ``distillation_weight`` > 0 and the train split has no teacher
+            logits at the loss grid.
     """
     train = FeatureCache(config.cache_dir, config.train_split)
     val = FeatureCache(config.cache_dir, config.eval_split)
@@ -318,8 +360,14 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
             )
     loss_grid = label_grid(config.loss_resolution, train.feature_shape, train.label_shape)
     eval_grid = label_grid(config.eval_resolution, val.feature_shape, val.label_shape)
-    train_x, train_y = train.load_all(
-        config.feature_dtype, _sampler(loss_grid, train.label_shape), config.max_train_examples
+    distill = config.distillation_weight > 0
+    if distill:
+        _check_teacher(config, train, loss_grid)
+    train_x, train_y, *teacher = train.load_all(
+        config.feature_dtype,
+        _sampler(loss_grid, train.label_shape),
+        config.max_train_examples,
+        teacher_logits=distill,
     )
     val_x, val_y = val.load_all(
         config.feature_dtype, _sampler(eval_grid, val.label_shape), config.max_eval_examples
@@ -341,15 +389,33 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
             train.manifest.get("dataset", {}).get("class_names") or [str(i) for i in range(train.num_classes)]
         ),
         key=config.data_key(),
+        train_teacher_logits=teacher[0] if teacher else None,
         source={
             "cache_dir": os.path.abspath(config.cache_dir),
             "backbone": train.manifest["backbone"].get("checkpoint"),
+            "teacher": (train.manifest.get("teacher") or {}).get("checkpoint") if distill else None,
             "train_examples": len(train_x),
             "eval_examples": len(val_x),
             "loss_grid": list(loss_grid),
             "eval_grid": list(eval_grid),
         },
     )
+
+
+def _check_teacher(config: ProxyConfig, train: FeatureCache, loss_grid) -> None:
+    """The train split holds teacher logits at the loss grid, or a CacheError naming the flag and cache."""
+    if not train.has_teacher_logits:
+        raise CacheError(
+            f"distillation_weight={config.distillation_weight} needs teacher logits, and split "
+            f"{config.train_split!r} of cache_dir={config.cache_dir} has none ({train.manifest_file}): cache it "
+            "with cache_features --teacher_checkpoint_path=RUN (e.g. the --checkpoint_path run, a whole "
+            "model), or set distillation_weight=0"
+        )
+    if tuple(train.teacher_shape[:2]) != tuple(loss_grid) or train.teacher_shape[2] != train.num_classes:
+        raise CacheError(
+            f"{train.manifest_file}: teacher logits are {list(train.teacher_shape)}, the loss needs "
+            f"{[*loss_grid, train.num_classes]} (loss_resolution={config.loss_resolution})"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -461,8 +527,13 @@ def cell_cost(spec, feature_shape, filters: int) -> dict:
     return {"params": int(count.params), "madds": int(count.macs)}
 
 
-def _batches(features, labels, batch_size, seed, dtype=None):
-    """Endless (features, labels) batches: a new permutation each pass, the last partial batch dropped."""
+def _batches(features, labels, batch_size, seed, dtype=None, teacher_logits=None):
+    """Endless (features, labels) batches: a new permutation each pass, the last partial batch dropped.
+
+    With ``teacher_logits`` the targets are ``distillation.pack_targets`` of labels and logits.
+    """
+    from deeplab_dpc.nas.distillation import pack_targets  # noqa: PLC0415
+
     dtype = dtype or features.dtype
     rng = np.random.default_rng([seed, 1])
     n = len(features)
@@ -470,7 +541,10 @@ def _batches(features, labels, batch_size, seed, dtype=None):
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
             index = np.sort(order[start : start + batch_size])
-            yield features[index].astype(dtype, copy=False), labels[index]
+            targets = labels[index]
+            if teacher_logits is not None:
+                targets = pack_targets(targets, teacher_logits[index])
+            yield features[index].astype(dtype, copy=False), targets
 
 
 def _default_jit_compile() -> bool:
@@ -575,7 +649,6 @@ def run_proxy(
     _quiet_retracing_warning()
 
     from deeplab_dpc.core.spec import CellSpec  # noqa: PLC0415
-    from deeplab_dpc.training.losses import SegmentationLoss  # noqa: PLC0415
     from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
     from deeplab_dpc.training.train_lib import warm_start_batch_norm  # noqa: PLC0415
 
@@ -599,12 +672,19 @@ def run_proxy(
             use_ema=config.ema_decay is not None,
             ema_momentum=config.ema_decay if config.ema_decay is not None else 0.99,
         ),
-        loss=SegmentationLoss(data.num_classes, data.ignore_label),
+        loss=_proxy_loss(config, data),
         jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
     dtype = input_dtype(config)
-    batches = _batches(data.train_features, data.train_labels, config.batch_size, config.seed, dtype)
+    batches = _batches(
+        data.train_features,
+        data.train_labels,
+        config.batch_size,
+        config.seed,
+        dtype,
+        data.train_teacher_logits if config.distillation_weight > 0 else None,
+    )
     first_images, _ = next(
         _batches(data.train_features, data.train_labels, config.batch_size, config.seed + 1, dtype)
     )
@@ -679,6 +759,23 @@ def run_proxy(
     del model
     keras.backend.clear_session()
     return result
+
+
+def _proxy_loss(config: ProxyConfig, data: ProxyData):
+    """The cross entropy, plus the distillation term when ``distillation_weight`` > 0."""
+    if config.distillation_weight > 0:
+        from deeplab_dpc.nas.distillation import ProxyDistillationLoss  # noqa: PLC0415
+
+        return ProxyDistillationLoss(
+            data.num_classes,
+            data.ignore_label,
+            weight=config.distillation_weight,
+            kind=config.distillation_loss,
+            temperature=config.distillation_temperature,
+        )
+    from deeplab_dpc.training.losses import SegmentationLoss  # noqa: PLC0415
+
+    return SegmentationLoss(data.num_classes, data.ignore_label)
 
 
 class _RetracingFilter(logging.Filter):

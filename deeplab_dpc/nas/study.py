@@ -77,7 +77,14 @@ CONFIG_FILE = "search_config.json"
 LOCK_FILE = "claims.lock"
 # Proxy trainer fields added after searches were already run, with the default that reproduces those
 # searches: a search_config.json without the field continues when the field is at this value.
-PROXY_FIELDS_ADDED = {"drop_path_keep_prob": 1.0, "ema_decay": None, "initializer": "deeplab"}
+PROXY_FIELDS_ADDED = {
+    "drop_path_keep_prob": 1.0,
+    "ema_decay": None,
+    "initializer": "deeplab",
+    "distillation_weight": 0.0,
+    "distillation_loss": "kl",
+    "distillation_temperature": 1.0,
+}
 # Optuna's pruners by flag value (``make_pruner``).
 PRUNERS = ("none", "median", "sha", "hyperband")
 # The best cell by proxy score so far (the re-ranked winner is rerank's best_cell.json).

@@ -99,6 +99,7 @@ class TrainConfig:
     jit_compile: bool = False
     num_clones: int = 1
     seed: int | None = 0
+    ema_decay: float | None = None
 
     def __post_init__(self):
         for name in ("train_crop_size", "eval_crop_size"):
@@ -139,6 +140,7 @@ class TrainConfig:
             raise ValueError(f"eval_max_examples must be positive (or unset: the whole split), got {self.eval_max_examples}")
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        _check_ema_decay(self)
         if self.tf_initial_checkpoint and not _checkpoint_exists(self.tf_initial_checkpoint):
             raise ValueError(f"tf_initial_checkpoint={self.tf_initial_checkpoint} does not exist")
 
@@ -250,6 +252,16 @@ def check_resume(config: TrainConfig, has_checkpoints: bool) -> bool:
 
 def _show(value) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _check_ema_decay(config: TrainConfig) -> None:
+    """``ema_decay``: None (off) or a number in (0, 1), stored as a float."""
+    decay = config.ema_decay
+    if decay is None:
+        return
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ValueError(f"ema_decay={decay!r} must be in (0, 1) (None: off)")
+    object.__setattr__(config, "ema_decay", float(decay))
 
 
 def _checkpoint_exists(path: str) -> bool:

@@ -17,6 +17,18 @@ Evaluation during training is ``eval_lib``'s: the same batches (whole images
 padded to ``eval_crop_size``, all of ``eval_split`` unless
 ``eval_max_examples``), the same compiled prediction and confusion matrix, so
 ``python -m deeplab_dpc.eval`` on a checkpoint reproduces its mIoU.
+
+Polyak averaging (``ema_decay``): the optimizer keeps an exponential moving
+average of the trainable weights (Keras' ``use_ema``; the average starts at
+the first step's weights, ``a_t = d a_(t-1) + (1 - d) w_t``; batch norm's
+moving statistics are not averaged, being averages already). Evaluation during
+training swaps the average in and the raw weights back (``averaged_weights``);
+training always continues from the raw weights. Intermediate checkpoints hold
+the raw weights, with the average among the optimizer's variables, so a
+resumed run continues both exactly; ``eval`` on one scores the raw weights.
+The final checkpoint (what ``eval``, ``vis`` and ``export`` read by default)
+holds the average as the model's weights, so ``eval`` on it reproduces the
+final in-training mIoU.
 """
 
 from __future__ import annotations
@@ -142,6 +154,34 @@ def _all_layers(layer):
         yield sub
 
 
+def ema_arguments(config: TrainConfig) -> dict:
+    """The optimizer's Polyak averaging arguments for ``config.ema_decay`` (none when it is None).
+
+    The model's weights are never overwritten with the average during training
+    (``ema_overwrite_frequency=None``); ``fit`` puts the average in at its end.
+    """
+    if config.ema_decay is None:
+        return {}
+    return {"use_ema": True, "ema_momentum": config.ema_decay, "ema_overwrite_frequency": None}
+
+
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Within the block the model's trainable weights are the optimizer's moving average; after it,
+    the raw weights again. Does nothing when the optimizer keeps no average."""
+    optimizer = getattr(model, "optimizer", None)
+    if not getattr(optimizer, "use_ema", False):
+        yield
+        return
+    raw = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)
+    try:
+        yield
+    finally:
+        for variable, value in zip(model.trainable_variables, raw):
+            variable.assign(value)
+
+
 def build_and_compile(config: TrainConfig) -> keras.Model:
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
@@ -149,7 +189,7 @@ def build_and_compile(config: TrainConfig) -> keras.Model:
     configure_batch_norm(model, config.fine_tune_batch_norm, config.batch_norm_momentum)
     descriptor = config.data.descriptor
     model.compile(
-        optimizer=keras.optimizers.SGD(make_schedule(config), momentum=config.momentum),
+        optimizer=keras.optimizers.SGD(make_schedule(config), momentum=config.momentum, **ema_arguments(config)),
         loss=SegmentationLoss(
             descriptor.num_classes,
             descriptor.ignore_label,
@@ -340,7 +380,9 @@ class _Monitor(keras.callbacks.Callback):
             "step %d/%d loss %.4f lr %.3g%s  %.2f steps/s ETA %.0f s",
             step, self.config.training_number_of_steps, record["loss"], rate, evaluated, speed, eta,
         )
-        if time.time() - self.last_save >= self.config.save_interval_secs:
+        # The last step's checkpoint is written once, after fit (with EMA: the average, never the raw weights).
+        final = step >= self.config.training_number_of_steps
+        if not final and time.time() - self.last_save >= self.config.save_interval_secs:
             self.manager.save(self.model, step)
             self.last_save = time.time()
 
@@ -352,7 +394,12 @@ class _Monitor(keras.callbacks.Callback):
         return step - last >= interval or step >= self.config.training_number_of_steps
 
     def _evaluate(self, step: int) -> float:
-        """The mIoU ``eval_lib.evaluate_checkpoint`` computes (at its default scale 1, no flip)."""
+        """The mIoU ``eval_lib.evaluate_checkpoint`` computes (at its default scale 1, no flip), of the
+        averaged weights with ``ema_decay``."""
+        with averaged_weights(self.model):
+            return self._evaluate_current(step)
+
+    def _evaluate_current(self, step: int) -> float:
         descriptor = self.config.data.descriptor
         if self._predict_fn is None:  # compiled once, reads the current weights at each call
             self._predict_fn = make_predict_fn(self.model, (1.0,), False)
@@ -479,5 +526,5 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
             f"The last good checkpoint is {manager.latest()}. Lower base_learning_rate or check the data."
         )
     final_step = monitor._step()
-    manager.save(model, final_step)
+    manager.save(model, final_step)  # with ema_decay, fit has put the average in: the final weights
     return {"step": final_step, "history": monitor.history, "initialization": report, "resumed_from": step}

@@ -345,3 +345,57 @@ def test_several_crops_per_image_are_the_backbone_output_on_those_crops(dataset,
         _config(dataset, tmp_path / "d", run_dir, crops_per_image=2)
     with pytest.raises(ValueError, match="source_size=.*at least crop_size"):
         _config(dataset, tmp_path / "d", run_dir, source_size=(32, 32))
+
+
+@pytest.mark.slow  # ~30 s on 2 shared cores: three backbone-and-teacher builds
+def test_cached_teacher_logits_equal_the_teacher_models_logits(dataset, run_dir, tmp_path):
+    from deeplab_dpc.nas.proxy import nearest_indices
+    from deeplab_dpc.runs import load_model_for_inference
+
+    config = _config(dataset, tmp_path, run_dir, max_images=3, shard_size=2, teacher_checkpoint_path=run_dir)
+    manifest = cache_split(config, progress=False)
+    model, _ = load_model_for_inference(run_dir)
+    source = open_source(dataset, "train")
+    preprocess = PreprocessConfig(crop_size=CROP, ignore_label=255, is_training=False)
+    images = np.stack([preprocess_numpy(source[i], preprocess)["image"] for i in range(3)])
+    images = np.stack([images, images[:, :, ::-1]], axis=1).reshape(-1, *images.shape[1:])  # image, mirror
+    logits = np.asarray(model.predict_on_batch(images))  # [6, 64, 80, 3] at the crop size
+    rows, cols = nearest_indices(CROP[0], 16), nearest_indices(CROP[1], 20)  # 4x the 4x5 feature grid
+    expected = logits[:, rows[:, None], cols[None, :]]
+
+    cache = FeatureCache(str(tmp_path), "train")
+    features, labels, teacher = cache.load_all("float32", teacher_logits=True)
+    assert cache.has_teacher_logits and teacher.shape == (6, 16, 20, 3) and teacher.dtype == np.float16
+    assert features.shape == (6, 4, 5, 112) and labels.shape == (6, *CROP)
+    np.testing.assert_allclose(teacher, expected, rtol=2e-3, atol=2e-3 * np.abs(expected).max())
+    assert manifest["teacher"]["checkpoint"].endswith("ckpt-00000007.weights.h5")
+    assert manifest["teacher"]["logits_shape"] == [16, 20, 3] == manifest["teacher_shape"]
+
+    # Resume rewrites a missing shard with its teacher logits; a cache without a teacher is another cache.
+    os.remove(tmp_path / "train-00000.npz")
+    cache_split(config, progress=False)
+    again = FeatureCache(str(tmp_path), "train").load_all("float32", teacher_logits=True)[2]
+    np.testing.assert_array_equal(again, teacher)
+    with pytest.raises(CacheError, match="teacher differ"):
+        cache_split(_config(dataset, tmp_path, run_dir, max_images=3, shard_size=2), progress=False)
+    plain = tmp_path / "plain"
+    features_lib.write_arrays(str(plain), "train", features, labels, num_classes=3)
+    assert not FeatureCache(str(plain), "train").has_teacher_logits
+    with pytest.raises(CacheError, match=r"train\.manifest\.json holds no teacher logits"):
+        FeatureCache(str(plain), "train").load_all(teacher_logits=True)
+
+
+def test_the_teacher_flag_reaches_the_config(dataset, run_dir, tmp_path):
+    base = [
+        f"--dataset={dataset.dataset}",
+        f"--dataset_dir={dataset.dataset_dir}",
+        "--dataset_format=folder:segnet",
+        f"--cache_dir={tmp_path}",
+        "--crop_size=64,80",
+        f"--checkpoint_path={run_dir}",
+    ]
+    assert cache_features.config_from_flags(_flags(*base)).teacher_checkpoint_path is None
+    config = cache_features.config_from_flags(_flags(*base, f"--teacher_checkpoint_path={run_dir}"))
+    assert config.teacher_checkpoint_path == run_dir
+    with pytest.raises(app.UsageError, match="--teacher_checkpoint_path=/no/such/run does not exist"):
+        cache_features.config_from_flags(_flags(*base, "--teacher_checkpoint_path=/no/such/run"))
