@@ -20,19 +20,26 @@ from deeplab_dpc.training.losses import SegmentationLoss, distillation_loss
 from deeplab_dpc.training.objective import TrainingModel, build_training_model
 from tests.training.tiny import tiny_train_config
 
-SPEC = CellSpec.from_list([
-    {"op": "conv", "kernel": 1, "input": -1},
-    {"op": "conv", "kernel": 3, "rate": [1, 3], "input": 0},
-    {"op": "pyramid_pooling", "grid_size": [2, 2], "input": 0},
-])
+SPEC = CellSpec.from_list(
+    [
+        {"op": "conv", "kernel": 1, "input": -1},
+        {"op": "conv", "kernel": 3, "rate": [1, 3], "input": 0},
+        {"op": "pyramid_pooling", "grid_size": [2, 2], "input": 0},
+    ]
+)
 ENDPOINTS = ("block_5_add", "block_12_add")  # MobileNet-v2 at stride 8 and 16
 NUM_CLASSES = 3
 
 
 def _model_config(**overrides):
     fields = dict(
-        num_classes=NUM_CLASSES, context="dpc", dense_prediction_cell=SPEC, depth_multiplier=0.35,
-        dropout_rate=0.0, initializer="keras", aux_cell_endpoints=ENDPOINTS,
+        num_classes=NUM_CLASSES,
+        context="dpc",
+        dense_prediction_cell=SPEC,
+        depth_multiplier=0.35,
+        dropout_rate=0.0,
+        initializer="keras",
+        aux_cell_endpoints=ENDPOINTS,
     )
     fields.update(overrides)
     return ModelConfig(**fields)
@@ -82,9 +89,19 @@ def run(dataset, teacher_dir, tmp_path_factory):
     """4 steps with both auxiliary cells and KL distillation, evaluated (main head) at the end."""
     logdir = tmp_path_factory.mktemp("aux_distill_run")
     config = tiny_train_config(
-        dataset, logdir, _model_config(), training_number_of_steps=4, log_steps=2, train_batch_size=2,
-        distillation_teacher=teacher_dir, distillation_loss="kl", distillation_weight=0.5,
-        distillation_temperature=2.0, eval_split="val", eval_interval_steps=4, eval_crop_size=(64, 80),
+        dataset,
+        logdir,
+        _model_config(),
+        training_number_of_steps=4,
+        log_steps=2,
+        train_batch_size=2,
+        distillation_teacher=teacher_dir,
+        distillation_loss="kl",
+        distillation_weight=0.5,
+        distillation_temperature=2.0,
+        eval_split="val",
+        eval_interval_steps=4,
+        eval_crop_size=(64, 80),
         num_summary_images=0,
     )
     summary = train_lib.train(config, verbose=0)
@@ -100,14 +117,18 @@ def test_aux_heads_are_in_the_training_model_only():
     training = build_deeplab(config, aux_heads=True)
     names = [layer.name for layer in training.layers]
     for endpoint in ENDPOINTS:
-        assert {f"aux_cell_{endpoint}", f"aux_logits_{endpoint}", f"aux_upsample_logits_{endpoint}"} <= set(names)
+        assert {f"aux_cell_{endpoint}", f"aux_logits_{endpoint}", f"aux_upsample_logits_{endpoint}"} <= set(
+            names
+        )
     inference = main_head(training)
     plain = build_deeplab(config)
     for model in (inference, plain):
         assert not [layer.name for layer in model.layers if layer.name.startswith("aux_")]
         assert len(model.outputs) == 1
     assert len(inference.weights) == len(plain.weights)
-    aux_weights = {id(w) for name in names if name.startswith("aux_") for w in training.get_layer(name).weights}
+    aux_weights = {
+        id(w) for name in names if name.startswith("aux_") for w in training.get_layer(name).weights
+    }
     assert aux_weights and not aux_weights & {id(w) for w in inference.weights}
     assert len(training.weights) == len(inference.weights) + len(aux_weights)
     images = np.random.default_rng(0).uniform(0, 255, (1, 65, 65, 3)).astype("float32")
@@ -123,7 +144,10 @@ def test_aux_heads_are_in_the_training_model_only():
 
 def test_aspp_aux_cell_scales_explicit_rates_and_bad_endpoints_name_the_field():
     config = ModelConfig(
-        num_classes=NUM_CLASSES, context="aspp", atrous_rates=(3, 6), depth_multiplier=0.35,
+        num_classes=NUM_CLASSES,
+        context="aspp",
+        atrous_rates=(3, 6),
+        depth_multiplier=0.35,
         aux_cell_endpoints=("block_5_add",),
     )
     training = build_deeplab(config, aux_heads=True)
@@ -187,8 +211,12 @@ def test_total_loss_is_main_plus_weighted_aux_losses_plus_weight_decay(dataset, 
 
 def test_distillation_adds_its_weighted_loss_against_the_frozen_teacher(dataset, teacher_dir, tmp_path):
     config = tiny_train_config(
-        dataset, tmp_path, _model_config(aux_cell_endpoints=()), distillation_teacher=teacher_dir,
-        distillation_loss="mse", distillation_weight=0.5,
+        dataset,
+        tmp_path,
+        _model_config(aux_cell_endpoints=()),
+        distillation_teacher=teacher_dir,
+        distillation_loss="mse",
+        distillation_weight=0.5,
     )
     model = build_training_model(config, SegmentationLoss(NUM_CLASSES, 255))
     assert isinstance(model, TrainingModel) and len(model.outputs) == 1
@@ -219,9 +247,11 @@ def test_distillation_adds_its_weighted_loss_against_the_frozen_teacher(dataset,
 
 
 def _decayed_layer_names(model):
-    return [top.name for top in model.layers if any(
-        getattr(layer, "kernel_regularizer", None) is not None for layer in top._flatten_layers()
-    )]
+    return [
+        top.name
+        for top in model.layers
+        if any(getattr(layer, "kernel_regularizer", None) is not None for layer in top._flatten_layers())
+    ]
 
 
 def _kl_by_hand(labels, student, teacher, t, num_classes, ignore_label=255):
@@ -264,11 +294,13 @@ def test_distillation_losses_equal_numpy_and_skip_ignored_pixels():
         b = float(np.asarray(distillation_loss(labels, student, changed, kind, 4, 255, 2.0)))
         assert a == pytest.approx(b, rel=1e-6) and a > 0
     # Equal logits: no loss; T^2 scaling: the KL of tiny differences barely depends on T.
-    assert float(np.asarray(distillation_loss(labels, student, student, "kl", 4, 255, 2.0))) == pytest.approx(0, abs=1e-6)
+    assert float(np.asarray(distillation_loss(labels, student, student, "kl", 4, 255, 2.0))) == pytest.approx(
+        0, abs=1e-6
+    )
     near = student + rng.normal(0, 1e-2, student.shape).astype("float32")
-    kl1 = float(np.asarray(distillation_loss(labels, student, near, "kl", 4, 255, 4.0)))
-    kl4 = float(np.asarray(distillation_loss(labels, student, near, "kl", 4, 255, 8.0)))
-    assert kl4 == pytest.approx(kl1, rel=0.2)
+    kl_t4 = float(np.asarray(distillation_loss(labels, student, near, "kl", 4, 255, 4.0)))
+    kl_t8 = float(np.asarray(distillation_loss(labels, student, near, "kl", 4, 255, 8.0)))
+    assert kl_t8 == pytest.approx(kl_t4, rel=0.2)
 
 
 def test_teacher_logits_of_another_size_are_resized_to_the_students():
@@ -309,9 +341,13 @@ def test_exported_model_has_no_aux_heads_and_predicts_as_the_inference_model(aux
 
     directory, _, training = aux_run
     export_path = tmp_path / "export" / "1"
-    export_lib.run_export(export_lib.ExportConfig(
-        checkpoint_path=str(directory), export_path=str(export_path), save_probabilities=True,
-    ))
+    export_lib.run_export(
+        export_lib.ExportConfig(
+            checkpoint_path=str(directory),
+            export_path=str(export_path),
+            save_probabilities=True,
+        )
+    )
     loaded = tf.saved_model.load(str(export_path))
     inference, _ = load_model_for_inference(str(directory))
     exported = loaded.model_variables
@@ -341,7 +377,10 @@ def test_run_checkpoints_the_student_only_evaluates_the_main_head_and_exports(ru
     assert summary["step"] == 4 and [s for s, _ in checkpoints.list_checkpoints(str(logdir))] == [2, 4]
     saved = json.loads((logdir / "train_config.json").read_text())
     assert (saved["distillation_loss"], saved["distillation_weight"], saved["distillation_temperature"]) == (
-        "kl", 0.5, 2.0)
+        "kl",
+        0.5,
+        2.0,
+    )
     assert saved["model"]["aux_cell_endpoints"] == list(ENDPOINTS)
     assert TrainConfig.from_dict(saved) == config
     # The checkpoint holds the student's variables (auxiliary heads included), none of the ASPP teacher's.
@@ -365,9 +404,11 @@ def test_run_checkpoints_the_student_only_evaluates_the_main_head_and_exports(ru
     # The mIoU logged during training is what eval computes on the checkpoint (the main head's).
     root, descriptor = dataset
     eval_config = eval_lib.EvalConfig(
-        checkpoint_dir=str(logdir), eval_logdir=str(logdir / "eval"),
+        checkpoint_dir=str(logdir),
+        eval_logdir=str(logdir / "eval"),
         data=DataConfig(dataset=descriptor, dataset_dir=root, dataset_format="folder:segnet"),
-        eval_split="val", eval_crop_size=(64, 80),
+        eval_split="val",
+        eval_crop_size=(64, 80),
     )
     result = eval_lib.evaluate_checkpoint(eval_config, checkpoint_path(str(logdir), 4))
     assert result["miou"] == pytest.approx(summary["history"][-1]["val_miou"], abs=1e-6)
@@ -375,14 +416,16 @@ def test_run_checkpoints_the_student_only_evaluates_the_main_head_and_exports(ru
     tf = pytest.importorskip("tensorflow")
     from deeplab_dpc.export import export_lib
 
-    export_lib.run_export(export_lib.ExportConfig(checkpoint_path=str(logdir), export_path=str(tmp_path / "e")))
+    export_lib.run_export(
+        export_lib.ExportConfig(checkpoint_path=str(logdir), export_path=str(tmp_path / "e"))
+    )
     exported = tf.saved_model.load(str(tmp_path / "e")).model_variables
     assert sorted(tuple(v.shape) for v in exported) == sorted(tuple(v.shape) for v in inference.variables)
 
 
 @pytest.mark.slow
 def test_a_trained_aux_run_can_warm_start_a_plain_run(run, dataset, tmp_path):
-    """tf_initial_checkpoint from an auxiliary-cell run: the shared layers are copied, its aux heads ignored."""
+    """tf_initial_checkpoint from an auxiliary-cell run: shared layers are copied, its aux heads ignored."""
     logdir, _, _ = run
     config = tiny_train_config(
         dataset, tmp_path, _model_config(aux_cell_endpoints=()), tf_initial_checkpoint=str(logdir)
@@ -408,7 +451,10 @@ def _flags(*args):
 def _base(dataset, logdir):
     root, descriptor = dataset
     return [
-        f"--dataset={descriptor}", f"--dataset_dir={root}", "--dataset_format=folder", f"--train_logdir={logdir}",
+        f"--dataset={descriptor}",
+        f"--dataset_dir={root}",
+        "--dataset_format=folder",
+        f"--train_logdir={logdir}",
         "--dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json",
         "--depth_multiplier=0.35",
     ]
@@ -418,11 +464,17 @@ def test_flags_become_the_train_config(dataset, teacher_dir, tmp_path):
     config = train_main.config_from_flags(_flags(*_base(dataset, tmp_path)))
     assert config.model.aux_cell_endpoints == () and config.distillation_weight == 0
     assert config.distillation_teacher is None
-    config = train_main.config_from_flags(_flags(
-        *_base(dataset, tmp_path), "--aux_cell_endpoints=block_5_add,block_12_add", "--aux_loss_weight=0.4",
-        f"--distillation_teacher={teacher_dir}", "--distillation_loss=kl", "--distillation_weight=0.25",
-        "--distillation_temperature=3",
-    ))
+    config = train_main.config_from_flags(
+        _flags(
+            *_base(dataset, tmp_path),
+            "--aux_cell_endpoints=block_5_add,block_12_add",
+            "--aux_loss_weight=0.4",
+            f"--distillation_teacher={teacher_dir}",
+            "--distillation_loss=kl",
+            "--distillation_weight=0.25",
+            "--distillation_temperature=3",
+        )
+    )
     assert config.model.aux_cell_endpoints == ENDPOINTS and config.aux_loss_weight == 0.4
     assert (config.distillation_teacher, config.distillation_loss) == (teacher_dir, "kl")
     assert (config.distillation_weight, config.distillation_temperature) == (0.25, 3.0)
@@ -436,8 +488,10 @@ def test_flags_become_the_train_config(dataset, teacher_dir, tmp_path):
         (["--aux_loss_weight=0.3"], "--aux_loss_weight needs --aux_cell_endpoints"),
         (["--aux_cell_endpoints=block_5_add", "--aux_loss_weight=-1"], "^--aux_loss_weight must be >= 0"),
         (["--distillation_weight=0.5"], "^--distillation_weight=0.5 needs distillation_teacher"),
-        (["--distillation_teacher=/no/such/run", "--distillation_weight=1"],
-         "^--distillation_teacher=/no/such/run: checkpoint_path=/no/such/run does not exist"),
+        (
+            ["--distillation_teacher=/no/such/run", "--distillation_weight=1"],
+            "^--distillation_teacher=/no/such/run: checkpoint_path=/no/such/run does not exist",
+        ),
         (["--distillation_temperature=0"], "^--distillation_temperature must be positive"),
     ],
 )
@@ -452,27 +506,47 @@ def test_a_teacher_with_other_classes_is_refused_naming_the_flag(dataset, tmp_pa
     ModelConfig(num_classes=5, context="none").save(teacher / "model_config.json")
     (teacher / "ckpt-00000001.weights.h5").write_bytes(b"")  # only its config is read
     with pytest.raises(app.UsageError, match=r"^--distillation_teacher=.*predicts 5 classes.*num_classes=3"):
-        train_main.config_from_flags(_flags(
-            *_base(dataset, tmp_path / "run"), f"--distillation_teacher={teacher}", "--distillation_weight=1",
-        ))
-    with pytest.raises(app.UsageError, match="^--distillation_teacher=.* is unused: distillation_weight is 0"):
-        train_main.config_from_flags(_flags(*_base(dataset, tmp_path / "run"), f"--distillation_teacher={teacher}"))
+        train_main.config_from_flags(
+            _flags(
+                *_base(dataset, tmp_path / "run"),
+                f"--distillation_teacher={teacher}",
+                "--distillation_weight=1",
+            )
+        )
+    with pytest.raises(
+        app.UsageError, match="^--distillation_teacher=.* is unused: distillation_weight is 0"
+    ):
+        train_main.config_from_flags(
+            _flags(*_base(dataset, tmp_path / "run"), f"--distillation_teacher={teacher}")
+        )
 
 
 def test_old_configs_resume_and_the_new_fields_are_not_resumable(dataset, teacher_dir, tmp_path):
     config = tiny_train_config(dataset, tmp_path, _model_config(aux_cell_endpoints=()))
     saved = config.to_dict()
-    for name in ("aux_loss_weight", "distillation_teacher", "distillation_loss", "distillation_weight",
-                 "distillation_temperature"):
+    for name in (
+        "aux_loss_weight",
+        "distillation_teacher",
+        "distillation_loss",
+        "distillation_weight",
+        "distillation_temperature",
+    ):
         del saved[name]
     del saved["model"]["aux_cell_endpoints"]
     (tmp_path / "train_config.json").write_text(json.dumps(saved))
     assert check_resume(config, has_checkpoints=True) is False  # a file from before issue 10: unchanged
     for new, flag in [
         (tiny_train_config(dataset, tmp_path, _model_config()), "aux_cell_endpoints: \\[\\] -> "),
-        (tiny_train_config(dataset, tmp_path, config.model, aux_loss_weight=0.3), "aux_loss_weight: 0.15 -> 0.3"),
-        (tiny_train_config(dataset, tmp_path, config.model, distillation_teacher=teacher_dir, distillation_weight=0.5),
-         "distillation_weight: 0.0 -> 0.5"),
+        (
+            tiny_train_config(dataset, tmp_path, config.model, aux_loss_weight=0.3),
+            "aux_loss_weight: 0.15 -> 0.3",
+        ),
+        (
+            tiny_train_config(
+                dataset, tmp_path, config.model, distillation_teacher=teacher_dir, distillation_weight=0.5
+            ),
+            "distillation_weight: 0.0 -> 0.5",
+        ),
     ]:
         with pytest.raises(ResumeMismatch, match=flag):
             check_resume(new, has_checkpoints=True)
