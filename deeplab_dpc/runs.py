@@ -170,6 +170,11 @@ def load_model_for_inference(checkpoint_path: str):
     variables; Keras skips them when the model has no optimizer (checked in
     the tests: every model variable is restored), so no compile is needed.
 
+    A run trained with auxiliary cells (``aux_cell_endpoints``) saved them in
+    its checkpoints: the weights load into the training model's layout
+    (``build_deeplab(..., aux_heads=True)``), and the model returned is its
+    main head (``core.model.main_head``), without the auxiliary heads.
+
     Raises:
         FileNotFoundError: no checkpoint or no model config.
         ValueError: the checkpoint does not fit the model of the config.
@@ -177,10 +182,10 @@ def load_model_for_inference(checkpoint_path: str):
     Example:
         >>> model, config = load_model_for_inference("/runs/camvid")  # doctest: +SKIP
     """
-    from deeplab_dpc.core.model import build_deeplab  # noqa: PLC0415
+    from deeplab_dpc.core.model import build_deeplab, main_head  # noqa: PLC0415
 
     config, path = load_model_config(checkpoint_path)
-    model = build_deeplab(config)
+    model = build_deeplab(config, aux_heads=True)
     try:
         model.load_weights(path)
     except ValueError as e:
@@ -188,4 +193,4 @@ def load_model_for_inference(checkpoint_path: str):
             f"checkpoint_path={checkpoint_path}: {path} does not fit the model of "
             f"{checkpoint_model_config_path(path)}: {e}"
         ) from e
-    return model, config
+    return main_head(model), config

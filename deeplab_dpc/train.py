@@ -60,6 +60,30 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "ScheduledDropPath (NASNet): each Dense Prediction Cell branch output is kept with a probability "
         "falling linearly from 1 to this over --training_number_of_steps (1: off; off at inference).", **f,
     )
+    flags.DEFINE_list(
+        "aux_cell_endpoints", None,
+        "Auxiliary cells (intermediate supervision, Nekrasov et al.): backbone layers at stride 8 or 16 "
+        "(mobilenet_v2: block_5_add,block_12_add) that each get a copy of the context module with its own "
+        "weights and logits during training; exported and evaluated models have none.", **f,
+    )
+    flags.DEFINE_float(
+        "aux_loss_weight", 0.15, "Weight of each auxiliary cell's loss (needs --aux_cell_endpoints).", **f
+    )
+    flags.DEFINE_string(
+        "distillation_teacher", None,
+        "Knowledge distillation: a train_logdir (its newest checkpoint) or checkpoint of a trained model "
+        "with the same classes; frozen, it predicts every training batch (needs --distillation_weight > 0).",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "distillation_loss", "mse", ["mse", "kl"],
+        "mse: squared difference of the logits; kl: KL divergence of probabilities softened by "
+        "--distillation_temperature, times its square (Hinton et al.).", **f,
+    )
+    flags.DEFINE_float("distillation_weight", 0.0, "Weight of the distillation loss (0: off).", **f)
+    flags.DEFINE_float(
+        "distillation_temperature", 1.0, "Softmax temperature T of --distillation_loss=kl.", **f
+    )
     flags.DEFINE_float("save_interval_secs", 1200, "Seconds between checkpoints.", **f)
     flags.DEFINE_integer("log_steps", 10, "Steps between log lines, summaries and checkpoint checks.", **f)
     flags.DEFINE_string("eval_split", None, "Split for mIoU during training.", **f)
@@ -106,6 +130,7 @@ def config_from_flags(fv: flags.FlagValues):
             )
         except ValueError as e:
             raise app.UsageError(cli.flag_message(str(e), fv)) from None
+    model = _with_aux_cells(model, fv)
     try:
         return TrainConfig(
             model=model,
@@ -147,9 +172,34 @@ def config_from_flags(fv: flags.FlagValues):
             num_clones=fv.num_clones,
             seed=fv.seed,
             ema_decay=fv.ema_decay,
+            aux_loss_weight=fv.aux_loss_weight,
+            distillation_teacher=fv.distillation_teacher,
+            distillation_loss=fv.distillation_loss,
+            distillation_weight=fv.distillation_weight,
+            distillation_temperature=fv.distillation_temperature,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None
+
+
+def _with_aux_cells(model, fv: flags.FlagValues):
+    """``--aux_cell_endpoints`` into the model config, checked against the backbone (built once)."""
+    import dataclasses  # noqa: PLC0415
+
+    from deeplab_dpc.core.model import aux_endpoint_strides  # noqa: PLC0415
+
+    if not fv.aux_cell_endpoints:
+        if fv["aux_loss_weight"].present:
+            raise app.UsageError(
+                "--aux_loss_weight needs --aux_cell_endpoints (the auxiliary cells it weights)"
+            )
+        return model
+    try:
+        model = dataclasses.replace(model, aux_cell_endpoints=tuple(fv.aux_cell_endpoints))
+        aux_endpoint_strides(model)
+    except ValueError as e:
+        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+    return model
 
 
 def train_from_flags(fv: flags.FlagValues, verbose: int | str = "auto") -> dict:

@@ -6,6 +6,15 @@ v3+ decoder -> 1x1 logits -> bilinear resize (align corners) to the input.
 
 Sub-model and layer names (``backbone``, ``dense_prediction_cell`` / ``aspp``,
 ``decoder``, ``logits``) are what ``model_stats`` groups by.
+
+Auxiliary cells (Nekrasov et al. 2019, intermediate supervision): with
+``ModelConfig.aux_cell_endpoints``, ``build_deeplab(config, aux_heads=True)``
+also reads those backbone layers, each through its own copy of the context
+module (``aux_cell_<layer>``), 1x1 logits (``aux_logits_<layer>``) and resize
+(``aux_upsample_logits_<layer>``): the training model, outputs
+``[logits, aux logits...]``. ``main_head`` gives its inference model (the
+first output, sharing every layer); checkpoints of such a run load into the
+training model's layout, which ``runs.load_model_for_inference`` builds.
 """
 
 from __future__ import annotations
@@ -28,6 +37,9 @@ from deeplab_dpc.fileio import write_json
 
 CONTEXTS = ("dpc", "aspp", "none")
 DECODER_OUTPUT_STRIDES = (None, 4)
+AUX_ENDPOINT_STRIDES = (8, 16)  # the context module's rates are defined at these strides (geometry)
+_AUX_KEY = "aux/"  # backbone output keys of the auxiliary endpoints
+_STRIDE_PROBE = 64  # input side used to measure an endpoint's stride (a multiple of 32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +72,12 @@ class ModelConfig:
             Dense Prediction Cell (1: off; ``DensePredictionCell``).
         drop_path_steps: steps over which it falls from 1 (the training run's
             length; ``train`` sets it from ``training_number_of_steps``).
+        aux_cell_endpoints: backbone layer names (e.g. MobileNet-v2's
+            ``block_5_add`` at stride 8, ``block_12_add`` at 16) that each get
+            an auxiliary head in training: a copy of the context module (own
+            weights, rates scaled to the layer's stride, which must be 8 or
+            16) and its own logits. Inference models have none of them
+            (``main_head``); ``aux_endpoint_strides`` checks the names.
     """
 
     num_classes: int
@@ -76,6 +94,7 @@ class ModelConfig:
     initializer: str = "deeplab"
     drop_path_keep_prob: float = 1.0
     drop_path_steps: int = 0
+    aux_cell_endpoints: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.num_classes, int) or self.num_classes < 1:
@@ -112,11 +131,30 @@ class ModelConfig:
                 )
             if self.drop_path_steps < 1:
                 raise ValueError(f"drop_path_steps={self.drop_path_steps} must be positive with drop path")
+        self._check_aux_cell_endpoints()
+
+    def _check_aux_cell_endpoints(self):
+        """Normalises ``aux_cell_endpoints`` to a tuple of names; what needs no model is checked here."""
+        endpoints = self.aux_cell_endpoints
+        if isinstance(endpoints, str):
+            endpoints = [endpoints]
+        endpoints = tuple(str(e).strip() for e in (endpoints or ()))
+        object.__setattr__(self, "aux_cell_endpoints", endpoints)
+        if not endpoints:
+            return
+        if "" in endpoints or len(set(endpoints)) != len(endpoints):
+            raise ValueError(f"aux_cell_endpoints={list(endpoints)} must be distinct, non-empty layer names")
+        if self.context == "none":
+            raise ValueError(
+                f"aux_cell_endpoints={list(endpoints)}: an auxiliary cell copies the context module, and "
+                "context='none' has none; use context 'dpc' or 'aspp'"
+            )
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["dense_prediction_cell"] = self.dense_prediction_cell.to_list() if self.dense_prediction_cell else None
         out["atrous_rates"] = list(self.atrous_rates) if self.atrous_rates is not None else None
+        out["aux_cell_endpoints"] = list(self.aux_cell_endpoints)
         return out
 
     @classmethod
@@ -171,25 +209,43 @@ class Logits(keras.layers.Conv2D):
         return config
 
 
-def build_context(config: ModelConfig):
-    """The context layer for ``config`` (None for context 'none')."""
+def build_context(config: ModelConfig, stride: int | None = None, name: str | None = None):
+    """The context layer for ``config`` (None for context 'none').
+
+    Args:
+        config: the model config.
+        stride: the stride of the features it reads (default: the output
+            stride). An auxiliary cell on stride-8 features of an output
+            stride 16 model doubles its atrous rates, so every copy sees the
+            same context in image pixels: the DPC's rates follow the stride
+            (``dpc_rate_multiplier``), explicit ASPP ``atrous_rates`` (given at
+            the output stride) are scaled by ``output_stride // stride``.
+        name: the layer's name (default: ``dense_prediction_cell`` / ``aspp``).
+    """
+    stride = config.output_stride if stride is None else int(stride)
+    named = {"name": name} if name else {}
     if config.context == "dpc":
         return DensePredictionCell(
             config.dense_prediction_cell,
-            output_stride=config.output_stride,
+            output_stride=stride,
             dropout_rate=config.dropout_rate,
             weight_decay=config.weight_decay,
             initializer=config.initializer,
             drop_path_keep_prob=config.drop_path_keep_prob,
             drop_path_steps=config.drop_path_steps,
+            **named,
         )
     if config.context == "aspp":
+        rates = config.atrous_rates
+        if rates is not None and stride != config.output_stride:
+            rates = tuple(r * (config.output_stride // stride) for r in rates)
         return ASPP(
-            output_stride=config.output_stride,
-            atrous_rates=config.atrous_rates,
+            output_stride=stride,
+            atrous_rates=rates,
             dropout_rate=config.dropout_rate,
             weight_decay=config.weight_decay,
             initializer=config.initializer,
+            **named,
         )
     return None
 
@@ -206,17 +262,96 @@ def backbone_of(config: ModelConfig) -> keras.Model:
     )
 
 
-def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -> keras.Model:
+def aux_endpoint_strides(config: ModelConfig, backbone: keras.Model | None = None) -> dict[str, int]:
+    """The stride of each ``aux_cell_endpoints`` layer in the backbone.
+
+    Measured by running the backbone symbolically on a 64 x 64 input (no
+    weights are computed with), so atrous blocks count at ``output_stride``.
+
+    Args:
+        config: the model config.
+        backbone: its backbone (``backbone_of(config)``); built when None.
+
+    Raises:
+        ValueError naming ``aux_cell_endpoints``: a name is not a layer of the
+            backbone, is the layer of its ``features`` output, or is not a
+            feature map at stride 8 or 16.
+    """
+    if not config.aux_cell_endpoints:
+        return {}
+    backbone = backbone if backbone is not None else backbone_of(config)
+    names = {layer.name for layer in backbone.layers}
+    features = backbone.output["features"]
+    tensors = []
+    for endpoint in config.aux_cell_endpoints:
+        if endpoint not in names:
+            raise ValueError(
+                f"aux_cell_endpoints: {endpoint!r} is not a layer of the {config.model_variant} backbone "
+                f"(e.g. {_example_endpoints(config.model_variant)}; "
+                "all: model.get_layer('backbone').summary())"
+            )
+        tensor = backbone.get_layer(endpoint).output
+        if tensor is features:
+            raise ValueError(
+                f"aux_cell_endpoints: {endpoint!r} is the backbone's features layer, which the main context "
+                "module already reads; name an intermediate layer"
+            )
+        tensors.append(tensor)
+    probe = keras.Model(backbone.input, tensors)
+    specs = probe.compute_output_spec(keras.KerasTensor((1, _STRIDE_PROBE, _STRIDE_PROBE, 3)))
+    strides = {}
+    for endpoint, spec in zip(config.aux_cell_endpoints, specs):
+        if len(spec.shape) != 4:
+            raise ValueError(
+                f"aux_cell_endpoints: {endpoint!r} does not output a feature map (shape {spec.shape})"
+            )
+        stride = _STRIDE_PROBE // spec.shape[1]
+        if stride not in AUX_ENDPOINT_STRIDES:
+            raise ValueError(
+                f"aux_cell_endpoints: {endpoint!r} is at stride {stride} "
+                f"(output_stride={config.output_stride}); "
+                f"an auxiliary cell reads features at stride {' or '.join(map(str, AUX_ENDPOINT_STRIDES))}, "
+                "where the context module's rates are defined"
+            )
+        strides[endpoint] = stride
+    return strides
+
+
+def _example_endpoints(model_variant: str) -> str:
+    if model_variant == "mobilenet_v2":
+        return "block_5_add (stride 8), block_12_add (stride 16)"
+    return "a layer of the backbone at stride 8 or 16"
+
+
+def main_head(model: keras.Model) -> keras.Model:
+    """The inference model of a training model with auxiliary heads: its first output only.
+
+    The returned model shares every layer (and variable) with ``model`` and
+    holds none of the auxiliary heads; a single-output model is returned as is.
+    """
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.input, model.outputs[0], name=model.name)
+
+
+def build_deeplab(
+    config: ModelConfig, input_shape=(None, None, 3), name=None, aux_heads=False
+) -> keras.Model:
     """Builds the segmentation model.
 
     Args:
         config: a ``ModelConfig``.
         input_shape: (height, width, 3); None sizes accept any image size.
         name: the model's name.
+        aux_heads: also build the auxiliary heads of ``config.aux_cell_endpoints``
+            (the training model, and the layout of its checkpoints). Without
+            endpoints this changes nothing.
 
     Returns:
         A ``keras.Model`` from images with values in 0..255 (any dtype) to
-        float32 logits of shape [batch, height, width, num_classes].
+        float32 logits of shape [batch, height, width, num_classes]; with
+        ``aux_heads`` and endpoints, the list ``[logits, aux logits...]`` (one
+        per endpoint, in order, each at the input size).
 
     Example:
         >>> spec = CellSpec.load("experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json")
@@ -224,7 +359,12 @@ def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -
     """
     images = keras.Input(shape=input_shape, name="images")
     x = Normalize(name="normalize")(images)
-    endpoints = backbone_of(config)(x)
+    backbone = backbone_of(config)
+    aux_strides = aux_endpoint_strides(config, backbone) if aux_heads else {}
+    if aux_strides:  # the same layers, with the endpoints as extra outputs
+        extra = {_AUX_KEY + e: backbone.get_layer(e).output for e in config.aux_cell_endpoints}
+        backbone = keras.Model(backbone.input, {**backbone.output, **extra}, name=backbone.name)
+    endpoints = backbone(x)
     features = endpoints["features"]
     context = build_context(config)
     if context is not None:
@@ -238,4 +378,19 @@ def build_deeplab(config: ModelConfig, input_shape=(None, None, 3), name=None) -
         name="logits",
     )(features)
     logits = ResizeLike(name="upsample_logits", dtype="float32")([logits, images])
-    return keras.Model(images, logits, name=name or f"deeplab_{config.model_variant}_{config.context}")
+    name = name or f"deeplab_{config.model_variant}_{config.context}"
+    if not aux_strides:
+        return keras.Model(images, logits, name=name)
+    outputs = [logits]
+    # Built after the main head, so its initial weights are those of the same run without auxiliary cells.
+    for endpoint, stride in aux_strides.items():
+        cell = build_context(config, stride=stride, name=f"aux_cell_{endpoint}")
+        aux = cell(endpoints[_AUX_KEY + endpoint])
+        aux = Logits(
+            config.num_classes,
+            gradient_multiplier=config.last_layer_gradient_multiplier,
+            kernel_regularizer=l2_regularizer(config.weight_decay),
+            name=f"aux_logits_{endpoint}",
+        )(aux)
+        outputs.append(ResizeLike(name=f"aux_upsample_logits_{endpoint}", dtype="float32")([aux, images]))
+    return keras.Model(images, outputs, name=name)

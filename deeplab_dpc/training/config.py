@@ -23,6 +23,7 @@ from typing import Any
 from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.fileio import write_json
+from deeplab_dpc.training.losses import DISTILLATION_LOSSES
 from deeplab_dpc.training.schedules import BURNIN_TYPES, POLICIES
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -100,6 +101,12 @@ class TrainConfig:
     num_clones: int = 1
     seed: int | None = 0
     ema_decay: float | None = None
+    # Extra training losses (issue 10; see training/objective.py): auxiliary cells' weight, distillation.
+    aux_loss_weight: float = 0.15
+    distillation_teacher: str | None = None
+    distillation_loss: str = "mse"
+    distillation_weight: float = 0.0
+    distillation_temperature: float = 1.0
 
     def __post_init__(self):
         for name in ("train_crop_size", "eval_crop_size"):
@@ -143,6 +150,39 @@ class TrainConfig:
         _check_ema_decay(self)
         if self.tf_initial_checkpoint and not _checkpoint_exists(self.tf_initial_checkpoint):
             raise ValueError(f"tf_initial_checkpoint={self.tf_initial_checkpoint} does not exist")
+        self._check_extra_losses()
+
+    def _check_extra_losses(self):
+        """Auxiliary cells' loss weight and distillation: values, and the teacher's run on disk."""
+        if not self.aux_loss_weight >= 0:
+            raise ValueError(f"aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+        if self.distillation_loss not in DISTILLATION_LOSSES:
+            raise ValueError(
+                f"distillation_loss={self.distillation_loss!r} is unknown; valid: {list(DISTILLATION_LOSSES)}"
+            )
+        if not self.distillation_weight >= 0:
+            raise ValueError(f"distillation_weight must be >= 0, got {self.distillation_weight}")
+        if not self.distillation_temperature > 0:
+            raise ValueError(
+                f"distillation_temperature must be positive, got {self.distillation_temperature}"
+            )
+        if self.distillation_weight > 0 and not self.distillation_teacher:
+            raise ValueError(
+                f"distillation_weight={self.distillation_weight} needs distillation_teacher (a train_logdir "
+                "or checkpoint)"
+            )
+        if self.distillation_teacher and self.distillation_weight == 0:
+            raise ValueError(
+                f"distillation_teacher={self.distillation_teacher} is unused: distillation_weight is 0 (off)"
+            )
+        if self.distillation_teacher:
+            teacher_classes = teacher_num_classes(self.distillation_teacher)
+            if teacher_classes != self.model.num_classes:
+                raise ValueError(
+                    f"distillation_teacher={self.distillation_teacher} predicts {teacher_classes} classes; "
+                    f"the student has num_classes={self.model.num_classes} (of the dataset); a teacher "
+                    "must have the same classes"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -248,6 +288,21 @@ def check_resume(config: TrainConfig, has_checkpoints: bool) -> bool:
             f"{may}. Use a new train_logdir (tf_initial_checkpoint={config.train_logdir} starts from its weights)."
         )
     return bool(allowed)
+
+
+def teacher_num_classes(teacher: str) -> int:
+    """The class count of the run or checkpoint ``teacher`` (its ``model_config.json``; no model is built).
+
+    Raises:
+        ValueError naming ``distillation_teacher``: no checkpoint or model config there.
+    """
+    from deeplab_dpc.runs import load_model_config  # noqa: PLC0415
+
+    try:
+        config, _ = load_model_config(teacher)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"distillation_teacher={teacher}: {e}") from None
+    return config.num_classes
 
 
 def _show(value) -> str:

@@ -6,6 +6,11 @@ optional per-class weights; the sum is divided by the number of pixels with
 non-zero weight. With ``top_k_percent_pixels < 1`` only the hardest fraction
 of the batch's pixels count (online hard example mining), divided by the
 number of non-zero losses among them.
+
+``distillation_loss`` compares a student's logits with a teacher's on the
+same pixels (the ignore label excluded the same way): mean squared error of
+the logits, or Hinton et al.'s KL divergence of temperature-softened
+probabilities scaled by T^2.
 """
 
 from __future__ import annotations
@@ -16,6 +21,25 @@ from keras import ops
 from deeplab_dpc.core.layers import resize_bilinear_align_corners
 
 _EPSILON = 1e-5
+DISTILLATION_LOSSES = ("mse", "kl")
+
+
+def _labels_and_logits(y_true, y_pred):
+    """int32 labels [b, h, w] and float32 logits resized (align corners) to them when sizes differ."""
+    labels = ops.cast(y_true, "int32")
+    if len(labels.shape) == 4:
+        labels = labels[..., 0]
+    logits = ops.cast(y_pred, "float32")
+    label_shape = ops.shape(labels)
+    if tuple(logits.shape[1:3]) != tuple(labels.shape[1:3]) or None in tuple(labels.shape[1:3]):
+        logits = resize_bilinear_align_corners(logits, (label_shape[1], label_shape[2]))
+    return labels, logits
+
+
+def _valid_pixels(labels, num_classes, ignore_label):
+    """Pixels that carry a loss: not the ignore label, and a class in [0, num_classes)."""
+    valid = ops.logical_and(ops.not_equal(labels, ignore_label), labels < num_classes)
+    return ops.logical_and(valid, labels >= 0)
 
 
 @keras.saving.register_keras_serializable(package="deeplab_dpc")
@@ -59,15 +83,8 @@ class SegmentationLoss(keras.losses.Loss):
         self.top_k_percent_pixels = float(top_k_percent_pixels)
 
     def call(self, y_true, y_pred):
-        labels = ops.cast(y_true, "int32")
-        if len(labels.shape) == 4:
-            labels = labels[..., 0]
-        logits = ops.cast(y_pred, "float32")
-        label_shape = ops.shape(labels)
-        if tuple(logits.shape[1:3]) != tuple(labels.shape[1:3]) or None in tuple(labels.shape[1:3]):
-            logits = resize_bilinear_align_corners(logits, (label_shape[1], label_shape[2]))
-        valid = ops.logical_and(ops.not_equal(labels, self.ignore_label), labels < self.num_classes)
-        valid = ops.logical_and(valid, labels >= 0)
+        labels, logits = _labels_and_logits(y_true, y_pred)
+        valid = _valid_pixels(labels, self.num_classes, self.ignore_label)
         safe_labels = ops.where(valid, labels, 0)
         pixel_losses = ops.sparse_categorical_crossentropy(safe_labels, logits, from_logits=True)
         weights = ops.cast(valid, "float32")
@@ -95,3 +112,49 @@ class SegmentationLoss(keras.losses.Loss):
             top_k_percent_pixels=self.top_k_percent_pixels,
         )
         return config
+
+
+def distillation_loss(
+    labels, student_logits, teacher_logits, kind, num_classes, ignore_label=255, temperature=1.0
+):
+    """Knowledge distillation: how far the student's logits are from the teacher's, per valid pixel.
+
+    The teacher's logits are resized (bilinear, align corners) to the
+    student's size when they differ, then both to the labels' size as
+    ``SegmentationLoss`` does; the teacher gets no gradient. Pixels whose
+    label is the ignore label (or no class) carry no loss, and the sum is
+    divided by the number of the others (+1e-5, as ``SegmentationLoss``).
+    Class weights and hard pixel mining do not apply.
+
+    Args:
+        labels: [batch, h, w] or [batch, h, w, 1] integer labels (only their
+            validity is used).
+        student_logits, teacher_logits: [batch, h', w', num_classes] logits.
+        kind: "mse": the mean over classes of ``(student - teacher)^2``;
+            "kl": ``T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+            (Hinton et al. 2015: T^2 keeps the gradients' size as T changes).
+        num_classes: number of classes (labels outside [0, num_classes) are ignored).
+        ignore_label: the label that carries no loss.
+        temperature: T of "kl" (1: plain probabilities); unused by "mse".
+
+    Returns:
+        A float32 scalar.
+    """
+    if kind not in DISTILLATION_LOSSES:
+        raise ValueError(f"distillation_loss={kind!r} is unknown; valid: {list(DISTILLATION_LOSSES)}")
+    student = ops.cast(student_logits, "float32")
+    teacher = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+    if tuple(teacher.shape[1:3]) != tuple(student.shape[1:3]) or None in tuple(student.shape[1:3]):
+        student_shape = ops.shape(student)
+        teacher = resize_bilinear_align_corners(teacher, (student_shape[1], student_shape[2]))
+    labels, student = _labels_and_logits(labels, student)
+    _, teacher = _labels_and_logits(labels, teacher)
+    weights = ops.cast(_valid_pixels(labels, num_classes, ignore_label), "float32")
+    if kind == "mse":
+        pixel_losses = ops.mean(ops.square(student - teacher), axis=-1)
+    else:
+        t = float(temperature)
+        teacher_log_p = ops.log_softmax(teacher / t, axis=-1)
+        student_log_p = ops.log_softmax(student / t, axis=-1)
+        pixel_losses = ops.sum(ops.exp(teacher_log_p) * (teacher_log_p - student_log_p), axis=-1) * (t * t)
+    return ops.sum(pixel_losses * weights) / (ops.sum(weights) + _EPSILON)

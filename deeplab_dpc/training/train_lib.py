@@ -43,14 +43,14 @@ import time
 import keras
 import numpy as np
 
-from deeplab_dpc.core.model import build_deeplab
+from deeplab_dpc.core.model import aux_endpoint_strides, main_head
 from deeplab_dpc.data.batches import make_batches
 from deeplab_dpc.data.preprocess import PreprocessConfig
 from deeplab_dpc.evaluation.eval_lib import confusion_over, make_eval_batches, make_predict_fn
 from deeplab_dpc.summaries import write_images, write_scalars
 from deeplab_dpc.training.checkpoints import CheckpointManager, list_checkpoints
 from deeplab_dpc.training.config import TrainConfig, check_resume
-from deeplab_dpc.training.losses import SegmentationLoss
+from deeplab_dpc.training.objective import TrainingModel, build_training_model, segmentation_loss
 from deeplab_dpc.training.schedules import DeepLabSchedule
 
 log = logging.getLogger(__name__)
@@ -185,17 +185,12 @@ def averaged_weights(model: keras.Model):
 def build_and_compile(config: TrainConfig) -> keras.Model:
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    model = build_deeplab(config.model)
+    loss = segmentation_loss(config)
+    model = build_training_model(config, loss)  # auxiliary heads and distillation: objective.py
     configure_batch_norm(model, config.fine_tune_batch_norm, config.batch_norm_momentum)
-    descriptor = config.data.descriptor
     model.compile(
         optimizer=keras.optimizers.SGD(make_schedule(config), momentum=config.momentum, **ema_arguments(config)),
-        loss=SegmentationLoss(
-            descriptor.num_classes,
-            descriptor.ignore_label,
-            class_weights=config.class_weights,
-            top_k_percent_pixels=config.top_k_percent_pixels,
-        ),
+        loss=None if isinstance(model, TrainingModel) else loss,  # a TrainingModel computes its own
         jit_compile=config.jit_compile,
     )
     model.optimizer.build(model.trainable_variables)
@@ -402,7 +397,7 @@ class _Monitor(keras.callbacks.Callback):
     def _evaluate_current(self, step: int) -> float:
         descriptor = self.config.data.descriptor
         if self._predict_fn is None:  # compiled once, reads the current weights at each call
-            self._predict_fn = make_predict_fn(self.model, (1.0,), False)
+            self._predict_fn = make_predict_fn(main_head(self.model), (1.0,), False)  # no auxiliary heads
         predict_fn = self._predict_fn
         matrix = confusion_over(
             predict_fn, self.eval_batches, descriptor.num_classes, descriptor.ignore_label,
@@ -452,6 +447,7 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
         TrainingDiverged: the loss became NaN; the newest checkpoint on disk
             is the last good one.
     """
+    aux_endpoint_strides(config.model)  # bad aux_cell_endpoints fail before the run's files are written
     has_checkpoints = bool(list_checkpoints(config.train_logdir))
     if check_resume(config, has_checkpoints):
         os.makedirs(config.train_logdir, exist_ok=True)
