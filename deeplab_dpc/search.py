@@ -152,6 +152,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float(
         "stage2_probability_decay", 0.98, "...multiplied by this for each earlier stage-1 result.", **f
     )
+    flags.DEFINE_enum(
+        "stage2_average",
+        "mean",
+        ["mean", "median"],
+        "The running level a stage-1 score must beat to go on for sure: the mean of earlier scores "
+        "(Nekrasov's) or their median (resists a broken cell's outlier score).",
+        **f,
+    )
     flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
     flags.DEFINE_float(
         "grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f
@@ -259,6 +267,7 @@ def stage2_from_flags(fv: flags.FlagValues, search_config) -> dict | None:
             eval_crop_size=cli.parse_pair(work.eval_crop_size, "eval_crop_size"),
             initial_probability=fv.stage2_probability,
             decay=fv.stage2_probability_decay,
+            average=fv.stage2_average,
         ).to_dict()
     except (app.UsageError, ValueError) as e:
         message = str(e).replace("stage2_initial_probability", "stage2_probability")

@@ -942,7 +942,9 @@ def _stage2(
         for t in all_trials(study, states=(TrialState.COMPLETE,))
         if t.number != trial.number and not is_duplicate(t) and STAGE1_SCORE in t.user_attrs
     ]
-    decision = progressive.decide(score, earlier, stage2.initial_probability, stage2.decay, config.seed, trial.number)
+    decision = progressive.decide(
+        score, earlier, stage2.initial_probability, stage2.decay, config.seed, trial.number, stage2.average
+    )
     trial.set_user_attr(STAGE1_SCORE, score)
     trial.set_user_attr(STAGE2_DECISION, decision.to_dict())
     if not decision.go:

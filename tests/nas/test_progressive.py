@@ -145,3 +145,14 @@ def test_stage2_trains_the_cell_end_to_end_scores_it_as_eval_does_and_resumes(tm
         assert CellSpec.from_list(json.load(f)["dense_prediction_cell"]) == spec
     # A retried trial finds the run done: nothing is trained again, the score is the same.
     assert progressive.end_to_end(spec, config, run)["miou"] == pytest.approx(result["miou"])
+
+
+def test_the_median_rule_resists_an_outlier_the_mean_does_not():
+    earlier = [0.40, 0.41, 0.42, 0.05]  # one broken cell: mean 0.32, median 0.405
+    assert progressive.decide(0.39, earlier, 0.0, 1.0, seed=0, number=5).go  # beats the mean
+    median = progressive.decide(0.39, earlier, 0.0, 1.0, seed=0, number=5, average="median")
+    assert not median.go and median.average == pytest.approx(0.405) and "running median 0.4050" in median.reason
+    with pytest.raises(ValueError, match=r"^stage2_average='mode' unknown"):
+        progressive.decide(0.39, earlier, 0.0, 1.0, seed=0, number=5, average="mode")
+    with pytest.raises(ValueError, match=r"^stage2_average='mode' unknown"):
+        progressive.Stage2Config(train={}, average="mode")
