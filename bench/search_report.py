@@ -1,6 +1,7 @@
 r"""The figures of finished searches: throughput, score distribution, best so far, re-ranking.
 
-    python bench/search_report.py /tmp/runs/random [/tmp/runs/evolution ...] [--at=25,50,75,100]
+    python bench/search_report.py /tmp/runs/random [/tmp/runs/evolution ...] [--at=25,50,75,100] \
+        [--plot=best_so_far.png]
 
 For each search folder (``deeplab_dpc.search``'s ``--search_dir``): trials per
 hour over the search's wall time (first trial start to last trial end, the
@@ -8,7 +9,9 @@ workers' start-up included), the mean trial time per worker, the proxy
 score distribution over distinct completed cells (and where the published and
 ASPP cells fall in it), the best proxy score after the first N trials (the
 fair comparison of strategies at one budget), and, where ``deeplab_dpc.rerank``
-ran, each re-ranked cell's proxy and full score with Spearman's rho.
+ran, each re-ranked cell's proxy and full score with Spearman's rho. ``--plot``
+draws every search's best proxy score so far against trials in one PNG
+(searches of one strategy and several seeds share a colour).
 Prints the command that made the figures first.
 """
 
@@ -20,7 +23,8 @@ import sys
 import numpy as np
 
 
-def report(search_dir: str, at: list[int]) -> None:
+def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
+    """Prints the figures of one search; returns (strategy, seed, best proxy mIoU x100 so far by trial)."""
     from optuna.trial import TrialState
 
     from deeplab_dpc.nas import rerank as rerank_lib
@@ -49,7 +53,8 @@ def report(search_dir: str, at: list[int]) -> None:
             f"wall {hours * 60:.1f} min: {len(finished) / hours:.1f} trials/hour; "
             f"mean trial {np.mean(seconds):.1f} s per worker (median {np.median(seconds):.1f} s)"
         )
-    scores = np.array([t.value for t in done])
+    scores = np.array([study_lib.trial_score(t) for t in done])
+    best = []
     if len(scores):
         q = np.percentile(scores, [0, 10, 25, 50, 75, 90, 100]) * 100
         print(
@@ -63,7 +68,7 @@ def report(search_dir: str, at: list[int]) -> None:
                 c = found[0]
                 print(f"{name}: proxy {c.proxy_miou * 100:.2f}, rank {c.proxy_rank} of {len(ranking)}")
         order = sorted(done, key=lambda t: t.number)
-        best = np.maximum.accumulate([t.value for t in order]) * 100
+        best = list(np.maximum.accumulate([study_lib.trial_score(t) for t in order]) * 100)
         marks = [n for n in at if n <= len(best)] + ([len(best)] if len(best) not in at else [])
         print("best so far: " + ", ".join(f"{n} trials {best[n - 1]:.2f}" for n in marks))
     records = rerank_lib.full_scores(study)
@@ -81,16 +86,42 @@ def report(search_dir: str, at: list[int]) -> None:
                 [r["proxy_miou"] for _, r in scored], [r[rerank_lib.FULL_MIOU] for _, r in scored]
             )
             print(f"Spearman's rho, proxy vs full: {rho:.3f} over {len(scored)} cells")
+    return config.strategy, config.seed, best
+
+
+def plot(path: str, curves: list[tuple[str, int, list[float]]]) -> None:
+    """Best proxy mIoU so far against completed trials, one line per search, a colour per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, seed, best in curves:
+        colour = colours.setdefault(strategy, f"C{len(colours)}")
+        label = strategy if sum(c[0] == strategy for c in curves) == 1 else f"{strategy}, seed {seed}"
+        ax.step(range(1, len(best) + 1), best, where="post", color=colour, label=label)
+    ax.set_xlabel("completed trials")
+    ax.set_ylabel("best proxy val mIoU so far (x100)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("search_dirs", nargs="+")
     parser.add_argument("--at", default="10,25,50,75,100", help="best-so-far after these many trials")
+    parser.add_argument("--plot", help="a PNG of every search's best-so-far curve")
     args = parser.parse_args(argv)
     print(f"command: python bench/search_report.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    for search_dir in args.search_dirs:
-        report(search_dir, [int(n) for n in args.at.split(",")])
+    curves = [report(search_dir, [int(n) for n in args.at.split(",")]) for search_dir in args.search_dirs]
+    if args.plot:
+        plot(args.plot, curves)
 
 
 if __name__ == "__main__":
