@@ -28,9 +28,8 @@ import numpy as np
 from keras import ops
 
 from deeplab_dpc.core.layers import resize_bilinear_align_corners
-from deeplab_dpc.training.losses import SegmentationLoss
+from deeplab_dpc.training.losses import DISTILLATION_LOSSES, SegmentationLoss, distillation_loss
 
-_EPSILON = 1e-5  # SegmentationLoss's: the same normaliser for both terms
 
 
 def pack_targets(labels: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:
@@ -64,8 +63,8 @@ class ProxyDistillationLoss(keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        if kind not in ("kl", "mse"):
-            raise ValueError(f"distillation_loss={kind!r} is unknown; valid: ['kl', 'mse']")
+        if kind not in DISTILLATION_LOSSES:
+            raise ValueError(f"distillation_loss={kind!r} is unknown; valid: {list(DISTILLATION_LOSSES)}")
         self.num_classes = int(num_classes)
         self.ignore_label = int(ignore_label)
         self.weight = float(weight)
@@ -86,18 +85,11 @@ class ProxyDistillationLoss(keras.losses.Loss):
         return cross_entropy + self.weight * self.distillation(labels, logits, teacher)
 
     def distillation(self, labels, logits, teacher):
-        """The distillation term averaged over the labelled pixels (logits at the labels' grid)."""
-        labels = ops.cast(labels, "int32")
-        valid = ops.logical_and(ops.not_equal(labels, self.ignore_label), labels < self.num_classes)
-        valid = ops.cast(ops.logical_and(valid, labels >= 0), "float32")
-        if self.kind == "mse":
-            pixel = ops.mean(ops.square(logits - teacher), axis=-1)
-        else:
-            t = self.temperature
-            log_p = ops.log_softmax(teacher / t, axis=-1)
-            log_q = ops.log_softmax(logits / t, axis=-1)
-            pixel = t * t * ops.sum(ops.exp(log_p) * (log_p - log_q), axis=-1)
-        return ops.sum(pixel * valid) / (ops.sum(valid) + _EPSILON)
+        """The distillation term averaged over the labelled pixels (logits at the labels' grid):
+        full training's ``losses.distillation_loss``."""
+        return distillation_loss(
+            labels, logits, teacher, self.kind, self.num_classes, self.ignore_label, self.temperature
+        )
 
     def get_config(self):
         config = super().get_config()
