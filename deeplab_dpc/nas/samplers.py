@@ -183,8 +183,10 @@ class RegularizedEvolutionSampler(CellSampler):
         return self.space.mutate(parent.spec, rng), info
 
 
-class SeededTPESampler(TPESampler):
-    """Optuna's TPE, its random streams reseeded from (seed, trial number) before each trial."""
+class _ReseededPerTrial:
+    """Mixin for Optuna samplers with a seeded ``_rng`` and ``_random_sampler``: both streams are
+    reseeded from (seed, trial number) before each trial, so a resumed search and parallel workers
+    propose what an uninterrupted one would."""
 
     def __init__(self, seed: int, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -197,19 +199,12 @@ class SeededTPESampler(TPESampler):
         super().before_trial(study, trial)
 
 
-class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
-    """Optuna's NSGA-II (two objectives: proxy mIoU up, cost down), its random streams reseeded from
-    (seed, trial number) before each trial, as ``SeededTPESampler``."""
+class SeededTPESampler(_ReseededPerTrial, TPESampler):
+    """Optuna's TPE, reseeded per trial."""
 
-    def __init__(self, seed: int, **kwargs):
-        super().__init__(seed=seed, **kwargs)
-        self._base_seed = seed
 
-    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
-        seed = trial_seed(self._base_seed, trial.number)
-        self._rng.rng.seed(seed)
-        self._random_sampler._rng.rng.seed(seed)
-        super().before_trial(study, trial)
+class SeededNSGAIISampler(_ReseededPerTrial, optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II (two objectives: proxy mIoU up, cost down), reseeded per trial."""
 
 
 RL_LOGP = "rl_logp"
