@@ -30,7 +30,6 @@ train_logdir).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from typing import Any, Callable, Mapping, Sequence
 
@@ -168,8 +167,7 @@ def end_to_end(spec, config: Stage2Config, run_directory: str) -> dict[str, Any]
     ``seconds``, ``step``, ``run_dir``."""
     import time  # noqa: PLC0415
 
-    from deeplab_dpc.evaluation import eval_lib  # noqa: PLC0415
-    from deeplab_dpc.runs import latest_checkpoint  # noqa: PLC0415
+    from deeplab_dpc.nas import rerank as rerank_lib  # noqa: PLC0415
     from deeplab_dpc.training import train_lib  # noqa: PLC0415
     from deeplab_dpc.training.config import TrainConfig  # noqa: PLC0415
 
@@ -178,23 +176,8 @@ def end_to_end(spec, config: Stage2Config, run_directory: str) -> dict[str, Any]
     model = dataclasses.replace(template.model, context="dpc", dense_prediction_cell=spec)
     train_config = dataclasses.replace(template, model=model, train_logdir=run_directory)
     summary = train_lib.train(train_config, verbose=0)
-    checkpoint = latest_checkpoint(run_directory)
-    if checkpoint is None:
-        raise RuntimeError(f"{run_directory} holds no checkpoint after training")
-    eval_config = eval_lib.EvalConfig(
-        checkpoint_dir=run_directory,
-        eval_logdir=os.path.join(run_directory, "eval"),
-        data=train_config.data,
-        eval_split=config.eval_split,
-        eval_crop_size=config.eval_crop_size,
-    )
-    results = eval_lib.evaluate_checkpoint(eval_config, checkpoint)
-    try:
-        import keras  # noqa: PLC0415
-
-        keras.backend.clear_session()  # the next trial builds its own graphs
-    except Exception:  # noqa: BLE001  (memory hygiene only)
-        pass
+    results = rerank_lib.evaluate_run(train_config, config.eval_split, config.eval_crop_size)
+    rerank_lib._release_memory()  # the next trial builds its own graphs
     return {
         "miou": float(results["miou"]),
         "seconds": time.perf_counter() - start,
@@ -208,10 +191,3 @@ def load_trainer(reference: str) -> Callable[..., Mapping[str, Any]]:
 
     module, _, attr = reference.partition(":")
     return getattr(importlib.import_module(module), attr)
-
-
-def finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False

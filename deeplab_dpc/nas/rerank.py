@@ -426,6 +426,26 @@ def _train_cell(train_config: "TrainConfig", verbose) -> dict:
 
 def _evaluate_cell(config: RerankConfig, train_config: "TrainConfig") -> dict:
     """The newest checkpoint of the run, evaluated as ``deeplab_dpc.eval`` does; its results dict."""
+    return evaluate_run(
+        train_config,
+        config.eval_split,
+        config.eval_crop_size,
+        config.eval_scales,
+        config.add_flipped_images,
+        config.eval_batch_size,
+    )
+
+
+def evaluate_run(
+    train_config: "TrainConfig",
+    eval_split: str,
+    eval_crop_size,
+    eval_scales=(1.0,),
+    add_flipped_images: bool = False,
+    eval_batch_size: int = 1,
+) -> dict:
+    """The newest checkpoint in ``train_config.train_logdir``, evaluated as ``deeplab_dpc.eval`` does
+    (results also in ``<run>/eval``); its results dict. Also two-stage evaluation's stage 2."""
     from deeplab_dpc.evaluation import eval_lib  # noqa: PLC0415
     from deeplab_dpc.runs import latest_checkpoint  # noqa: PLC0415
 
@@ -437,11 +457,11 @@ def _evaluate_cell(config: RerankConfig, train_config: "TrainConfig") -> dict:
         checkpoint_dir=run_dir,
         eval_logdir=os.path.join(run_dir, "eval"),
         data=train_config.data,
-        eval_split=config.eval_split,
-        eval_crop_size=config.eval_crop_size,
-        eval_scales=config.eval_scales,
-        add_flipped_images=config.add_flipped_images,
-        eval_batch_size=config.eval_batch_size,
+        eval_split=eval_split,
+        eval_crop_size=tuple(eval_crop_size),
+        eval_scales=tuple(eval_scales),
+        add_flipped_images=add_flipped_images,
+        eval_batch_size=eval_batch_size,
     )
     write_json(os.path.join(eval_config.eval_logdir, "eval_config.json"), eval_lib.config_dict(eval_config))
     return eval_lib.evaluate_checkpoint(eval_config, checkpoint)
