@@ -43,6 +43,7 @@ setup(
             "deeplab-search=deeplab_dpc.search:console_main",
             "deeplab-rerank=deeplab_dpc.rerank:console_main",
             "deeplab-analyze=deeplab_dpc.analyze:console_main",
+            "deeplab-copy-search=deeplab_dpc.copy_search:console_main",
         ]
     },
 )

@@ -89,7 +89,7 @@ def load_search_config(search_dir: str) -> study_lib.SearchConfig:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        return study_lib.SearchConfig.from_dict(data)
+        return study_lib.SearchConfig.from_dict(study_lib.relocate(data, search_dir))
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"search_dir={search_dir}: cannot read {path}: {e}") from None
 
@@ -409,8 +409,9 @@ def check_settings(saved: Mapping[str, Any] | None, config: RerankConfig) -> Non
         listed = "; ".join(f"--{name}: {json.dumps(a)} -> {json.dumps(b)}" for name, a, b in changes)
         raise SettingsMismatch(
             f"the full scores recorded in this study were made with other settings ({listed}); a re-ranking "
-            f"with these would mix scores made in different ways. Use the same flags, or a copy of the "
-            f"search_dir for other settings"
+            f"with these would mix scores made in different ways. Use the same flags, or re-rank a copy of the "
+            f"search made by `python -m deeplab_dpc.copy_search --search_dir={config.search_dir} "
+            f"--output_dir=<new folder>` (the same proxy trials, no full scores)"
         )
 
 

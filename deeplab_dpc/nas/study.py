@@ -294,9 +294,13 @@ class SearchConfig:
                     f"(one of {list(COST_METRICS)})"
                 )
             if self.pruner != "none":
-                raise ValueError(f"pruner={self.pruner}: Optuna's pruners take one objective, strategy={self.strategy} two")
+                raise ValueError(
+                    f"pruner={self.pruner}: Optuna's pruners take one objective, strategy={self.strategy} two"
+                )
             if self.stage2 is not None:
-                raise ValueError(f"stage2_flagfile: two-stage evaluation takes one objective, strategy={self.strategy} two")
+                raise ValueError(
+                    f"stage2_flagfile: two-stage evaluation takes one objective, strategy={self.strategy} two"
+                )
         if self.cost_metric is not None:
             if self.cost_metric not in COST_METRICS:
                 raise ValueError(f"cost_metric={self.cost_metric!r} unknown; valid: {list(COST_METRICS)}")
@@ -398,6 +402,20 @@ def _canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
 
 
+def relocate(data: Mapping[str, Any], search_dir: str) -> dict[str, Any]:
+    """A ``SearchConfig.to_dict()`` read from ``search_dir``, as that folder's own: a folder that was
+    moved or copied (``cp -r``, another machine) keeps its config, whose ``search_dir`` and default
+    SQLite storage still name the old place. Both then name ``search_dir``, so that nothing reads or
+    writes the study of the folder it came from (a database or journal URL is kept)."""
+    data = dict(data)
+    old = data.get("search_dir")
+    if old and os.path.realpath(old) != os.path.realpath(search_dir):
+        if data.get("storage") == resolve_storage(None, old):
+            data["storage"] = resolve_storage(None, search_dir)
+        data["search_dir"] = os.path.abspath(search_dir)
+    return data
+
+
 def prepare_search_dir(config: SearchConfig) -> str:
     """Creates ``search_dir`` and writes ``search_config.json``; continuing a search checks that
     every field outside ``RESUMABLE_FIELDS`` is unchanged (``ConfigMismatch`` naming it)."""
@@ -406,7 +424,7 @@ def prepare_search_dir(config: SearchConfig) -> str:
     new = config.to_dict()
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+            old = relocate(json.load(f), config.search_dir)
         for name, value in new.items():
             if name in RESUMABLE_FIELDS or name not in old:
                 continue
@@ -891,7 +909,9 @@ def _train(
         if config.multi_objective:
             score = [miou, _cost_of(result, config.cost_metric)]
         else:
-            score = score_of(result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
+            score = score_of(
+                result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta
+            )
     except optuna.TrialPruned:
         step = study._storage.get_trial(trial._trial_id).last_step
         trial.set_user_attr(PRUNED_AT_STEP, step)
@@ -921,7 +941,9 @@ def _train(
 
 def _cost_of(result: Mapping[str, Any], metric: str) -> float:
     if metric not in result:
-        raise KeyError(f"the objective's result has no {metric!r}, the search's second objective (cost_metric)")
+        raise KeyError(
+            f"the objective's result has no {metric!r}, the search's second objective (cost_metric)"
+        )
     cost = float(result[metric])
     if not math.isfinite(cost):
         raise FloatingPointError(f"the objective returned a non-finite {metric} ({cost})")
@@ -929,7 +951,11 @@ def _cost_of(result: Mapping[str, Any], metric: str) -> float:
 
 
 def _stage2(
-    study: optuna.Study, trial: optuna.Trial, spec: CellSpec, result: Mapping[str, Any], score: float,
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: CellSpec,
+    result: Mapping[str, Any],
+    score: float,
     config: SearchConfig,
 ) -> float:
     """Nekrasov's progressive evaluation after stage 1 (the proxy's ``result``, its ``score``): decides,
@@ -959,7 +985,9 @@ def _stage2(
     trial.set_user_attr("full_seconds", float(full.get("seconds", float("nan"))))
     trial.set_user_attr("full_run_dir", directory)
     trial.set_user_attr(STAGE, 2)
-    return score_of({**result, "miou": miou}, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta)
+    return score_of(
+        {**result, "miou": miou}, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta
+    )
 
 
 def run_worker(
