@@ -9,7 +9,8 @@ workers' start-up included), the mean trial time per worker, the proxy
 score distribution over distinct completed cells (and where the published and
 ASPP cells fall in it), the best proxy score after the first N trials (the
 fair comparison of strategies at one budget), and, where ``deeplab_dpc.rerank``
-ran, each re-ranked cell's proxy and full score with Spearman's rho. ``--plot``
+ran, each re-ranked cell's proxy and full score with Spearman's rho; with
+several searches, a table of each strategy's best-so-far over its seeds. ``--plot``
 draws every search's best proxy score so far against trials in one PNG
 (searches of one strategy and several seeds share a colour).
 Prints the command that made the figures first.
@@ -89,6 +90,29 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
     return config.strategy, config.seed, best
 
 
+def strategy_table(curves: list[tuple[str, int, list[float]]], at: list[int]) -> list[str]:
+    """Markdown rows: per strategy, the best proxy mIoU after N trials, mean over its searches (seeds)
+    with the lowest and highest; a search shorter than N is left out at N."""
+    by_strategy: dict[str, list[tuple[int, list[float]]]] = {}
+    for strategy, seed, best in curves:
+        by_strategy.setdefault(strategy, []).append((seed, best))
+    rows = ["| strategy | seeds | " + " | ".join(f"best after {n}" for n in at) + " |"]
+    rows.append("|---|---|" + "---|" * len(at))
+    for strategy, runs in by_strategy.items():
+        cells = []
+        for n in at:
+            values = [best[n - 1] for _, best in runs if len(best) >= n]
+            if not values:
+                cells.append("-")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.2f}")
+            else:
+                cells.append(f"{np.mean(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})")
+        seeds = ",".join(str(seed) for seed, _ in sorted(runs))
+        rows.append(f"| {strategy} | {seeds} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def plot(path: str, curves: list[tuple[str, int, list[float]]]) -> None:
     """Best proxy mIoU so far against completed trials, one line per search, a colour per strategy."""
     import matplotlib
@@ -119,7 +143,11 @@ def main(argv=None) -> None:
     parser.add_argument("--plot", help="a PNG of every search's best-so-far curve")
     args = parser.parse_args(argv)
     print(f"command: python bench/search_report.py {' '.join(sys.argv[1:] if argv is None else argv)}")
-    curves = [report(search_dir, [int(n) for n in args.at.split(",")]) for search_dir in args.search_dirs]
+    at = [int(n) for n in args.at.split(",")]
+    curves = [report(search_dir, at) for search_dir in args.search_dirs]
+    if len(curves) > 1:
+        print("\nbest proxy val mIoU (x100) after N completed trials: mean over seeds (lowest-highest)")
+        print("\n".join(strategy_table(curves, at)))
     if args.plot:
         plot(args.plot, curves)
 
