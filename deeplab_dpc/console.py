@@ -65,6 +65,12 @@ def verbose() -> bool:
     return flag not in ("", "0", "false", "no") or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "").strip() == "0"
 
 
+def progress_verbosity(stream) -> int:
+    """Keras' ``verbose`` for a progress bar written to ``stream``: 1 (live) on a terminal, 2 (one line
+    at the end) in a file or pipe, where a live bar is thousands of carriage-return updates."""
+    return 1 if hasattr(stream, "isatty") and stream.isatty() else 2
+
+
 def startup_lines_to_keep(lines: Iterable[str]) -> list[str]:
     """The lines of ``import tensorflow``'s stderr that are not start-up noise (see the module doc).
 

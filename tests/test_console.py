@@ -119,3 +119,14 @@ def test_without_stderr_lines_drops_only_matching_lines(capfd, monkeypatch):
             os.write(2, notices)
             raise RuntimeError
     assert capfd.readouterr().err == notices.decode()
+
+
+def test_progress_bars_are_live_on_a_terminal_and_one_line_in_a_file(tmp_path):
+    class Terminal:
+        def isatty(self):
+            return True
+
+    assert console.progress_verbosity(Terminal()) == 1
+    with open(tmp_path / "log", "w") as f:
+        assert console.progress_verbosity(f) == 2
+    assert console.progress_verbosity(object()) == 2  # a stream that cannot tell

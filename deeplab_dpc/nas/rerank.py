@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence, TextIO
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from deeplab_dpc import console
 from deeplab_dpc.core.spec import CellSpec, SearchSpace, SpecError
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
@@ -543,7 +544,7 @@ def run_rerank(config: RerankConfig, stream: TextIO | None = None, verbose: int 
     """
     stream = stream or sys.stderr
     if verbose == "auto":
-        verbose = 1 if hasattr(stream, "isatty") and stream.isatty() else 2
+        verbose = console.progress_verbosity(stream)
 
     def say(line: str) -> None:
         stream.write(line + "\n")

@@ -37,12 +37,14 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 
 import keras
 import numpy as np
 
+from deeplab_dpc import console
 from deeplab_dpc.core.model import aux_endpoint_strides, main_head
 from deeplab_dpc.data.batches import make_batches
 from deeplab_dpc.data.preprocess import PreprocessConfig
@@ -439,7 +441,8 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
 
     Args:
         config: the run.
-        verbose: the progress bar: 0 none, 1 (or "auto") live, 2 one line at the end.
+        verbose: the progress bar: 0 none, 1 live, 2 one line at the end; "auto": 1 when stdout is
+            a terminal, else 2 (a live bar in a log file is an update per step).
 
     Raises:
         ResumeMismatch: ``train_logdir`` holds a run with other settings
@@ -500,7 +503,7 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> dict:
         warm_start_batch_norm(model, _first_images(train_batches), keep=restored)
     monitor = _Monitor(config, manager, eval_batches, make_schedule(config))
     callbacks = [monitor]
-    verbose = 1 if verbose == "auto" else int(verbose)
+    verbose = console.progress_verbosity(sys.stdout) if verbose == "auto" else int(verbose)
     if verbose:
         callbacks.append(_Progress(config.training_number_of_steps, verbose))
     chunk = config.log_steps

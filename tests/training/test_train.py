@@ -1,6 +1,7 @@
 """End-to-end training on generated data: loss goes down, resume, NaN stop, flag errors."""
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_short_training_lowers_the_loss_and_writes_configs(dataset, tmp_path):
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
-def test_killed_run_resumes_at_the_right_step(dataset, tmp_path, monkeypatch):
+def test_killed_run_resumes_at_the_right_step(dataset, tmp_path, monkeypatch, capsys):
     original = train_lib._Monitor.on_train_batch_end
 
     def die_at_13(self, batch, logs=None):
@@ -65,7 +66,11 @@ def test_killed_run_resumes_at_the_right_step(dataset, tmp_path, monkeypatch):
     assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))] == [5, 10]
     monkeypatch.setattr(train_lib._Monitor, "on_train_batch_end", original)
 
-    summary = train_lib.train(_config(dataset, tmp_path), verbose=0)
+    capsys.readouterr()
+    summary = train_lib.train(_config(dataset, tmp_path))  # "auto", stdout a file (captured): no live bar
+    out = capsys.readouterr().out
+    assert "\r" not in out and "\x1b[" not in out, out[:500]
+    assert re.search(r"^20/20 .*loss: \d", out, re.MULTILINE), out  # one line for the 20 steps run
     assert summary["resumed_from"] == 10
     assert [r["step"] for r in summary["history"]] == [15, 20, 25, 30]
     # The schedule continued from step 10, not from 0.
