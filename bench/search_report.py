@@ -120,16 +120,19 @@ def plot(path: str, curves: list[tuple[str, int, list[float]]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {}
+    colours, styles = {}, ("-", "--", ":", "-.")
+    seen: dict[str, int] = {}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, seed, best in curves:
         colour = colours.setdefault(strategy, f"C{len(colours)}")
+        style = styles[seen.get(strategy, 0) % len(styles)]  # seeds of one strategy: one colour, own dashes
+        seen[strategy] = seen.get(strategy, 0) + 1
         label = strategy if sum(c[0] == strategy for c in curves) == 1 else f"{strategy}, seed {seed}"
-        ax.step(range(1, len(best) + 1), best, where="post", color=colour, label=label)
+        ax.step(range(1, len(best) + 1), best, where="post", color=colour, linestyle=style, label=label)
     ax.set_xlabel("completed trials")
     ax.set_ylabel("best proxy val mIoU so far (x100)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
