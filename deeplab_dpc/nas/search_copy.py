@@ -23,6 +23,7 @@ leaves no half-written folder; an existing ``output_dir`` is refused.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import os
@@ -123,20 +124,10 @@ def _copy_into(source: study_lib.SearchConfig, staging: str, final_dir: str, kee
 def _as_interrupted(trial):
     """A RUNNING trial of the source as the copy records it: FAIL, interrupted, not retried."""
     reason = "running in the source search when it was copied"
-    user_attrs = dict(trial.user_attrs)
-    user_attrs[study_lib.INTERRUPTED] = reason
-    user_attrs[study_lib.ERROR] = f"interrupted ({reason}); not retried in the copy"
-    return optuna.trial.FrozenTrial(
-        number=trial.number,
-        state=TrialState.FAIL,
-        value=None,
-        values=None,
-        datetime_start=trial.datetime_start,
-        datetime_complete=datetime.datetime.now(),
-        params=trial.params,
-        distributions=trial.distributions,
-        user_attrs=user_attrs,
-        system_attrs=trial.system_attrs,
-        intermediate_values=trial.intermediate_values,
-        trial_id=trial._trial_id,
-    )
+    trial = copy.deepcopy(trial)
+    trial.state = TrialState.FAIL
+    trial.values = None
+    trial.datetime_complete = datetime.datetime.now()
+    trial.set_user_attr(study_lib.INTERRUPTED, reason)
+    trial.set_user_attr(study_lib.ERROR, f"interrupted ({reason}); not retried in the copy")
+    return trial
