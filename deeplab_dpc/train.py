@@ -44,6 +44,12 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.", **f)
     flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's weight decay (slim convention).", **f)
     flags.DEFINE_boolean("fine_tune_batch_norm", True, "Train batch norm (else frozen, inference mode).", **f)
+    flags.DEFINE_boolean(
+        "freeze_backbone", False,
+        "Train only what follows the backbone (context module, decoder, logits): the backbone's weights and "
+        "batch norm statistics stay as initialised (e.g. from tf_initial_checkpoint), and its backward pass "
+        "is skipped.", **f,
+    )
     flags.DEFINE_float("batch_norm_momentum", None, "Override batch norm momentum (DeepLab: 0.9997).", **f)
     flags.DEFINE_boolean(
         "batch_norm_warm_start", True,
@@ -155,6 +161,7 @@ def config_from_flags(fv: flags.FlagValues):
             slow_start_burnin_type=fv.slow_start_burnin_type,
             momentum=fv.momentum,
             fine_tune_batch_norm=fv.fine_tune_batch_norm,
+            freeze_backbone=fv.freeze_backbone,
             batch_norm_momentum=fv.batch_norm_momentum,
             batch_norm_warm_start=fv.batch_norm_warm_start,
             top_k_percent_pixels=fv.top_k_percent_pixels,

@@ -82,6 +82,7 @@ class TrainConfig:
     slow_start_burnin_type: str = "none"
     momentum: float = 0.9
     fine_tune_batch_norm: bool = True
+    freeze_backbone: bool = False
     batch_norm_momentum: float | None = None
     batch_norm_warm_start: bool = True
     top_k_percent_pixels: float = 1.0

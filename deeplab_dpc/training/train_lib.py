@@ -190,6 +190,10 @@ def build_and_compile(config: TrainConfig) -> keras.Model:
     loss = segmentation_loss(config)
     model = build_training_model(config, loss)  # auxiliary heads and distillation: objective.py
     configure_batch_norm(model, config.fine_tune_batch_norm, config.batch_norm_momentum)
+    if config.freeze_backbone:
+        # Not trainable: no gradients, no optimizer slots, batch norm in inference mode; the warm start
+        # of batch norm statistics (trainable layers only) leaves the backbone's as they were too.
+        model.get_layer("backbone").trainable = False
     model.compile(
         optimizer=keras.optimizers.SGD(make_schedule(config), momentum=config.momentum, **ema_arguments(config)),
         loss=None if isinstance(model, TrainingModel) else loss,  # a TrainingModel computes its own

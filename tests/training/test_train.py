@@ -275,3 +275,36 @@ def test_warm_start_makes_inference_match_batch_statistics_and_restores_momentum
 
     momenta = {l.momentum for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)}
     assert momenta == {0.99}
+
+
+def test_frozen_backbone_keeps_its_weights_and_statistics_while_the_head_trains(dataset, tmp_path):
+    first = _config(dataset, tmp_path / "a", training_number_of_steps=5)
+    train_lib.train(first, verbose=0)
+    frozen = _config(
+        dataset, tmp_path / "b", decoder=True, training_number_of_steps=5,
+        tf_initial_checkpoint=str(tmp_path / "a"), freeze_backbone=True,
+    )
+    train_lib.train(frozen, verbose=0)
+    from deeplab_dpc.export.export_lib import load_model_for_inference
+
+    source, _ = load_model_for_inference(str(tmp_path / "a"))
+    trained, _ = load_model_for_inference(str(tmp_path / "b"))
+    before = {w.path: w.numpy() for w in source.get_layer("backbone").weights}
+    after = {w.path: w.numpy() for w in trained.get_layer("backbone").weights}
+    assert before.keys() == after.keys() and any("moving_mean" in p for p in after)
+    for path, value in after.items():  # kernels, batch norm parameters and moving statistics alike
+        np.testing.assert_array_equal(value, before[path], err_msg=path)
+    # The head did train: the restored ASPP moved, the fresh decoder is not its initial value.
+    aspp = lambda m: m.get_layer("aspp").weights[0].numpy()  # noqa: E731
+    assert not np.allclose(aspp(trained), aspp(source))
+    assert TrainConfig.from_dict(
+        __import__("json").loads((tmp_path / "b" / "train_config.json").read_text())
+    ).freeze_backbone
+
+
+def test_freeze_backbone_is_not_changed_on_resume(dataset, tmp_path):
+    from deeplab_dpc.training.config import ResumeMismatch
+
+    train_lib.train(_config(dataset, tmp_path, training_number_of_steps=5), verbose=0)
+    with pytest.raises(ResumeMismatch, match="freeze_backbone"):
+        train_lib.train(_config(dataset, tmp_path, training_number_of_steps=10, freeze_backbone=True), verbose=0)
