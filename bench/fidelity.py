@@ -12,7 +12,9 @@ unchanged, its cell aside: each cell of the set is scored), plus:
 * ``--cells``: the fidelity set (``experiments/camvid/fidelity_cells.json``);
 * ``--ground_truth``: the cells' end-to-end runs (``bench/data/camvid_fidelity.json``, made by
   ``bench/fidelity_truth.py``); a cell's truth is its mean val mIoU over seeds at the file's
-  ``chosen_steps`` or ``--truth_steps``; cells without runs at that budget are left out;
+  ``chosen_steps`` or ``--truth_steps``; cells without runs at that budget are left out of the
+  figures but scored all the same (a later summary, once their runs exist, needs no new trial; with
+  no ground truth at all the command only scores);
 * ``--seeds``: the proxy seeds each cell is scored at (its score: the mean); default ``--seed``;
 * ``--score``: ``proxy`` trains each cell (``run_proxy``); ``synflow``, ``grad_norm``, ``snip``,
   ``naswot``, ``zico`` are zero-cost scores of ``deeplab_dpc.nas.zero_cost`` on the same features;
@@ -167,10 +169,26 @@ def run(config: BenchConfig, command: str, out=None, err=None) -> dict:
     out.flush()
     try:
         cells = fidelity.load_cells(config.cells)
-        truth = fidelity.load_ground_truth(config.ground_truth, config.truth_steps, cells)
         scorer = fidelity.get_scorer(config.score)  # a missing zero-cost module fails here, before any trial
     except fidelity.FidelityError as e:
         raise app.UsageError(str(e)) from None
+    # Every cell of the set is scored, with ground truth or not yet: the proxy's scores do not depend on
+    # it, so a results file made while the ground truth grows is summarised again without a new trial.
+    log(f"scoring {len(cells)} cells x seeds {list(config.seeds)} with {config.score}; results: {config.output_json}")
+    try:
+        scores = fidelity.score_proxy(
+            cells, config.proxy, config.seeds, config.output_json, score=config.score, scorer=scorer, log=log
+        )
+    except fidelity.ConfigMismatch as e:
+        flagged = ", ".join(f"--{k}" for k in e.fields)
+        raise app.UsageError(f"--output_json={config.output_json}: {e} (flags: {flagged})") from None
+    except fidelity.FidelityError as e:
+        raise app.UsageError(f"--output_json={config.output_json}: {e}") from None
+    try:
+        truth = fidelity.load_ground_truth(config.ground_truth, config.truth_steps, cells)
+    except fidelity.FidelityError as e:
+        out.write(f"\nno ground truth to rank against ({e}); the scores are in {config.output_json}\n")
+        return {"name": config.name, "scores": scores}
     steps = next(iter(truth.values()))["steps"]
     with open(config.ground_truth, encoding="utf-8") as f:
         outside = sorted({r["cell"] for r in json.load(f)["runs"]} - {c.name for c in cells})
@@ -180,20 +198,6 @@ def run(config: BenchConfig, command: str, out=None, err=None) -> dict:
         + (f"; without runs at {steps} steps, left out: {', '.join(missing)}" if missing else "")
         + (f"; runs outside the set, left out: {', '.join(outside)}" if outside else "")
     )
-    scored = [c for c in cells if c.name in truth]
-    log(
-        f"scoring {len(scored)} cells x seeds {list(config.seeds)} with {config.score}; "
-        f"results: {config.output_json}"
-    )
-    try:
-        scores = fidelity.score_proxy(
-            scored, config.proxy, config.seeds, config.output_json, score=config.score, scorer=scorer, log=log
-        )
-    except fidelity.ConfigMismatch as e:
-        flagged = ", ".join(f"--{k}" for k in e.fields)
-        raise app.UsageError(f"--output_json={config.output_json}: {e} (flags: {flagged})") from None
-    except fidelity.FidelityError as e:
-        raise app.UsageError(f"--output_json={config.output_json}: {e}") from None
     figures = fidelity.summary(scores, truth, bootstrap=config.bootstrap)
     record = {
         "name": config.name,

@@ -441,6 +441,10 @@ def test_the_command_prints_a_row_and_the_command_and_refuses_another_config(cac
     assert "ground truth: 4 of 5 cells at 300 steps" in err.getvalue() and "left out: two" in err.getvalue()
     assert json.loads(pathlib.Path(results).read_text())["summary"] == json.loads(json.dumps(record))
     assert record["n"] == 4 and record["truth_steps"] == 300
+    # The cell without ground truth was scored too: when its runs arrive, no new trial is needed.
+    assert sorted(t["cell"] for t in json.loads(pathlib.Path(results).read_text())["trials"]) == sorted(
+        c.name for c in cells
+    )
 
     with pytest.raises(app.UsageError, match=r"proxy_steps: 5 recorded, 300 now.*flags: --proxy_steps"):
         bench.run(parse("--seeds=0"), "x", out=io.StringIO(), err=io.StringIO())
