@@ -53,6 +53,7 @@ SCORES = (PROXY, *ZERO_COST_SCORES)
 ZERO_COST_MODULE = "deeplab_dpc.nas.zero_cost"
 CI_LEVEL = 0.9
 TOP_K = 5
+MIN_CELLS = 3  # Below this a rank correlation is +-1 or undefined whatever the proxy: no figure.
 
 
 class FidelityError(ValueError):
@@ -705,7 +706,7 @@ def summary(
         ``n`` (cells in the statistics), ``spearman``, ``spearman_ci90`` ([low, high]), ``kendall``,
         ``kendall_ci90``, ``top5_recall``, ``spearman_better_half``, ``cpu_seconds_per_cell`` (over the
         cells of ``proxy_scores`` with a ``cpu_seconds``, failed trials included; None without),
-        a figure without an answer (too few cells, no ranking) is None,
+        a figure without an answer (fewer than ``MIN_CELLS`` cells, no ranking) is None,
         ``failed_trials``, ``cells`` (the names, in ``truth``'s order), ``cells_without_score`` (truth
         but no proxy score), ``bootstrap``.
     """
@@ -715,14 +716,21 @@ def summary(
     cpu = [v["cpu_seconds"] for v in proxy_scores.values() if isinstance(v, Mapping) and "cpu_seconds" in v]
     failed = sum(len(v.get("failed", {})) for v in proxy_scores.values() if isinstance(v, Mapping))
 
+    enough = len(names) >= MIN_CELLS
+
+    def figure(stat):
+        return _finite(stat(x, y)) if enough else None
+
     def interval(stat):
+        if not enough:
+            return [None, None]
         return [_finite(v) for v in bootstrap_interval(stat, x, y, n=bootstrap, level=CI_LEVEL, seed=seed)]
 
     return {
         "n": len(names),
-        "spearman": _finite(spearman(x, y)),
+        "spearman": figure(spearman),
         "spearman_ci90": interval(spearman),
-        "kendall": _finite(kendall_tau(x, y)),
+        "kendall": figure(kendall_tau),
         "kendall_ci90": interval(kendall_tau),
         "top5_recall": _finite(top_k_recall(x, y, TOP_K)),
         "spearman_better_half": _finite(spearman_better_half(x, y)),

@@ -137,6 +137,10 @@ def test_summary_of_plain_scores():
     assert row.startswith("| test | 1.000 [1.00, 1.00] | 1.000 [1.00, 1.00] | 1.00 | 1.000 | n/a | 7 |")
     small = fidelity.summary({"a": 1.0, "b": 2.0}, {"a": 0.1, "b": 0.2}, bootstrap=10)
     assert small["top5_recall"] is None and small["spearman_better_half"] is None  # JSON-safe: no NaN
+    # Two cells always rank +-1: no correlation is reported below three.
+    assert small["spearman"] is None and small["kendall"] is None and small["spearman_ci90"] == [None, None]
+    three = fidelity.summary({"a": 1.0, "b": 2.0, "c": 3.0}, {"a": 0.1, "b": 0.3, "c": 0.2}, bootstrap=10)
+    assert three["spearman"] == pytest.approx(0.5) and three["kendall"] == pytest.approx(1 / 3)
 
 
 # --------------------------------------------------------------------------- the input files
