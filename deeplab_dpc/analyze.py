@@ -7,8 +7,11 @@ Writes ``trials.csv`` (one row per trial) and PNGs (see
 ``deeplab_dpc.nas.analysis``): ``proxy_scores.png`` (the paper's Fig. 4a),
 ``proxy_vs_full.png`` (Fig. 4b, with Spearman's rho; needs 3 re-ranked cells),
 ``best_cells.png`` (Fig. 6), ``projection_l1.png`` (Fig. 5b, from a trained
-cell: --run_dir or the best re-ranked run) and ``pareto.png`` (proxy mIoU
-against multiply-adds). Prints the paths written and a short summary.
+cell: --run_dir or the best re-ranked run), ``pareto.png`` (proxy mIoU
+against multiply-adds) and, for each zero-cost score the search recorded on
+its trained trials (search's --zero_cost_scores, --prefilter),
+``proxy_vs_<score>.png`` (proxy mIoU against the score, Spearman's rho in the
+title). Prints the paths written and a short summary, the rhos included.
 """
 
 from __future__ import annotations
@@ -58,9 +61,12 @@ def summary_lines(summary: dict) -> list[str]:
     """What a person reads after the paths: trials by state, the best proxy cell, rho, the winner."""
     states = summary["states"]
     counted = ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items()) if s.isupper() and n)
+    prefiltered = states.get("prefiltered", 0)
     lines = [
         f"{summary['trials']} trials: {counted or 'none'} "
-        f"({states.get('duplicates', 0)} duplicates, {states.get('interrupted', 0)} interrupted attempts)"
+        f"({states.get('duplicates', 0)} duplicates, {states.get('interrupted', 0)} interrupted attempts"
+        + (f", {prefiltered} pre-filtered proposals, not trained" if prefiltered else "")
+        + ")"
     ]
     best = summary.get("best_proxy")
     if best:
@@ -74,6 +80,10 @@ def summary_lines(summary: dict) -> list[str]:
     if summary.get("spearman_rho") is not None:
         lines.append(
             f"Spearman's rho, proxy vs full mIoU: {summary['spearman_rho']:.3f} (n = {summary['reranked']})"
+        )
+    for name, found in (summary.get("zero_cost_rho") or {}).items():
+        lines.append(
+            f"Spearman's rho, proxy mIoU vs {name} at initialisation: {found['rho']:.3f} (n = {found['n']})"
         )
     if summary.get("pareto_front"):
         lines.append(f"Pareto front (proxy mIoU vs multiply-adds): trials {summary['pareto_front']}")

@@ -7,12 +7,38 @@ Flags become one ``SearchConfig`` (written to ``search_dir/search_config.json``)
 and ``nas.executors.run_search`` runs it. Rerunning the same command, even
 after ``kill -9``, continues the search: finished trials are kept, a trial
 that was running is retried once. Only --max_trials, --max_hours,
---num_workers, --executor, --ray_address and the heartbeat flags may change
-between runs. Watch it live with the ``optuna-dashboard`` command it prints,
-and in TensorBoard's HParams tab (``search_dir/tensorboard``); the best cell by
-proxy score so far is ``search_dir/best_proxy_cell.json``, ready for ``train
+--num_workers, --executor, --ray_address, --zero_cost_scores and the
+heartbeat flags may change between runs. Watch it live with the
+``optuna-dashboard`` command it prints, and in TensorBoard's HParams tab
+(``search_dir/tensorboard``); the best cell by proxy score so far is
+``search_dir/best_proxy_cell.json``, ready for ``train
 --dense_prediction_cell_json``; ``deeplab_dpc.rerank`` writes the re-ranked
 winner as ``search_dir/best_cell.json``.
+
+Zero-cost pre-filtering and scores (``deeplab_dpc.nas.zero_cost``: synflow,
+grad_norm, snip, naswot, zico; each about a second of the proxy's model at
+initialisation, no training):
+
+    python -m deeplab_dpc.search ... --prefilter=synflow --prefilter_ratio=4 \
+        --zero_cost_scores=all
+
+* ``--prefilter=<score> --prefilter_ratio=R`` (R > 1): each trial that trains
+  is the best of R proposals of the strategy by that score. The other R - 1
+  are recorded in the study as PRUNED trials with user attributes
+  ``pruned_by=prefilter``, ``prefilter_winner``, ``prefilter_group``,
+  ``zero_cost_<score>``, ``spec`` and ``graph_hash``: never trained, not
+  counted by --max_trials (which counts trained trials: with R = 4 and
+  --max_trials=100 the search scores about 400 proposals and trains 100), not
+  a result any strategy learns from, and no original for the dedup (a later
+  proposal of the same graph may train). Queued trials (retries,
+  --enqueue_published) train without a pre-filter. Default: no pre-filter
+  (R = 1), the search as without these flags.
+* ``--zero_cost_scores=synflow,grad_norm,...`` (``all``: every score;
+  default: the pre-filter's score if any, else none): every trained trial
+  also records these as user attributes ``zero_cost_<score>``, computed
+  before it trains (the pre-filter's score always among them);
+  ``python -m deeplab_dpc.analyze`` then plots the proxy score against each
+  (``proxy_vs_<score>.png``, Spearman's rho in the title and its summary).
 """
 
 from __future__ import annotations
@@ -59,6 +85,7 @@ RL_FLAGS = (
 
 
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+    from deeplab_dpc.nas import zero_cost  # noqa: PLC0415  (NumPy only at import)
     from deeplab_dpc.nas.samplers import STRATEGIES  # noqa: PLC0415
     from deeplab_dpc.nas.study import DEFAULT_OBJECTIVE, EXECUTORS  # noqa: PLC0415
 
@@ -74,7 +101,10 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("study_name", "dpc_search", "The study's name in the storage.", **f)
     flags.DEFINE_string("strategy", "random", f"Search strategy: one of {sorted(STRATEGIES)}.", **f)
     flags.DEFINE_integer(
-        "max_trials", 100, "Trials that train (duplicates and interrupted attempts not counted).", **f
+        "max_trials",
+        100,
+        "Trials that train (duplicates, interrupted attempts and pre-filtered proposals not counted).",
+        **f,
     )
     flags.DEFINE_float("max_hours", None, "Start no trial after this many hours of this run.", **f)
     flags.DEFINE_integer("num_branches", 5, "Branches per cell (B).", **f)
@@ -158,6 +188,30 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         ["mean", "median"],
         "The running level a stage-1 score must beat to go on for sure: the mean of earlier scores "
         "(Nekrasov's) or their median (resists a broken cell's outlier score).",
+        **f,
+    )
+    scores = sorted(zero_cost.SCORES)
+    flags.DEFINE_string(
+        "prefilter",
+        None,
+        f"Zero-cost pre-filter: with --prefilter_ratio=R > 1, each trained trial is the best of R proposals by "
+        f"this score of the untrained cell, one of {scores}; the other R - 1 are recorded PRUNED "
+        "(pruned_by=prefilter) without training. Unset: no pre-filter.",
+        **f,
+    )
+    flags.DEFINE_integer(
+        "prefilter_ratio",
+        1,
+        "Proposals scored by --prefilter per trained trial (1: no pre-filter). --max_trials counts trained "
+        "trials, not proposals.",
+        **f,
+    )
+    flags.DEFINE_string(
+        "zero_cost_scores",
+        None,
+        f"Zero-cost scores recorded on every trained trial before it trains (user attrs zero_cost_<score>): "
+        f"comma-separated names of {scores}, or all. Default: the --prefilter score if any, else none. "
+        "May change when a search is continued.",
         **f,
     )
     flags.DEFINE_float("heartbeat_seconds", 15.0, "A running trial's heartbeat interval.", **f)
@@ -328,6 +382,9 @@ def _search_config(fv: flags.FlagValues, proxy: dict, SearchConfig):
             pruner_startup_trials=fv.pruner_startup_trials,
             pruner_warmup_steps=fv.pruner_warmup_steps,
             pruner_reduction_factor=fv.pruner_reduction_factor,
+            prefilter=fv.prefilter,
+            prefilter_ratio=fv.prefilter_ratio,
+            zero_cost_scores=fv.zero_cost_scores,
         )
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None

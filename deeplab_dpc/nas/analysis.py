@@ -16,6 +16,12 @@ full scores of ``rerank``) and writes, as PNG:
   branch i owns input channels ``[i * filters, (i + 1) * filters)``;
 * ``pareto.png``: proxy mIoU against multiply-adds, the Pareto front (fewest
   multiply-adds for a score) highlighted;
+* ``proxy_vs_<score>.png``, for each zero-cost score (``nas.zero_cost``) the
+  search recorded on its trained cells (``--zero_cost_scores``, user attr
+  ``zero_cost_<score>``): proxy mIoU against the score at initialisation,
+  Spearman's rho over those cells in the title (also in the summary,
+  ``zero_cost_rho``); an infinite score counts in rho at its end of the
+  ranking (rho needs only ranks) and is not drawn, a NaN is left out;
 
 and ``trials.csv``, one row per trial (``CSV_COLUMNS``). Figures use
 matplotlib's ``Figure`` directly (the Agg canvas, no pyplot state), written
@@ -67,6 +73,8 @@ FIGURES = {
     "pareto": "pareto.png",
 }
 MIN_RERANKED_FOR_RHO = 3
+ZERO_COST_FIGURE = "proxy_vs_{}.png"  # one per zero-cost score recorded
+MIN_CELLS_FOR_ZERO_COST_RHO = 3
 
 
 # --------------------------------------------------------------------------- statistics
@@ -242,6 +250,55 @@ def plot_proxy_vs_full(
     ax.grid(alpha=0.3)
     ax.set_title(f"Proxy vs re-ranked score: Spearman's rho = {rho:.3f} (n = {len(proxy)})")
     return _save(fig, path)
+
+
+def rank_preserving(values: Sequence[float]) -> list[float]:
+    """``values`` with inf and -inf replaced by numbers above and below every finite one: the same
+    ranks, so ``spearman_rho`` takes them (it refuses non-finite values). NaN stays NaN."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    low, high = (min(finite) - 1.0, max(finite) + 1.0) if finite else (-1.0, 1.0)
+    return [high if v == math.inf else low if v == -math.inf else float(v) for v in values]
+
+
+def plot_proxy_vs_zero_cost(
+    path: str, name: str, scores: Sequence[float], proxy: Sequence[float], rho: float
+) -> str:
+    """Proxy mIoU against zero-cost score ``name`` (finite points drawn), ``rho`` over all of them in the
+    title; a log axis when every drawn score is positive and they span more than three decades."""
+    fig = _figure(6.5, 4.8)
+    ax = fig.subplots()
+    drawn = [(float(x), float(y)) for x, y in zip(scores, proxy) if math.isfinite(x)]
+    if drawn:
+        xs, ys = zip(*drawn)
+        ax.scatter(xs, ys, color="#4c72b0", s=18, zorder=3)
+        if min(xs) > 0 and max(xs) / min(xs) > 1e3:
+            ax.set_xscale("log")
+    ax.set_xlabel(f"{name} at initialisation (zero-cost)")
+    ax.set_ylabel("proxy mIoU")
+    ax.grid(alpha=0.3)
+    hidden = len(scores) - len(drawn)
+    ax.set_title(
+        f"Proxy mIoU vs {name}: Spearman's rho = {rho:.3f} (n = {len(scores)})"
+        + (f"\n{hidden} infinite {name} ranked at the ends, not drawn" if hidden else "")
+    )
+    return _save(fig, path)
+
+
+def zero_cost_pairs(trials: Sequence[FrozenTrial], ranking, name: str) -> tuple[list[float], list[float]]:
+    """(zero-cost score ``name``, proxy mIoU) of the ranked cells (distinct trained cells) that recorded
+    the score; a NaN or unreadable score is left out."""
+    attrs = {t.number: t.user_attrs for t in trials}
+    key = study_lib.zero_cost_attr(name)
+    scores, proxy = [], []
+    for c in ranking:
+        try:
+            value = float(attrs.get(c.number, {})[key])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not math.isnan(value):
+            scores.append(value)
+            proxy.append(float(c.proxy_miou))
+    return scores, proxy
 
 
 def op_label(branch) -> str:
@@ -471,9 +528,10 @@ def analyze(config: AnalyzeConfig) -> dict:
     """Writes the figures and ``trials.csv``; returns what was written and a summary.
 
     The summary: ``written`` (paths), ``notes`` (what was skipped and why), ``states`` (trials by
-    state, with duplicates and interrupted attempts), ``best_proxy`` (trial, score, spec),
-    ``reranked``, ``spearman_rho`` (None below 3 re-ranked cells), ``best_full`` (trial, score,
-    its rank by proxy).
+    state, with duplicates, interrupted attempts and pre-filtered proposals), ``best_proxy`` (trial,
+    score, spec), ``reranked``, ``spearman_rho`` (None below 3 re-ranked cells), ``best_full`` (trial,
+    score, its rank by proxy), ``zero_cost_rho`` (score name -> rho, n, infinite: Spearman's rho of
+    proxy mIoU against each zero-cost score recorded on at least 3 trained cells).
     """
     search_config = rerank_lib.load_search_config(config.search_dir)
     study = rerank_lib.open_study(search_config)
@@ -495,6 +553,7 @@ def analyze(config: AnalyzeConfig) -> dict:
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
     states["duplicates"] = sum(study_lib.is_duplicate(t) for t in trials)
     states["interrupted"] = sum(study_lib.is_interrupted(t) for t in trials)
+    states["prefiltered"] = sum(study_lib.is_prefiltered(t) for t in trials)
     summary["states"] = states
     summary["trials"] = len(trials)
 
@@ -614,6 +673,24 @@ def analyze(config: AnalyzeConfig) -> dict:
         written.append(os.path.join(out, FIGURES["pareto"]))
     else:
         notes.append("pareto.png skipped: no completed cell records multiply-adds")
+    # (f) proxy score against each zero-cost score recorded on trained cells.
+    summary["zero_cost_rho"] = {}
+    for name in study_lib.zero_cost_lib.SCORES:
+        scores, proxy = zero_cost_pairs(trials, ranking, name)
+        if not scores:
+            continue
+        if len(scores) < MIN_CELLS_FOR_ZERO_COST_RHO:
+            notes.append(
+                f"{ZERO_COST_FIGURE.format(name)} skipped: {len(scores)} trained cells record {name}, Spearman's "
+                f"rho needs at least {MIN_CELLS_FOR_ZERO_COST_RHO}"
+            )
+            continue
+        rho = spearman_rho(rank_preserving(scores), proxy)
+        infinite = sum(not math.isfinite(v) for v in scores)
+        summary["zero_cost_rho"][name] = {"rho": rho, "n": len(scores), "infinite": infinite}
+        written.append(
+            plot_proxy_vs_zero_cost(os.path.join(out, ZERO_COST_FIGURE.format(name)), name, scores, proxy, rho)
+        )
     if config.max_madds is not None:
         best = best_under(costed, cost, config.max_madds)
         summary["best_under_max_madds"] = best and {

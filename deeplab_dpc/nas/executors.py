@@ -389,6 +389,7 @@ def run_search(
         "completed": sum(t.state.name == "COMPLETE" and not study_lib.is_duplicate(t) for t in trials),
         "failed": sum(t.state.name == "FAIL" and study_lib.counts_toward_budget(t) for t in trials),
         "duplicates": sum(study_lib.is_duplicate(t) for t in trials),
+        "prefiltered": sum(study_lib.is_prefiltered(t) for t in trials),
         "interrupted": sum(study_lib.is_interrupted(t) for t in trials),
         "best_trial": best[0].number if best else None,
         "best_value": study_lib.trial_score(best[0]) if best else None,

@@ -11,11 +11,17 @@ function taking the ``SearchConfig`` and returning ``objective(spec)``. With a
 pruner (``--pruner``), the objective must also take ``report=``, a function it
 calls as ``report(step, score)`` with each intermediate score; ``report``
 raises Optuna's ``TrialPruned`` when the pruner stops the trial.
+
+Zero-cost scores (``--zero_cost_scores``, ``--prefilter``) need the objective
+to carry ``objective.zero_cost(spec, names) -> {name: score}`` (names of
+``nas.zero_cost.SCORES``, higher predicting better): the proxy's is
+``zero_cost.score_cell`` on the proxy's own model at initialisation and its
+first training batch, sharing the features the objective loaded.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from deeplab_dpc.core.spec import CellSpec
 
@@ -32,4 +38,11 @@ def proxy_objective(config) -> Callable[[CellSpec], Mapping[str, Any]]:
     def objective(spec: CellSpec, report: Callable[[int, float], None] | None = None) -> Mapping[str, Any]:
         return run_proxy(spec, proxy_config, features=features, report=report)
 
+    def zero_cost(spec: CellSpec, names: Sequence[str]) -> dict[str, float]:
+        from deeplab_dpc.nas.zero_cost import score_cell  # noqa: PLC0415
+
+        result = score_cell(spec, proxy_config, features, tuple(names))
+        return {name: float(result[name]) for name in names}
+
+    objective.zero_cost = zero_cost
     return objective

@@ -61,6 +61,17 @@ def trial_line(trial: FrozenTrial) -> str:
     if trial.state == TrialState.FAIL:
         prefix = f"trial {trial.number} failed"
         return f"{prefix}: {attrs.get(study_lib.ERROR, 'unknown error')}".splitlines()[0][:300]
+    if study_lib.is_prefiltered(trial):
+        scores = [
+            f"{name} {float(attrs[study_lib.zero_cost_attr(name)]):.4g}"
+            for name in study_lib.zero_cost_lib.SCORES
+            if study_lib.zero_cost_attr(name) in attrs
+        ]
+        score = f" ({', '.join(scores)})" if scores else " (not scored)"
+        return (
+            f"trial {trial.number} pre-filtered{score}: trial {attrs.get(study_lib.PREFILTER_WINNER)} "
+            "chosen instead (not trained)"
+        )
     if trial.state == TrialState.PRUNED:
         step = attrs.get(study_lib.PRUNED_AT_STEP)
         value = study_lib.trial_score(trial)
@@ -243,7 +254,11 @@ class SearchProgress:
             if not trial.state.is_finished():
                 continue
             if trial.number not in self._logged:
-                if not study_lib.is_duplicate(trial) and not study_lib.is_interrupted(trial):
+                if not (
+                    study_lib.is_duplicate(trial)
+                    or study_lib.is_interrupted(trial)
+                    or study_lib.is_prefiltered(trial)
+                ):
                     write_hparams_trial(self.config.tensorboard_dir, trial)  # once, also across restarts
                 self._logged.add(trial.number)
             if trial.number in self.reported:
@@ -268,8 +283,14 @@ class SearchProgress:
     def status(self, trials: Sequence[FrozenTrial], workers: int | None = None) -> str:
         done = sum(t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t) for t in trials)
         failed = sum(t.state == TrialState.FAIL and study_lib.counts_toward_budget(t) for t in trials)
-        pruned = sum(t.state == TrialState.PRUNED and not study_lib.is_duplicate(t) for t in trials)
-        running = sum(t.state == TrialState.RUNNING for t in trials)
+        pruned = sum(
+            t.state == TrialState.PRUNED and not study_lib.is_duplicate(t) and not study_lib.is_prefiltered(t)
+            for t in trials
+        )
+        prefiltered = sum(study_lib.is_prefiltered(t) for t in trials)
+        running = sum(  # a group of proposals being pre-filtered is one trial
+            t.state == TrialState.RUNNING and study_lib.prefilter_pending(t) in (None, t.number) for t in trials
+        )
         duplicates = sum(study_lib.is_duplicate(t) and t.state.is_finished() for t in trials)
         remaining = max(0, self.config.max_trials - study_lib.budget_used(trials)) + running
         elapsed = time.time() - self.start
@@ -286,7 +307,9 @@ class SearchProgress:
             f"[{done + pruned + failed}/{self.config.max_trials} trials: {done} done, "
             + (f"{pruned} pruned, " if self.config.pruner != "none" else "")
             + f"{failed} failed, {running} running"
-            f" on {parallel} workers, {duplicates} duplicates] {best} | ETA {eta_text}"
+            f" on {parallel} workers, {duplicates} duplicates"
+            + (f", {prefiltered} pre-filtered" if self.config.prefilter_ratio > 1 else "")
+            + f"] {best} | ETA {eta_text}"
         )
 
     def _live_line(self, trials: Sequence[FrozenTrial], workers: int | None) -> None:

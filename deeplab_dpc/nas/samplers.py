@@ -32,10 +32,19 @@ Strategies (``STRATEGIES``, a name -> factory dict):
   reward baseline, the trials learnt from) is saved after every update to
   ``<search_dir>/controller/controller.npz``, under the search's claim lock:
   every worker, and a restarted search, continues from it exactly.
+
+Proposals set aside by the search's zero-cost pre-filter (``--prefilter``:
+recorded PRUNED with user attr ``pruned_by="prefilter"``, no value, no
+intermediate values, never trained) are results of no strategy: random,
+evolution and rl read COMPLETE trials only, and TPE and NSGA-II, Optuna's own
+samplers, see the study through ``without_prefiltered`` (Optuna's TPE would
+otherwise count a PRUNED trial without intermediate values among its
+observations, ranked below every scored one).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -88,6 +97,29 @@ class StrategyOptions:
                 f"sample_size must be at most population_size ({self.population_size}), "
                 f"got {self.sample_size}"
             )
+
+
+# A proposal the zero-cost pre-filter set aside (``nas.study``): PRUNED, user attr PRUNED_BY = PREFILTER.
+PRUNED_BY = "pruned_by"
+PREFILTER = "prefilter"
+
+
+def is_prefiltered(trial: FrozenTrial) -> bool:
+    """A proposal the zero-cost pre-filter set aside: never trained, no result of any strategy."""
+    return trial.state == TrialState.PRUNED and trial.user_attrs.get(PRUNED_BY) == PREFILTER
+
+
+def without_prefiltered(study: Study) -> Study:
+    """``study`` whose trial lists (``get_trials``, ``_get_trials``) leave out pre-filtered proposals:
+    the study an Optuna sampler is shown. A shallow copy: same storage, same study."""
+    view = copy.copy(study)
+    get = study._get_trials
+
+    def _get_trials(deepcopy: bool = True, states=None, use_cache: bool = False) -> list[FrozenTrial]:
+        return [t for t in get(deepcopy, states, use_cache) if not is_prefiltered(t)]
+
+    view._get_trials = _get_trials
+    return view
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -199,11 +231,31 @@ class _ReseededPerTrial:
         super().before_trial(study, trial)
 
 
-class SeededTPESampler(_ReseededPerTrial, TPESampler):
-    """Optuna's TPE, reseeded per trial."""
+class _IgnoresPrefiltered:
+    """Mixin for Optuna's samplers: every call that reads the study reads ``without_prefiltered(study)``,
+    so a pre-filtered proposal is neither an observation nor counted towards the startup trials."""
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial):
+        return super().infer_relative_search_space(without_prefiltered(study), trial)
+
+    def sample_relative(self, study: Study, trial: FrozenTrial, search_space):
+        return super().sample_relative(without_prefiltered(study), trial, search_space)
+
+    def sample_independent(self, study: Study, trial: FrozenTrial, param_name, param_distribution):
+        return super().sample_independent(without_prefiltered(study), trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        super().before_trial(without_prefiltered(study), trial)
+
+    def after_trial(self, study: Study, trial: FrozenTrial, state, values) -> None:
+        super().after_trial(without_prefiltered(study), trial, state, values)
 
 
-class SeededNSGAIISampler(_ReseededPerTrial, optuna.samplers.NSGAIISampler):
+class SeededTPESampler(_IgnoresPrefiltered, _ReseededPerTrial, TPESampler):
+    """Optuna's TPE, reseeded per trial, blind to pre-filtered proposals."""
+
+
+class SeededNSGAIISampler(_IgnoresPrefiltered, _ReseededPerTrial, optuna.samplers.NSGAIISampler):
     """Optuna's NSGA-II (two objectives: proxy mIoU up, cost down), reseeded per trial."""
 
 

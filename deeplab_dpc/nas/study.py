@@ -32,6 +32,32 @@ loop every worker process runs against the shared study. The rules:
   ``pruned_at_step``. A pruned trial trained, so it counts toward
   ``max_trials``; the strategies learn from COMPLETE trials only; a later
   proposal of a pruned graph is recorded PRUNED as its duplicate (no training).
+* **Zero-cost pre-filter.** With ``prefilter`` (a score of
+  ``nas.zero_cost.SCORES``) and ``prefilter_ratio`` R > 1, each trial that
+  trains is the best of R proposals of the strategy by that score: under the
+  lock the worker claims R trials at once (RUNNING, its own, system attr
+  ``dpc_prefilter_pending`` = the first one's number, user attr
+  ``prefilter_group`` likewise), each asked for a cell; outside the lock it
+  scores them (a second or so each, heartbeats running), writing
+  ``zero_cost_<score>`` on each as it goes; then under the lock it decides:
+  the best (NaN or a scoring error last, ties to the earliest) leaves the
+  group and goes on as any proposal does (dedup, training), the others are
+  recorded PRUNED with user attrs ``pruned_by="prefilter"`` and
+  ``prefilter_winner``, no value and no intermediate values. A pre-filtered
+  proposal never trained: it does not count toward ``max_trials`` (which
+  counts trained trials; an undecided group counts once), it is nobody's
+  original for dedup (a later proposal of its graph trains), and no strategy
+  learns from it (``samplers.without_prefiltered``). A worker killed before
+  the decision leaves its undecided proposals RUNNING: they are interrupted
+  like any trial, with no retry (nothing was decided, nothing trained).
+  Queued trials (retries, reference cells) train without a pre-filter.
+* **Zero-cost scores.** ``zero_cost_scores`` (the pre-filter's score always
+  among them): every trial that trains first records ``zero_cost_<score>`` of
+  its cell at initialisation (the objective's ``zero_cost(spec, names)``, for
+  the proxy ``zero_cost.score_cell``), ``zero_cost_seconds``, and
+  ``zero_cost_error`` if scoring failed (the trial trains all the same). A
+  non-finite score is stored as the string ``"inf"``, ``"-inf"`` or ``"nan"``
+  (``float()`` reads it back).
 * **Failures.** Any exception of the objective (the proxy's ``TrialFailed``
   on NaN, out of memory, ...) and a non-finite score make the trial FAIL with
   user attr ``error`` (and ``traceback``); the search goes on. A failure is
@@ -66,8 +92,17 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from deeplab_dpc.core.spec import CellSpec, SearchSpace
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas import zero_cost as zero_cost_lib
 from deeplab_dpc.nas.cost import COST_METRICS, score_of
-from deeplab_dpc.nas.samplers import MULTI_OBJECTIVE, STRATEGIES, StrategyOptions, make_sampler
+from deeplab_dpc.nas.samplers import (
+    MULTI_OBJECTIVE,
+    PREFILTER,
+    PRUNED_BY,
+    STRATEGIES,
+    StrategyOptions,
+    is_prefiltered,
+    make_sampler,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +120,9 @@ PROXY_FIELDS_ADDED = {
     "distillation_loss": "kl",
     "distillation_temperature": 1.0,
 }
+# Search fields added after searches were already run, with the value that reproduces those searches:
+# a search_config.json without the field continues only at this value.
+SEARCH_FIELDS_ADDED = {"prefilter": None, "prefilter_ratio": 1}
 # Optuna's pruners by flag value (``make_pruner``).
 PRUNERS = ("none", "median", "sha", "hyperband")
 # The best cell by proxy score so far (the re-ranked winner is rerank's best_cell.json).
@@ -99,6 +137,7 @@ RESUMABLE_FIELDS = frozenset(
         "ray_address",
         "heartbeat_seconds",
         "grace_seconds",
+        "zero_cost_scores",  # what is recorded of each trained trial, not what is searched
     }
 )
 # A worker that proposes only known graphs this many times in a row stops: the strategy has
@@ -125,10 +164,20 @@ INTERRUPTED = "interrupted"
 ERROR = "error"
 PROPOSAL = "proposal"
 REFERENCE = "reference"
+PREFILTER_GROUP = "prefilter_group"  # the first trial number of the proposals a trial was picked among
+PREFILTER_WINNER = "prefilter_winner"  # on a pre-filtered proposal: the proposal chosen instead
+ZERO_COST_SECONDS = "zero_cost_seconds"
+ZERO_COST_ERROR = "zero_cost_error"
 # System attribute names (not shown by the dashboard).
 OWNER = "dpc_owner"
 HEARTBEAT = "dpc_heartbeat"
 REFERENCES_ENQUEUED = "dpc_references_enqueued"
+PREFILTER_PENDING = "dpc_prefilter_pending"  # a proposal scored, not yet decided: its group's first number
+
+
+def zero_cost_attr(name: str) -> str:
+    """The user attribute holding zero-cost score ``name`` (``zero_cost_synflow``)."""
+    return f"zero_cost_{name}"
 
 
 class ConfigMismatch(ValueError):
@@ -208,6 +257,12 @@ class SearchConfig:
         stage2: progressive two-stage evaluation (``nas.progressive``): a
             ``Stage2Config.to_dict()`` (the end-to-end training of promising cells and Nekrasov's
             early-termination rule), or None: the proxy alone (the paper).
+        prefilter: None, or a key of ``zero_cost.SCORES``: with ``prefilter_ratio`` R > 1, each
+            trained trial is the best of R proposals by this score (see the module docstring).
+        prefilter_ratio: proposals per trained trial (1: no pre-filter, the paper).
+        zero_cost_scores: zero-cost scores recorded on every trained trial, before it trains: names of
+            ``zero_cost.SCORES``, "all", or a comma-separated string; None: the pre-filter's score if
+            any, else none. The pre-filter's score is always added. Stored as a tuple of names.
     """
 
     search_dir: str
@@ -248,6 +303,9 @@ class SearchConfig:
     pruner_warmup_steps: int = 0
     pruner_reduction_factor: int = 3
     stage2: Mapping[str, Any] | None = None
+    prefilter: str | None = None
+    prefilter_ratio: int = 1
+    zero_cost_scores: Sequence[str] | str | None = None
 
     def __post_init__(self):
         if not self.search_dir:
@@ -279,6 +337,7 @@ class SearchConfig:
                 f"got num_branches={self.num_branches}"
             )
         self._check_pruner()
+        self._check_zero_cost()
         if self.stage2 is not None:
             from deeplab_dpc.nas.progressive import Stage2Config  # noqa: PLC0415  (NumPy only)
 
@@ -327,6 +386,41 @@ class SearchConfig:
                     f"pruner={self.pruner} needs intermediate scores: set proxy_eval_interval to a number of "
                     f"steps below proxy_steps ({steps}), got {interval}"
                 )
+
+    def _check_zero_cost(self) -> None:
+        ratio = self.prefilter_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, int) or ratio < 1:
+            raise ValueError(f"prefilter_ratio must be an integer >= 1, got {ratio!r}")
+        valid = sorted(zero_cost_lib.SCORES)
+        if self.prefilter is not None:
+            try:
+                zero_cost_lib.check_names([self.prefilter])
+            except ValueError as e:
+                raise ValueError(f"prefilter={self.prefilter!r}: {e}") from None
+            if ratio == 1:
+                raise ValueError(
+                    f"prefilter_ratio=1 with prefilter={self.prefilter} filters nothing: set prefilter_ratio to "
+                    f"the proposals scored per trained trial (>= 2), or record the score alone with "
+                    f"zero_cost_scores={self.prefilter}"
+                )
+        elif ratio > 1:
+            raise ValueError(
+                f"prefilter_ratio={ratio} needs prefilter, the zero-cost score that ranks the proposals "
+                f"(one of {valid})"
+            )
+        given = self.zero_cost_scores
+        names = given.split(",") if isinstance(given, str) else list(given or ())
+        names = [str(n).strip() for n in names if str(n).strip()]
+        if "all" in names:
+            names = list(zero_cost_lib.SCORES)
+        if names:
+            try:
+                zero_cost_lib.check_names(names)
+            except ValueError as e:
+                raise ValueError(f"zero_cost_scores={given!r}: {e} (or 'all')") from None
+        if self.prefilter is not None:
+            names.insert(0, self.prefilter)
+        object.__setattr__(self, "zero_cost_scores", tuple(dict.fromkeys(names)))
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
         """The study's pruner (``NopPruner`` for "none"); steps are the proxy's training steps."""
@@ -426,7 +520,21 @@ def prepare_search_dir(config: SearchConfig) -> str:
         with open(path, encoding="utf-8") as f:
             old = relocate(json.load(f), config.search_dir)
         for name, value in new.items():
-            if name in RESUMABLE_FIELDS or name not in old:
+            if name in RESUMABLE_FIELDS:
+                continue
+            if name not in old:
+                # A field added since the search started: it continues only at the value that
+                # reproduces it (older additions, such as the pruner's, are not checked).
+                if name in SEARCH_FIELDS_ADDED and _canonical_json(value) != _canonical_json(
+                    SEARCH_FIELDS_ADDED[name]
+                ):
+                    raise ConfigMismatch(
+                        name,
+                        None,
+                        f"{name}={value!r} differs from {SEARCH_FIELDS_ADDED[name]!r}, the value the search in "
+                        f"{config.search_dir} was started with ({path}, written before {name} existed); use "
+                        "the same value or a new search_dir",
+                    )
                 continue
             if name == "proxy":
                 for key in sorted(set(value) | set(old[name])):
@@ -557,10 +665,23 @@ def is_interrupted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.FAIL and INTERRUPTED in trial.user_attrs
 
 
+def prefilter_pending(trial: FrozenTrial) -> int | None:
+    """For a RUNNING proposal the pre-filter has not decided yet: its group's first trial number."""
+    if trial.state != TrialState.RUNNING:
+        return None
+    return trial.system_attrs.get(PREFILTER_PENDING)
+
+
 def counts_toward_budget(trial: FrozenTrial) -> bool:
     """Trials that trained (to the end or until pruned), are training, or failed on their own (see
-    ``max_trials``)."""
+    ``max_trials``); a group of proposals the pre-filter is scoring counts once, as its first one, and
+    a pre-filtered proposal not at all."""
     if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING):
+        return False
+    if is_prefiltered(trial):
+        return False
+    group = prefilter_pending(trial)
+    if group is not None and group != trial.number:
         return False
     return not is_duplicate(trial) and not is_interrupted(trial)
 
@@ -583,7 +704,11 @@ def resolve_duplicate(number: int, graph_hash: str, trials: Iterable[FrozenTrial
     same = [
         t
         for t in trials
-        if t.number != number and t.user_attrs.get(GRAPH_HASH) == graph_hash and not is_duplicate(t)
+        if t.number != number
+        and t.user_attrs.get(GRAPH_HASH) == graph_hash
+        and not is_duplicate(t)
+        and not is_prefiltered(t)  # never trained: no result to copy
+        and prefilter_pending(t) is None  # not an attempt to train (yet)
     ]
     done = [t for t in same if t.state == TrialState.COMPLETE]
     if done:
@@ -729,6 +854,11 @@ def mark_interrupted(
     retry_number = None
     if trial.user_attrs.get(RETRY_OF) is not None:
         _set_attr(study, trial, ERROR, f"interrupted again ({reason}); a retry is not retried")
+    elif prefilter_pending(trial) is not None:
+        _set_attr(study, trial, INTERRUPTED, reason)
+        _set_attr(
+            study, trial, ERROR, f"interrupted ({reason}) while the pre-filter scored it; nothing to retry"
+        )
     elif is_duplicate(trial) or not complete_params:
         _set_attr(study, trial, INTERRUPTED, reason)
         _set_attr(study, trial, ERROR, f"interrupted ({reason}) before training; nothing to retry")
@@ -739,7 +869,8 @@ def mark_interrupted(
             retry_number = existing[0]
         else:
             attrs = {RETRY_OF: trial.number}
-            for key in (SPEC, GRAPH_HASH, PROPOSAL, "parent", REFERENCE):
+            keys = (SPEC, GRAPH_HASH, PROPOSAL, "parent", REFERENCE, PREFILTER_GROUP)
+            for key in keys + tuple(zero_cost_attr(name) for name in zero_cost_lib.SCORES):
                 if key in trial.user_attrs:
                     attrs[key] = trial.user_attrs[key]
             retry_number = _enqueue(study, params, attrs)
@@ -876,6 +1007,160 @@ def _copy_result_attrs(trial: optuna.Trial, source: FrozenTrial) -> None:
     for key in RESULT_ATTRS + STAGE_ATTRS:
         if key in source.user_attrs and key != "seconds":
             trial.set_user_attr(key, source.user_attrs[key])
+    own = trial.user_attrs
+    for name in zero_cost_lib.SCORES:  # the same graph's scores, where this proposal has none of its own
+        key = zero_cost_attr(name)
+        if key in source.user_attrs and key not in own:
+            trial.set_user_attr(key, source.user_attrs[key])
+
+
+# --------------------------------------------------------------------------- zero-cost scores
+
+ZeroCostScorer = Callable[[CellSpec, Sequence[str]], Mapping[str, float]]
+
+
+def zero_cost_scorer(objective: Objective, config: SearchConfig) -> ZeroCostScorer | None:
+    """The objective's ``zero_cost(spec, names) -> {name: score}`` when the search records or
+    pre-filters by zero-cost scores (None when it does not); ``WorkerSetupError`` if it has none."""
+    if not config.zero_cost_scores:
+        return None
+    scorer = getattr(objective, "zero_cost", None)
+    if not callable(scorer):
+        flag = "prefilter" if config.prefilter else "zero_cost_scores"
+        raise WorkerSetupError(
+            f"{flag}: objective {config.objective} has no zero_cost(spec, names) function, which zero-cost "
+            "scores need (see deeplab_dpc.nas.objective)"
+        )
+    return scorer
+
+
+def attr_float(value: float) -> float | str:
+    """A score as a user attribute: a finite float as is, inf / -inf / NaN as "inf" / "-inf" / "nan"
+    (valid JSON for every reader; ``float()`` reads them back)."""
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def _score_zero_cost(
+    trial: optuna.Trial, spec: CellSpec, scorer: ZeroCostScorer, names: Sequence[str]
+) -> dict[str, float]:
+    """Scores ``spec`` by ``names`` and records each as ``zero_cost_<name>`` on ``trial`` (with
+    ``zero_cost_seconds``); a scoring failure is recorded as ``zero_cost_error`` and leaves those names
+    out of the result. Never raises for the scorer's own errors."""
+    if not names:
+        return {}
+    start = time.perf_counter()
+    try:
+        result = scorer(spec, tuple(names))
+        scores = {name: float(result[name]) for name in names}
+    except Exception as e:  # noqa: BLE001  (a score is a measurement: its failure fails no trial)
+        logger.warning(
+            "trial %d: zero-cost scores %s failed: %s: %s", trial.number, list(names), type(e).__name__, e
+        )
+        trial.set_user_attr(ZERO_COST_ERROR, f"{','.join(names)}: {type(e).__name__}: {e}"[:2000])
+        return {}
+    previous = trial.user_attrs.get(ZERO_COST_SECONDS) or 0.0
+    trial.set_user_attr(ZERO_COST_SECONDS, float(previous) + time.perf_counter() - start)
+    for name, value in scores.items():
+        trial.set_user_attr(zero_cost_attr(name), attr_float(value))
+    return scores
+
+
+def _rank_key(score: float | None) -> tuple[int, float]:
+    """Higher is better; a missing or NaN score is last (-inf is below every finite score)."""
+    if score is None or math.isnan(score):
+        return (0, 0.0)
+    return (1, score)
+
+
+@dataclasses.dataclass
+class _Proposal:
+    trial: optuna.Trial
+    spec: CellSpec
+    graph_hash: str
+    score: float | None = None
+
+
+def _claim(
+    study: optuna.Study, trial_id: int, worker: str, config: SearchConfig, group: int | None
+) -> _Proposal:
+    """Makes ``trial_id`` (RUNNING) this worker's and asks the strategy for its cell. Call under the lock.
+    ``group``: the first trial number of the pre-filter's proposals this one belongs to (None: none)."""
+    storage = study._storage
+    if group is not None:  # first, so that a worker killed from here on leaves no retry
+        storage.set_trial_system_attr(trial_id, PREFILTER_PENDING, group)
+    storage.set_trial_system_attr(trial_id, OWNER, owner_record(worker))
+    storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
+    trial = optuna.Trial(study, trial_id)
+    spec = space_lib.suggest_spec(trial, config.space)
+    trial.set_user_attr(SPEC, spec.to_json())
+    trial.set_user_attr(GRAPH_HASH, spec.canonical_hash())
+    if group is not None:
+        trial.set_user_attr(PREFILTER_GROUP, group)
+    if PROPOSAL not in storage.get_trial_user_attrs(trial_id):
+        trial.set_user_attr(PROPOSAL, config.strategy)  # TPE (the cell samplers write their own)
+    return _Proposal(trial, spec, spec.canonical_hash())
+
+
+class _Heartbeats(contextlib.ExitStack):
+    """``Heartbeat`` of each of several trials, while in the block."""
+
+    def __init__(self, storage, trial_ids: Iterable[int], interval: float):
+        super().__init__()
+        self._beats = [Heartbeat(storage, i, interval) for i in trial_ids]
+
+    def __enter__(self) -> "_Heartbeats":
+        super().__enter__()
+        for beat in self._beats:
+            self.enter_context(beat)
+        return self
+
+
+def _score_proposals(
+    study: optuna.Study, proposals: Sequence[_Proposal], scorer: ZeroCostScorer, config: SearchConfig
+) -> None:
+    """Scores each proposal by ``config.prefilter`` (outside the lock, heartbeats running), recording
+    ``zero_cost_<score>`` on each as it goes; the same graph twice is scored once."""
+    seen: dict[str, float | None] = {}
+    with _Heartbeats(study._storage, [p.trial._trial_id for p in proposals], config.heartbeat_seconds):
+        for p in proposals:
+            try:
+                if p.graph_hash in seen:
+                    p.score = seen[p.graph_hash]
+                    if p.score is not None:
+                        p.trial.set_user_attr(zero_cost_attr(config.prefilter), attr_float(p.score))
+                else:
+                    scores = _score_zero_cost(p.trial, p.spec, scorer, (config.prefilter,))
+                    p.score = seen[p.graph_hash] = scores.get(config.prefilter)
+            except UpdateFinishedTrialError:
+                p.score = None  # Interrupted meanwhile (declared silent): the decision leaves it out.
+
+
+def _decide(study: optuna.Study, proposals: Sequence[_Proposal]) -> _Proposal | None:
+    """The pre-filter's decision, under the lock: every proposal but the best recorded PRUNED (user
+    attrs ``pruned_by="prefilter"``, ``prefilter_winner``; no value), the best returned, now an ordinary
+    RUNNING trial (retried if its worker dies). None if every proposal was interrupted meanwhile."""
+    storage = study._storage
+    alive = [p for p in proposals if storage.get_trial(p.trial._trial_id).state == TrialState.RUNNING]
+    if not alive:
+        return None
+    best = max(alive, key=lambda p: (_rank_key(p.score), -p.trial.number))
+    # The best leaves the group first, then each other proposal is recorded whole (attributes, then state).
+    storage.set_trial_system_attr(best.trial._trial_id, PREFILTER_PENDING, None)
+    for p in alive:
+        if p is not best:
+            p.trial.set_user_attr(PRUNED_BY, PREFILTER)
+            p.trial.set_user_attr(PREFILTER_WINNER, best.trial.number)
+            _finish(study, p.trial, TrialState.PRUNED)  # no intermediate values: no value
+    return best
+
+
+def _resolve(study: optuna.Study, proposal: _Proposal) -> Resolution:
+    """Whether the proposal trains, under the lock (``resolve_duplicate``; a duplicate is marked)."""
+    resolution = resolve_duplicate(proposal.trial.number, proposal.graph_hash, all_trials(study))
+    if resolution.action != "train":
+        proposal.trial.set_user_attr(DUPLICATE_OF, resolution.of)
+    return resolution
 
 
 def _reporter(trial: optuna.Trial) -> Callable[[int, float], None]:
@@ -897,7 +1182,17 @@ def _train(
     objective: Objective,
     report: WorkerReport,
     config: SearchConfig,
+    scorer: ZeroCostScorer | None = None,
 ) -> None:
+    if scorer is not None:  # at initialisation, before training; those the pre-filter computed are kept
+        own = trial.user_attrs
+        try:
+            _score_zero_cost(
+                trial, spec, scorer, [n for n in config.zero_cost_scores if zero_cost_attr(n) not in own]
+            )
+        except UpdateFinishedTrialError:
+            logger.warning("trial %d was interrupted while it was scored; not trained here", trial.number)
+            return
     try:
         if config.pruner != "none":
             result = dict(objective(spec, report=_reporter(trial)))
@@ -1022,6 +1317,7 @@ def run_worker(
             f"pruner={config.pruner} needs intermediate scores, but objective {config.objective} takes no "
             "report= argument (see deeplab_dpc.nas.objective)"
         )
+    scorer = zero_cost_scorer(objective, config)
     study = load_study(config)
     space = config.space
     lock = FileLock(config.lock_path)
@@ -1043,18 +1339,38 @@ def run_worker(
                 report.stopped_because = "max_trials reached"
                 break
             trial_id = _pop_or_create(study, trials)
-            study._storage.set_trial_system_attr(trial_id, OWNER, owner_record(worker))
-            study._storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
-            trial = optuna.Trial(study, trial_id)
-            spec = space_lib.suggest_spec(trial, space)
-            graph_hash = spec.canonical_hash()
-            trial.set_user_attr(SPEC, spec.to_json())
-            trial.set_user_attr(GRAPH_HASH, graph_hash)
-            if PROPOSAL not in study._storage.get_trial_user_attrs(trial_id):
-                trial.set_user_attr(PROPOSAL, config.strategy)  # TPE (the cell samplers write their own)
-            resolution = resolve_duplicate(trial.number, graph_hash, all_trials(study))
-            if resolution.action != "train":
-                trial.set_user_attr(DUPLICATE_OF, resolution.of)
+            queued = any(t._trial_id == trial_id for t in trials)  # popped, not created
+            # Queued trials (retries, reference cells) train as they are, without a pre-filter.
+            if config.prefilter_ratio > 1 and not queued:
+                ids = [trial_id] + [
+                    study._storage.create_new_trial(study._study_id) for _ in range(config.prefilter_ratio - 1)
+                ]
+                group = study._storage.get_trial_number_from_id(trial_id)
+                proposals = [_claim(study, i, worker, config, group) for i in ids]
+            else:
+                chosen = _claim(study, trial_id, worker, config, None)
+                resolution = _resolve(study, chosen)
+                proposals = [chosen]
+        if len(proposals) > 1:
+            try:
+                _score_proposals(study, proposals, scorer, config)
+                with lock:
+                    chosen = _decide(study, proposals)
+                    if chosen is not None:
+                        resolution = _resolve(study, chosen)
+            except BaseException:
+                # As below: the proposals not yet decided are interrupted (never retried), now.
+                with contextlib.suppress(Exception), lock:
+                    for p in proposals:
+                        frozen = study._storage.get_trial(p.trial._trial_id)
+                        if frozen.state == TrialState.RUNNING:
+                            reason = f"worker {worker} stopped"
+                            mark_interrupted(study, frozen, reason, all_trials(study), space)
+                raise
+            if chosen is None:
+                continue
+        trial, spec, graph_hash = chosen.trial, chosen.spec, chosen.graph_hash
+        trial_id = trial._trial_id
         try:
             with Heartbeat(study._storage, trial_id, config.heartbeat_seconds):
                 while resolution.action == "wait":
@@ -1067,7 +1383,7 @@ def run_worker(
                             trial.set_user_attr(DUPLICATE_OF, resolution.of)
                 if resolution.action == "train":
                     duplicates_in_a_row = 0
-                    _train(study, trial, spec, objective, report, config)
+                    _train(study, trial, spec, objective, report, config, scorer)
                     continue
                 duplicates_in_a_row += 1
                 source = study._storage.get_trial(

@@ -10,6 +10,10 @@ count how many times each graph was trained across processes and restarts.
   whose first branch is a pyramid pooling; the others as ``deterministic``.
 * ``sleepy``: as ``deterministic`` after ``$FAKE_OBJECTIVE_SLEEP`` seconds
   (default 1), so a kill lands mid-trial.
+* ``scored``: as ``deterministic``, with a cheap ``zero_cost(spec, names)``
+  (``zero_cost_score``) that logs ``<graph hash> <names>`` to
+  ``$FAKE_ZERO_COST_LOG`` (if set), then sleeps ``$FAKE_ZERO_COST_SLEEP``
+  seconds (default 0), so a kill can land mid-scoring.
 """
 
 from __future__ import annotations
@@ -121,4 +125,27 @@ def costly(config):
         _log(spec)
         return {**_result(spec), "latency_ms": latency(spec)}
 
+    return objective
+
+
+def zero_cost_score(spec, name: str) -> float:
+    """A deterministic stand-in zero-cost score in [0, 1) of the graph, per score name."""
+    digest = hashlib.sha256(f"{name}/{spec.canonical_hash()}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") / 2**32
+
+
+def scored(config):
+    """As ``deterministic``, with a fake ``zero_cost(spec, names)`` for ``--prefilter`` and
+    ``--zero_cost_scores``."""
+    objective = deterministic(config)
+
+    def zero_cost(spec, names):
+        path = os.environ.get("FAKE_ZERO_COST_LOG")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{spec.canonical_hash()} {','.join(names)}\n")
+        time.sleep(float(os.environ.get("FAKE_ZERO_COST_SLEEP", "0")))
+        return {name: zero_cost_score(spec, name) for name in names}
+
+    objective.zero_cost = zero_cost
     return objective

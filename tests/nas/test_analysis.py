@@ -13,7 +13,7 @@ from deeplab_dpc.core.spec import CellSpec
 from deeplab_dpc.nas import analysis
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import study as study_lib
-from tests.nas.test_rerank import A, B, D, E, make_search, standard_study
+from tests.nas.test_rerank import A, B, C, D, E, add, make_search, standard_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -102,7 +102,7 @@ def test_trials_csv_has_a_row_per_trial_with_its_numbers(tmp_path):
     assert rows[2]["duplicate_of"] == "1" and rows[2]["hash"] == B.canonical_hash()
     assert rows[3]["error"] == "FakeNaN: loss became NaN at step 3" and rows[3]["worker"] == "w0"
     assert [r["params"] for r in rows][0] == "1000" and rows[0]["seconds"] == "12.5"
-    assert summary["states"] == {"COMPLETE": 5, "FAIL": 1, "duplicates": 1, "interrupted": 0}
+    assert summary["states"] == {"COMPLETE": 5, "FAIL": 1, "duplicates": 1, "interrupted": 0, "prefiltered": 0}
     assert summary["best_proxy"]["trial"] == 1 and summary["best_proxy"]["proxy_miou"] == 0.6
 
 
@@ -253,3 +253,36 @@ def test_the_best_cell_under_a_multiply_add_budget(tmp_path):
     assert not os.path.exists(tmp_path / "o" / "best_cell_under_max_madds.json")
     with pytest.raises(ValueError, match="^max_madds must be positive"):
         analysis.AnalyzeConfig(config.search_dir, max_madds=0)
+
+
+def test_proxy_against_each_zero_cost_score_of_the_trained_cells(tmp_path):
+    config, study = make_search(tmp_path)
+    add(study, A, 0.50, zero_cost_synflow=3.0, zero_cost_naswot="-inf", zero_cost_grad_norm=1.0)
+    add(study, B, 0.60, zero_cost_synflow=4.0, zero_cost_naswot=10.0, zero_cost_grad_norm=2.0)
+    add(study, B, 0.60, duplicate_of=1, zero_cost_synflow=4.0)  # not a second cell
+    add(study, D, 0.55, zero_cost_synflow=1.0, zero_cost_naswot=12.0)
+    add(study, E, 0.40, zero_cost_synflow=2.0, zero_cost_naswot=5.0)
+    add(study, C, state=TrialState.PRUNED, pruned_by="prefilter", zero_cost_synflow=100.0)  # never trained
+    out = tmp_path / "out"
+    summary = analysis.analyze(analysis.AnalyzeConfig(config.search_dir, str(out)))
+    # Proxy ranks A 2, B 4, D 3, E 1. synflow ranks 3, 4, 1, 2: sum d^2 = 6, rho = 1 - 36 / 60.
+    # naswot: A's -inf ranks first (1, 3, 4, 2): sum d^2 = 4, rho = 1 - 24 / 60.
+    rho = summary["zero_cost_rho"]
+    assert rho["synflow"] == {"rho": pytest.approx(0.4), "n": 4, "infinite": 0}
+    assert rho["naswot"] == {"rho": pytest.approx(0.6), "n": 4, "infinite": 1}
+    assert sorted(rho) == ["naswot", "synflow"]
+    for name in ("synflow", "naswot"):
+        assert_png(out / f"proxy_vs_{name}.png")
+        assert str(out / f"proxy_vs_{name}.png") in summary["written"]
+    assert not (out / "proxy_vs_grad_norm.png").exists()
+    skipped = "proxy_vs_grad_norm.png skipped: 2 trained cells record grad_norm"
+    assert any(n.startswith(skipped) for n in summary["notes"])
+    assert summary["states"]["prefiltered"] == 1
+    lines = analyze_main.summary_lines(summary)
+    assert lines[0] == (
+        "6 trials: 5 complete, 1 pruned "
+        "(1 duplicates, 0 interrupted attempts, 1 pre-filtered proposals, not trained)"
+    )
+    assert "Spearman's rho, proxy mIoU vs synflow at initialisation: 0.400 (n = 4)" in lines
+    assert "Spearman's rho, proxy mIoU vs naswot at initialisation: 0.600 (n = 4)" in lines
+    assert analysis.rank_preserving([2.0, float("inf"), -float("inf"), 1.0]) == [2.0, 3.0, 0.0, 1.0]

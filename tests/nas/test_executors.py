@@ -82,6 +82,31 @@ def test_eight_workers_lose_and_duplicate_no_trial(tmp_path, objective_log):
     assert "optuna-dashboard sqlite:///" in text
 
 
+def test_workers_that_prefilter_train_the_budget_and_no_more(tmp_path, objective_log):
+    # Three workers claim groups of three proposals at once; each group counts once toward max_trials.
+    config = make_config(
+        tmp_path,
+        objective="tests.nas.fakes:scored",
+        max_trials=6,
+        num_workers=3,
+        prefilter="naswot",
+        prefilter_ratio=3,
+        zero_cost_scores="all",
+    )
+    out = io.StringIO()
+    summary = executors.run_search(config, stream=out, poll_seconds=0.2)
+    trials = check_every_graph_trained_once(config, objective_log)
+    prefiltered = [t for t in trials if study_lib.is_prefiltered(t)]
+    assert summary["completed"] == 6 and summary["prefiltered"] == len(prefiltered) == 12
+    text = out.getvalue()
+    for t in prefiltered:
+        assert f"trial {t.number} pre-filtered (naswot " in text
+    # TensorBoard: a run per trained trial, none for a proposal that never trained.
+    runs = [r for r in os.listdir(config.tensorboard_dir) if r.startswith("trial_")]
+    assert len(runs) == len(trials) - len(prefiltered) - sum(study_lib.is_duplicate(t) for t in trials)
+    assert "12 pre-filtered]" in text
+
+
 def test_a_killed_worker_is_replaced_and_its_trial_retried_once(tmp_path, objective_log, monkeypatch):
     monkeypatch.setenv("FAKE_OBJECTIVE_SLEEP", "2")
     config = make_config(tmp_path, objective="tests.nas.fakes:sleepy", max_trials=4, num_workers=2)

@@ -176,3 +176,45 @@ def test_nsga2_moves_its_population_toward_the_pareto_front():
     _, uniform = run("random", 60, seed=3, mutation_probability=0.0)
     assert mean_cost(uniform[-10:]) > 0.9 * mean_cost(uniform[:10])
     assert len(study.best_trials) >= 2  # a front, not one best cell
+
+
+@pytest.mark.parametrize("hidden", [True, False])
+def test_tpe_never_reads_a_prefiltered_proposal(monkeypatch, hidden):
+    # Optuna's TPE reads PRUNED trials, those without intermediate values as its worst observations
+    # (and counts them toward its startup trials): the search's TPE is shown the study without the
+    # proposals the zero-cost pre-filter set aside. The control (hidden=False, Optuna's own TPE) sees them.
+    from optuna.samplers._tpe import sampler as tpe_module  # noqa: PLC0415
+
+    seen = []
+    split = tpe_module._split_trials
+    def spy(study, trials, n_below):
+        seen.append({t.number for t in trials})
+        return split(study, trials, n_below)
+
+    monkeypatch.setattr(tpe_module, "_split_trials", spy)
+    space = SearchSpace(num_branches=2)
+    if hidden:
+        sampler = samplers.make_sampler("tpe", space, samplers.StrategyOptions(seed=1))
+    else:
+        sampler = optuna.samplers.TPESampler(seed=1, multivariate=True, n_startup_trials=10)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    prefiltered = set()
+    for _ in range(12):
+        for _ in range(2):  # two proposals set aside, recorded as the search records them
+            trial = study.ask()
+            space_lib.suggest_spec(trial, space)
+            trial.set_user_attr(samplers.PRUNED_BY, samplers.PREFILTER)
+            study.tell(trial, state=TrialState.PRUNED)
+            prefiltered.add(trial.number)
+        trial = study.ask()
+        study.tell(trial, score(space_lib.suggest_spec(trial, space)))
+    assert all(samplers.is_prefiltered(t) == (t.number in prefiltered) for t in study.trials)
+    shown = samplers.without_prefiltered(study).get_trials()
+    assert shown == [t for t in study.trials if t.number not in prefiltered]
+    if hidden:
+        assert seen and not set().union(*seen) & prefiltered  # past the startup trials, none read
+        # Its 10 startup trials are 10 completed ones (not the first 10 trials, 7 of them pre-filtered):
+        # TPE proper starts with the 11th round's three proposals.
+        assert len(seen) == 6
+    else:
+        assert set().union(*seen) & prefiltered

@@ -120,6 +120,38 @@ def test_a_search_dir_started_with_other_flags_is_refused_naming_the_flag(tmp_pa
         search.run(search.config_from_flags(parse(*common, "--seed=1")))
 
 
+def test_prefilter_flags_become_the_search_config_and_bad_ones_are_refused_naming_the_flag(tmp_path):
+    common = [f"--search_dir={tmp_path}", "--objective=tests.nas.fakes:scored"]
+    config = search.config_from_flags(parse(*common, "--prefilter=snip", "--prefilter_ratio=4"))
+    assert (config.prefilter, config.prefilter_ratio, config.zero_cost_scores) == ("snip", 4, ("snip",))
+    config = search.config_from_flags(parse(*common, "--zero_cost_scores=zico, synflow"))
+    assert (config.prefilter, config.prefilter_ratio, config.zero_cost_scores) == (None, 1, ("zico", "synflow"))
+    assert search.config_from_flags(parse(*common)).zero_cost_scores == ()
+    valid = r"valid: \['grad_norm', 'naswot', 'snip', 'synflow', 'zico'\]"
+    for argv, message in [
+        (
+            ["--prefilter=jacov", "--prefilter_ratio=2"],
+            rf"^--prefilter='jacov': unknown zero-cost score 'jacov'; {valid}",
+        ),
+        (
+            ["--zero_cost_scores=synflow,jacov"],
+            rf"^--zero_cost_scores='synflow,jacov': unknown zero-cost score 'jacov'; {valid}",
+        ),
+        (["--prefilter_ratio=3"], r"^--prefilter_ratio=3 needs prefilter"),
+        (["--prefilter=synflow"], r"^--prefilter_ratio=1 with prefilter=synflow filters nothing"),
+    ]:
+        with pytest.raises(app.UsageError, match=message):
+            search.config_from_flags(parse(*common, *argv))
+    # A search continued with other pre-filter settings is refused; its recorded scores may change.
+    first = [*common, "--prefilter=synflow", "--prefilter_ratio=3"]
+    study_lib.prepare_search_dir(search.config_from_flags(parse(*first)))
+    with pytest.raises(app.UsageError, match=r"^--prefilter_ratio=2 differs from 3"):
+        search.run(search.config_from_flags(parse(*common, "--prefilter=synflow", "--prefilter_ratio=2")))
+    with pytest.raises(app.UsageError, match=r"^--prefilter=None differs from 'synflow'"):
+        search.run(search.config_from_flags(parse(*common)))
+    study_lib.prepare_search_dir(search.config_from_flags(parse(*first, "--zero_cost_scores=all")))
+
+
 def search_command(search_dir, *extra):
     return [
         sys.executable,
