@@ -12,6 +12,8 @@ The flags are ``deeplab_dpc.train``'s (the protocol: a flagfile such as
   all); the name ``aspp_head_continued`` is the backbone's own trained ASPP
   head, trained on under the same protocol (``context=aspp``: every weight
   restored), the check that the protocol does not damage what it starts from;
+* ``--cell_json=NAME=PATH`` (repeatable): a cell outside the set, from a DeepLab JSON file (a
+  search's winner, for the payoff comparison against the references under the same protocol);
 * ``--seeds``: one run per seed;
 * ``--runs_dir``: one run folder per (cell, steps, seed);
 * ``--output_json``: the record (``bench/data/camvid_fidelity.json``), one
@@ -51,6 +53,9 @@ flags.DEFINE_string("cells", "experiments/camvid/fidelity_cells.json", "The fide
 flags.DEFINE_list(
     "names", None, f"Cells of the set to run (default all); {ground_truth.CONTINUED}: the backbone's ASPP head."
 )
+flags.DEFINE_multi_string(
+    "cell_json", [], "NAME=PATH: also a cell from a DeepLab JSON file (a search's winner), run as NAME (repeatable)."
+)
 flags.DEFINE_list("seeds", ["1", "2"], "One run per seed.")
 flags.DEFINE_string("runs_dir", "runs/camvid/fidelity", "Run folders: <runs_dir>/<cell>/steps<N>_seed<S>.")
 flags.DEFINE_string("output_json", "bench/data/camvid_fidelity.json", "The record of finished runs.")
@@ -58,12 +63,26 @@ flags.DEFINE_integer("chosen_steps", None, "Record this budget as the one the gr
 flags.DEFINE_boolean("report_only", False, "Print the tables of the record and train nothing.")
 
 
+def extra_cell(text: str) -> fidelity.Cell:
+    """``--cell_json=NAME=PATH`` as a cell of the run."""
+    from deeplab_dpc.core.spec import CellSpec, SpecError  # noqa: PLC0415
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise app.UsageError(f"--cell_json={text}: expected NAME=PATH")
+    try:
+        spec = CellSpec.load(path)
+    except (OSError, SpecError, ValueError) as e:
+        raise app.UsageError(f"--cell_json={text}: {e}") from None
+    return fidelity.Cell(name=name, group="extra", spec=spec, graph_hash=spec.canonical_hash())
+
+
 def main(argv):
     fv = flags.FLAGS
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
-        cells = fidelity.load_cells(fv.cells)
+        cells = fidelity.load_cells(fv.cells) + [extra_cell(text) for text in fv.cell_json]
         record = ground_truth.read_record(fv.output_json)
     except fidelity.FidelityError as e:
         raise app.UsageError(str(e)) from None
