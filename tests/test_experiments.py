@@ -12,7 +12,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 ALL_FLAGFILES = sorted((REPO / "experiments").rglob("*.flags"))
 SEARCH_FLAGFILES = [p for p in ALL_FLAGFILES if p.name == "search.flags"]
 RERANK_FLAGFILES = [p for p in ALL_FLAGFILES if p.name == "rerank.flags"]
-FLAGFILES = [p for p in ALL_FLAGFILES if p not in SEARCH_FLAGFILES + RERANK_FLAGFILES]
+PROXY_FLAGFILES = [p for p in ALL_FLAGFILES if p.name == "search_proxy.flags"]
+TRUTH_FLAGFILES = [p for p in ALL_FLAGFILES if p.name == "fidelity_truth.flags"]
+FLAGFILES = [
+    p for p in ALL_FLAGFILES if p not in SEARCH_FLAGFILES + RERANK_FLAGFILES + PROXY_FLAGFILES + TRUTH_FLAGFILES
+]
 
 
 def test_the_promised_flagfiles_exist():
@@ -81,3 +85,52 @@ def test_rerank_flagfile_parses_into_a_rerank_config(path, tmp_path):
     config = rerank_main.config_from_flags(fv)
     assert config.train.model.context == "dpc" and config.top_k >= 1 and config.include_reference
     assert config.train.train_logdir == str(search_dir / "rerank")
+
+
+@pytest.mark.parametrize("path", PROXY_FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_proxy_flagfile_is_the_search_flagfiles_proxy(path, tmp_path):
+    """search_proxy.flags (proxy_train's flag names, for bench/fidelity.py) must stay the proxy that
+    search.flags runs: the fidelity table scores what the search uses."""
+    from deeplab_dpc import proxy_train
+    from deeplab_dpc import search as search_main
+
+    assert "python bench/fidelity.py" in _header(path)
+    fv = flags.FlagValues()
+    proxy_train.define_flags(fv)
+    fv(["proxy_train", f"--flagfile={path}", f"--cache_dir={tmp_path}",
+        f"--dense_prediction_cell_json={REPO / 'experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json'}"])
+    _, proxy = proxy_train.config_from_flags(fv)
+    search_fv = flags.FlagValues()
+    search_main.define_flags(search_fv)
+    search_fv(["search", f"--flagfile={path.parent / 'search.flags'}", f"--cache_dir={tmp_path}",
+               f"--search_dir={tmp_path / 'search'}"])
+    searched = search_main.config_from_flags(search_fv).proxy
+    assert {k: v for k, v in proxy.to_dict().items() if k in searched} == searched
+
+
+@pytest.mark.parametrize("path", TRUTH_FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
+def test_ground_truth_flagfile_is_rerank_flagfiles_protocol(path, tmp_path, monkeypatch):
+    """fidelity_truth.flags (train's flags; each run gives the cell) and rerank.flags train alike: the
+    re-ranking scores cells the way the ground truth the proxy was chosen by does."""
+    from deeplab_dpc import rerank as rerank_main
+    from deeplab_dpc.nas import study as study_lib
+    from deeplab_dpc.nas.ground_truth import protocol_of
+
+    assert "Command:" in _header(path) and "Expected" in _header(path)
+    monkeypatch.chdir(REPO)
+    fv = flags.FlagValues()
+    train_main.define_flags(fv)
+    fv(["train", f"--flagfile={path}", f"--dataset_dir={tmp_path}", f"--train_logdir={tmp_path / 'run'}",
+        "--dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"])
+    truth = train_main.config_from_flags(fv)
+    assert truth.freeze_backbone
+    search_dir = tmp_path / "search"
+    study_lib.prepare_search_dir(
+        study_lib.SearchConfig(search_dir=str(search_dir), objective="tests.nas.fakes:deterministic")
+    )
+    fv = flags.FlagValues()
+    rerank_main.define_flags(fv)
+    fv(["rerank", f"--flagfile={path.parent / 'rerank.flags'}", f"--search_dir={search_dir}",
+        f"--dataset_dir={tmp_path}"])
+    rerank = rerank_main.config_from_flags(fv).train
+    assert protocol_of(rerank) == protocol_of(truth)
