@@ -34,7 +34,7 @@ initialisation, no training):
   --enqueue_published) train without a pre-filter. Default: no pre-filter
   (R = 1), the search as without these flags.
 * ``--zero_cost_scores=synflow,grad_norm,...`` (``all``: every score;
-  default: the pre-filter's score if any, else none): every trained trial
+  default: all with a pre-filter, about 5 s per trained trial, else none): every trained trial
   also records these as user attributes ``zero_cost_<score>``, computed
   before it trains (the pre-filter's score always among them);
   ``python -m deeplab_dpc.analyze`` then plots the proxy score against each
@@ -210,7 +210,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "zero_cost_scores",
         None,
         f"Zero-cost scores recorded on every trained trial before it trains (user attrs zero_cost_<score>): "
-        f"comma-separated names of {scores}, or all. Default: the --prefilter score if any, else none. "
+        f"comma-separated names of {scores}, or all. Default: all with --prefilter (about 5 s per trained trial), else none. "
         "May change when a search is continued.",
         **f,
     )

@@ -261,8 +261,8 @@ class SearchConfig:
             trained trial is the best of R proposals by this score (see the module docstring).
         prefilter_ratio: proposals per trained trial (1: no pre-filter, the paper).
         zero_cost_scores: zero-cost scores recorded on every trained trial, before it trains: names of
-            ``zero_cost.SCORES``, "all", or a comma-separated string; None: the pre-filter's score if
-            any, else none. The pre-filter's score is always added. Stored as a tuple of names.
+            ``zero_cost.SCORES``, "all", or a comma-separated string; None: all with a pre-filter,
+            else none. The pre-filter's score is always added. Stored as a tuple of names.
     """
 
     search_dir: str
@@ -411,8 +411,8 @@ class SearchConfig:
         given = self.zero_cost_scores
         names = given.split(",") if isinstance(given, str) else list(given or ())
         names = [str(n).strip() for n in names if str(n).strip()]
-        if "all" in names:
-            names = list(zero_cost_lib.SCORES)
+        if "all" in names or (given is None and self.prefilter is not None):
+            names = list(zero_cost_lib.SCORES)  # a pre-filtered search records every score by default
         if names:
             try:
                 zero_cost_lib.check_names(names)

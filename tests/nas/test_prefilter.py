@@ -53,6 +53,7 @@ def test_each_trained_trial_is_the_best_of_three_proposals_and_the_others_never_
         strategy=strategy,
         prefilter="synflow",
         prefilter_ratio=3,
+        zero_cost_scores="synflow",  # the default with a pre-filter is every score
         population_size=2,
         sample_size=2,
         **(RL if strategy == "rl" else {}),
@@ -250,7 +251,10 @@ def test_config_errors_name_the_field(tmp_path, overrides, message):
 
 def test_the_prefilter_settings_of_a_search_cannot_change_but_its_recorded_scores_can(tmp_path):
     config = make_config(tmp_path, prefilter="synflow", prefilter_ratio=3)
-    assert config.zero_cost_scores == ("synflow",)
+    assert config.zero_cost_scores == tuple(zero_cost.SCORES)  # by default a pre-filtered search records all
+    assert make_config(tmp_path, prefilter="naswot", prefilter_ratio=3, zero_cost_scores="zico").zero_cost_scores == (
+        "naswot", "zico"
+    )
     path = study_lib.prepare_search_dir(config)
     with open(path) as f:
         assert study_lib.SearchConfig.from_dict(json.load(f)) == config
