@@ -2,7 +2,7 @@
 # Which proxy ranks the fidelity set best per CPU-second: every row of BENCHMARKS.md's proxy table, resumably.
 #   bash bench/fidelity_table.sh [ROW ...]        (no ROW: every row, in this order)
 # Each row is bench/fidelity.py on experiments/camvid/search_proxy.flags (the search's proxy: 200 steps,
-# 64 filters, lr 0.2, batch 8) with one change, its trials in runs/camvid/proxy_fidelity/<file>.json:
+# 64 filters, lr 0.2, batch 8) with one change, its trials in bench/data/proxy_fidelity/<file>.json:
 # rerunning skips the recorded trials, so the script can be stopped and run again at any time, and a row
 # whose trials are all recorded costs only its statistics against today's ground truth
 # (bench/data/camvid_fidelity.json). Needs the CamVid feature cache of search_proxy.flags' header, made
@@ -11,14 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3
-OUT=${OUT:-runs/camvid/proxy_fidelity}
-mkdir -p "$OUT"
+OUT=${OUT:-bench/data/proxy_fidelity}   # data, committed: the trials are what later sessions reuse
+LOGS=${LOGS:-runs/camvid/proxy_fidelity}
+mkdir -p "$OUT" "$LOGS"
 echo "# command: bash bench/fidelity_table.sh $*  ($(date -u +%F), $(nproc) cores)"
 
 row() {  # NAME FILE FLAGS...
   local name=$1 file=$2; shift 2
   python bench/fidelity.py --flagfile=experiments/camvid/search_proxy.flags --name="$name" \
-    --output_json="$OUT/$file.json" "$@" 2>"$OUT/$file.log" | grep '^| ' | grep -v '^| proxy |' || true
+    --output_json="$OUT/$file.json" "$@" 2>"$LOGS/$file.log" | grep '^| ' | grep -v '^| proxy |' || true
 }
 
 ALL="synflow grad_norm snip naswot zico p200 p100 p600 f32 f128 seeds2 label kl ema"
