@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.resources
 import json
 import os
 import shlex
@@ -45,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_dpc import cli  # noqa: E402  (first: it quiets TensorFlow's start-up)
 from deeplab_dpc import proxy_train  # noqa: E402
+from deeplab_dpc import rerank as rerank_main  # noqa: E402
 from deeplab_dpc.nas import fidelity  # noqa: E402  (no TensorFlow: it is imported when a trial runs)
 
 
@@ -101,15 +101,6 @@ class BenchConfig:
     bootstrap: int
 
 
-def _published_cell_file():
-    """The packaged published cell: a stand-in that lets proxy_train's parsing run (each cell of the set
-    replaces it)."""
-    from deeplab_dpc.nas.space import PUBLISHED_SPEC  # noqa: PLC0415
-
-    resource = importlib.resources.files("deeplab_dpc.nas").joinpath("specs", PUBLISHED_SPEC)
-    return importlib.resources.as_file(resource)
-
-
 def config_from_flags(fv: flags.FlagValues) -> BenchConfig:
     """Flags -> ``BenchConfig``; every error is an ``app.UsageError`` naming its flag."""
     if fv.dense_prediction_cell_json:
@@ -132,7 +123,7 @@ def config_from_flags(fv: flags.FlagValues) -> BenchConfig:
     if fv.truth_steps is not None and fv.truth_steps < 1:
         raise app.UsageError(f"--truth_steps={fv.truth_steps} must be a positive integer")
     work = copy.deepcopy(fv)  # proxy_train's own parsing, with a stand-in cell
-    with _published_cell_file() as placeholder:
+    with rerank_main._placeholder_cell() as placeholder:
         work.dense_prediction_cell_json = str(placeholder)
         _, proxy = proxy_train.config_from_flags(work)
     name = fv.name
