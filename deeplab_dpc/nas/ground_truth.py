@@ -210,9 +210,21 @@ def scores_by_budget(record: Mapping[str, Any], exclude=(CONTINUED,)) -> dict[in
 
 
 def seed_study(scores: Mapping[str, Mapping[int, float]]) -> dict[str, Any] | None:
-    """Over the cells with two or more seeds: Spearman's rho between the first two seeds, the seed noise
-    (pooled within-cell standard deviation), the spread across cells (standard deviation of the cells'
-    means) and their ratio (the budget is long enough when it is under a third). None below 3 cells."""
+    """Is the order at one budget the cells' or the seeds'? Over the cells with two or more seeds:
+
+    * ``rho_between_seeds``: Spearman's rho between the cells' scores at their first two seeds;
+    * ``seed_noise``: the pooled within-cell standard deviation of one run (what a single run's score
+      may be off by);
+    * ``interaction_noise``: the same after removing what a seed does to every cell alike (runs of one
+      seed share the data order): the residual standard deviation of the two-way additive model cell +
+      seed, over the cells run at every common seed. This is the noise in the cells' order, as every
+      cell is run at the same seeds;
+    * ``spread``: the standard deviation of the cells' means;
+    * ``ratio`` (``seed_noise / spread``) and ``interaction_ratio``: the budget is long enough when
+      under a third.
+
+    None below 3 cells.
+    """
     paired = {c: dict(sorted(s.items())) for c, s in scores.items() if len(s) >= 2}
     if len(paired) < 3:
         return None
@@ -220,12 +232,20 @@ def seed_study(scores: Mapping[str, Mapping[int, float]]) -> dict[str, Any] | No
     second = [list(s.values())[1] for s in paired.values()]
     noise = float(np.sqrt(np.mean([np.var(list(s.values()), ddof=1) for s in paired.values()])))
     spread = float(np.std([np.mean(list(s.values())) for s in paired.values()], ddof=1))
+    common = sorted(set.intersection(*(set(s) for s in paired.values())))
+    interaction = float("nan")
+    if len(common) >= 2:
+        table = np.array([[s[k] for k in common] for s in paired.values()])  # cells x seeds
+        residual = table - table.mean(1, keepdims=True) - table.mean(0, keepdims=True) + table.mean()
+        interaction = float(np.sqrt(np.sum(residual**2) / ((table.shape[0] - 1) * (table.shape[1] - 1))))
     return {
         "cells": len(paired),
         "rho_between_seeds": spearman_rho(first, second),
         "seed_noise": noise,
+        "interaction_noise": interaction,
         "spread": spread,
         "ratio": noise / spread if spread > 0 else float("inf"),
+        "interaction_ratio": interaction / spread if spread > 0 else float("inf"),
     }
 
 
@@ -254,8 +274,9 @@ def report_lines(record: Mapping[str, Any]) -> list[str]:
         if study:
             lines.append(
                 f"  over {study['cells']} cells with 2 seeds: rho(seed a, seed b) {study['rho_between_seeds']:.2f}; "
-                f"seed noise {100 * study['seed_noise']:.2f}, spread across cells {100 * study['spread']:.2f}, "
-                f"ratio {study['ratio']:.2f} (< 0.33 wanted)"
+                f"seed noise {100 * study['seed_noise']:.2f} ({100 * study['interaction_noise']:.2f} without the "
+                f"seeds' common effect), spread across cells {100 * study['spread']:.2f}: ratio "
+                f"{study['ratio']:.2f} ({study['interaction_ratio']:.2f}; < 0.33 wanted)"
             )
     budgets = sorted(scores)
     for i, a in enumerate(budgets):

@@ -135,6 +135,13 @@ def test_seed_study_pooled_noise_spread_and_ratio():
     assert study["spread"] == pytest.approx(np.std([0.51, 0.40, 0.32], ddof=1))
     assert study["ratio"] == pytest.approx(study["seed_noise"] / study["spread"])
     assert study["rho_between_seeds"] == pytest.approx(1.0)
+    # Seed 2 is +0.02, 0, +0.04 over seed 1 (common effect +0.02): residuals 0, 0 for a, +-0.01 for b
+    # and c -> residual SD sqrt(4 * 0.0001 / ((3 - 1) * (2 - 1))).
+    assert study["interaction_noise"] == pytest.approx(math.sqrt(0.0004 / 2))
+    # A seed that lifts every cell alike is seed noise, but no noise in the order.
+    shifted = ground_truth.seed_study({"a": {1: 0.50, 2: 0.55}, "b": {1: 0.40, 2: 0.45}, "c": {1: 0.3, 2: 0.35}})
+    assert shifted["seed_noise"] == pytest.approx(math.sqrt(0.05**2 / 2))
+    assert shifted["interaction_noise"] == pytest.approx(0.0, abs=1e-12) and shifted["interaction_ratio"] < 1e-9
     assert ground_truth.seed_study({"a": {1: 0.5, 2: 0.5}, "b": {1: 0.4, 2: 0.4}}) is None
 
 
