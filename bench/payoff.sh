@@ -5,8 +5,8 @@
 #          (PREFILTER="--prefilter=synflow --prefilter_ratio=4" adds the zero-cost pre-filter);
 #          about 2-4 h on 2 cores.
 # rerank   its top 5 distinct cells fine-tuned under the ground-truth protocol (rerank.flags: the
-#          backbone frozen, as experiments/camvid/fidelity_truth.flags); the winner is copied to
-#          experiments/camvid/searched_cell.json. About 4 min a cell.
+#          backbone frozen, as experiments/camvid/fidelity_truth.flags, 900 steps); the winner is copied to
+#          experiments/camvid/searched_cell.json. About 6.5 min a cell.
 # fresh    the winner, the published cell and the ASPP-equivalent cell (fresh heads) and the backbone's
 #          own ASPP head (continued), 3 seeds each, same protocol: bench/data/camvid_payoff.json.
 # scratch  the winner and ASPP trained from scratch as the shared backbone was (3,500 steps of batch 4 at

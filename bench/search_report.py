@@ -39,7 +39,8 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
     done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
     failed = [t for t in trials if t.state == TrialState.FAIL and study_lib.counts_toward_budget(t)]
     finished = [t for t in done + failed if t.datetime_start and t.datetime_complete]
-    print(f"\n## {search_dir}: strategy {config.strategy}, seed {config.seed}, {config.num_workers} workers")
+    label = search_label(config)
+    print(f"\n## {search_dir}: strategy {label}, seed {config.seed}, {config.num_workers} workers")
     print(f"proxy: {dict((k, config.proxy.get(k)) for k in ('proxy_steps', 'batch_size', 'proxy_filters'))}")
     print(
         f"trials: {len(done)} completed, {len(failed)} failed, "
@@ -87,7 +88,15 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
                 [r["proxy_miou"] for _, r in scored], [r[rerank_lib.FULL_MIOU] for _, r in scored]
             )
             print(f"Spearman's rho, proxy vs full: {rho:.3f} over {len(scored)} cells")
-    return config.strategy, config.seed, best
+    return label, config.seed, best
+
+
+def search_label(config) -> str:
+    """The strategy, with its zero-cost pre-filter when it has one ("evolution + naswot x4"): searches
+    with and without a pre-filter are compared as different strategies."""
+    prefilter = getattr(config, "prefilter", None)
+    ratio = getattr(config, "prefilter_ratio", 1)
+    return f"{config.strategy} + {prefilter} x{ratio}" if prefilter and ratio > 1 else config.strategy
 
 
 def strategy_table(curves: list[tuple[str, int, list[float]]], at: list[int]) -> list[str]:

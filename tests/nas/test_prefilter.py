@@ -278,3 +278,32 @@ def test_the_prefilter_settings_of_a_search_cannot_change_but_its_recorded_score
     with pytest.raises(study_lib.ConfigMismatch, match=message):
         study_lib.prepare_search_dir(make_config(tmp_path, prefilter="synflow", prefilter_ratio=3))
     study_lib.prepare_search_dir(make_config(tmp_path, zero_cost_scores="naswot"))
+
+
+def _search_report():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "search_report.py"
+    spec = importlib.util.spec_from_file_location("bench_search_report", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_search_report_compares_searches_with_and_without_the_prefilter_as_separate_rows():
+    from types import SimpleNamespace
+
+    report = _search_report()
+    plain = SimpleNamespace(strategy="evolution", prefilter=None, prefilter_ratio=1)
+    filtered = SimpleNamespace(strategy="evolution", prefilter="naswot", prefilter_ratio=4)
+    assert report.search_label(plain) == "evolution"
+    assert report.search_label(filtered) == "evolution + naswot x4"
+    curves = [
+        (report.search_label(plain), 1, [40.0, 41.0]),
+        (report.search_label(plain), 2, [42.0, 42.0]),
+        (report.search_label(filtered), 1, [43.0, 44.0]),
+    ]
+    rows = report.strategy_table(curves, [2])
+    assert rows[2] == "| evolution | 1,2 | 41.50 (41.00-42.00, n=2) |"
+    assert rows[3] == "| evolution + naswot x4 | 1 | 44.00 |"
