@@ -1,35 +1,38 @@
-r"""Proxy trial cost: time per training step and per trial of the published cell at 256/128/64/32 filters.
+r"""A proxy trial's step against a bare step of the same model and against the arithmetic limit.
 
-    python bench/bench_proxy.py [--steps=25 --warmup=5 --repeats=2 --train_examples=64 --eval_examples=16]
-    # the paper's proxy on a GPU (JAX): Cityscapes 769x769 crops, 256 filters, 30K-step trials
-    KERAS_BACKEND=jax python bench/bench_proxy.py --features=49,49,320 --crop=769,769 --filters=256 \
-        --steps=300 --warmup=50 --project_steps=30000
+    python bench/bench_proxy.py [--cache_dir=runs/camvid/features] [--filters=64] [--steps=60 --warmup=10]
+        [--profile_steps=10] [--intra_op_threads=0 --inter_op_threads=0]
 
-On CamVid-sized features (23x30x320, MobileNet-v2 at stride 16 on 360x480
-crops; random values: cost does not depend on them), batch 8, labels at 4x the
-feature grid for the loss and at 360x480 for the score (``ProxyConfig``'s
-defaults). Everything goes through ``run_proxy``, as a search trial does.
+One run, one model and loss, the same batches (issue 17, section 1). Rows, per ``--filters`` value:
 
-Per step: the wall time between training steps after ``--warmup`` steps
-(taken on the host from the progress callback), so tracing and compiling are
-left out. Per trial: ``run_proxy``'s wall time at ``--steps`` steps, split into
-the fixed part (model build, batch-norm warm start, tracing, evaluation on
-``--eval_examples`` examples) and the steps; ``300 steps`` is the fixed part
-plus 300 measured steps (the default ``proxy_steps``), a projection.
+* ``trial``: ``run_proxy`` as a search trial runs it (a step is the wall time between two of its progress
+  calls, after ``--warmup`` steps, so building and tracing are left out); its start-up (build, compile,
+  warm start, first traced step) and its evaluation are printed beside.
+* ``bare``: the same compiled model (``proxy.compile_proxy_model``) and the same batches, taken out of the
+  trial's batch generator before timing, in a plain ``train_on_batch`` loop.
+* ``limit``: the step's FLOPs over this machine's sgemm rate (a float32 matmul timed in the same run, on
+  the same threads). FLOPs: 2 per multiply-add of the cell and the logits layer (``analysis.stats``'
+  analytical counts, as ``model_stats``) times the batch, times 3 for forward and backward (an upper
+  bound: the first layers need no gradient for their input); the resize of the logits to the loss grid
+  and batch norm are not counted.
 
-Configurations run in turn, then in reverse order (``--repeats``), and the
-median is reported, so a change in the machine's load hits all of them alike.
-Ratios to 256 filters are the figures to compare across machines. CPU
-seconds (``time.process_time``: every thread of the process) are printed
-beside wall seconds: on a machine shared with other jobs, wall time measures
-the share the scheduler gave, CPU time what the work costs (an idle machine
-runs it in about CPU time / cores used).
+Each row gives milliseconds per step (wall), user and system CPU milliseconds per step (``getrusage``
+over the timed steps: every thread of the process) and the ratio to the bare step and to the limit.
+Then a per-op profile of ``--profile_steps`` bare steps (TensorFlow's profiler, ``framework_op_stats``):
+self time per step by op type and its share of all ops' time, and the top ops (self times are summed over
+threads, so with inter-op parallelism they can add up to more than the step's wall time).
+
+Data: the feature cache at ``--cache_dir`` (its train split's first ``--train_examples``), else random
+features at CamVid's size (23x30x320, labels 360x480, 11 classes: the cost does not depend on the
+values). Prints the command and the machine first; run it with the machine to itself.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -38,122 +41,256 @@ import time
 
 import numpy as np
 
-SPEC = os.path.join(
-    os.path.dirname(__file__),
-    "..",
-    "experiments",
-    "specs",
-    "dense_prediction_cell_branch5_top1_cityscapes.json",
-)
+HERE = os.path.dirname(os.path.abspath(__file__))
+SPEC = os.path.join(HERE, "..", "experiments", "specs", "dense_prediction_cell_branch5_top1_cityscapes.json")
 FEATURES = (23, 30, 320)
 CROP = (360, 480)
 
 
 def make_cache(root: str, train: int, val: int, num_classes: int = 11, features=FEATURES, crop=CROP) -> None:
+    """Random features and labels at CamVid's size, as a feature cache."""
     from deeplab_dpc.nas.features import write_arrays
 
     rng = np.random.default_rng(0)
     for split, n in (("train", train), ("val", val)):
-        features_ = rng.normal(size=(n, *features)).astype("float16")
+        values = rng.normal(size=(n, *features)).astype("float16")
         labels = rng.integers(0, num_classes, size=(n, *crop)).astype("uint8")
-        write_arrays(
-            root, split, features_, labels, num_classes=num_classes, shard_size=32, description="random"
-        )
+        write_arrays(root, split, values, labels, num_classes=num_classes, shard_size=32, description="random")
 
 
-def one_trial(spec, config, data, warmup):
+def cpu_times() -> tuple[float, float]:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime, usage.ru_stime
+
+
+def sgemm_gflops(n: int = 1024, repeats: int = 20) -> float:
+    """Float32 matmul rate of this process (TensorFlow, its current threads), GFLOP/s: median of repeats."""
+    import tensorflow as tf
+
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+
+    @tf.function
+    def matmul():
+        return tf.reduce_sum(tf.linalg.matmul(a, b))
+
+    for _ in range(3):
+        matmul().numpy()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        matmul().numpy()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def step_flops(spec, feature_shape, filters: int, num_classes: int, batch_size: int) -> float:
+    """Forward and backward FLOPs of one proxy step (see the module doc)."""
+    from deeplab_dpc.nas.proxy import cell_cost
+
+    madds = cell_cost(spec, feature_shape, filters)["madds"]
+    madds += feature_shape[0] * feature_shape[1] * filters * num_classes  # the logits' 1x1 conv
+    return 3 * 2 * madds * batch_size
+
+
+def time_trial(spec, config, data, warmup: int) -> dict:
+    """``run_proxy`` with its steps timed from the progress calls (wall and CPU)."""
     from deeplab_dpc.nas.proxy import run_proxy
 
     stamps = {}
 
     def progress(step, total):
-        stamps.setdefault(step, (time.perf_counter(), time.process_time()))
+        stamps.setdefault(step, (time.perf_counter(), *cpu_times()))
 
-    cpu_start = time.process_time()
+    start = time.perf_counter()
     result = run_proxy(spec, config, features=data, progress=progress)
-    cpu_trial = time.process_time() - cpu_start
+    wall = time.perf_counter() - start
     last = config.proxy_steps - 1  # the progress call as the last step begins
-    per_step = (stamps[last][0] - stamps[warmup][0]) / (last - warmup)
-    cpu_step = (stamps[last][1] - stamps[warmup][1]) / (last - warmup)
-    fixed = result["seconds"] - per_step * config.proxy_steps
-    cpu_fixed = cpu_trial - cpu_step * config.proxy_steps
-    return per_step, result["seconds"], fixed, result, cpu_step, cpu_trial, cpu_fixed
+    n = last - warmup
+    per = [(stamps[last][i] - stamps[warmup][i]) / n for i in range(3)]
+    return {
+        "ms": per[0] * 1000,
+        "user_ms": per[1] * 1000,
+        "sys_ms": per[2] * 1000,
+        "startup_s": stamps[1][0] - start,  # build, compile, warm start, the first (traced) step
+        "eval_s": result["eval_seconds"],
+        "trial_s": wall,
+        "miou": result["miou"],
+    }
 
 
-def main(argv=None):
+def bare_model(spec, config, data, steps: int):
+    """The trial's compiled model, warm-started, and ``steps`` of the trial's batches taken out first."""
+    from deeplab_dpc.nas.proxy import compile_proxy_model, training_batches, warm_start_proxy_model
+
+    model = compile_proxy_model(spec, config, data)
+    generator = training_batches(config, data)
+    batches = [next(generator) for _ in range(steps)]
+    warm_start_proxy_model(model, config, data)
+    return model, batches
+
+
+def time_bare(spec, config, data, warmup: int) -> dict:
+    model, batches = bare_model(spec, config, data, config.proxy_steps)
+    for x, y in batches[:warmup]:
+        model.train_on_batch(x, y)
+    t0, u0, s0 = time.perf_counter(), *cpu_times()
+    for x, y in batches[warmup:]:
+        loss = model.train_on_batch(x, y)
+    float(np.asarray(loss))  # the last step done
+    t1, u1, s1 = time.perf_counter(), *cpu_times()
+    n = len(batches) - warmup
+    return {"ms": (t1 - t0) / n * 1000, "user_ms": (u1 - u0) / n * 1000, "sys_ms": (s1 - s0) / n * 1000}
+
+
+def op_profile(spec, config, data, warmup: int, steps: int, logdir: str) -> tuple[list[dict], float]:
+    """Per-op self time of ``steps`` bare steps: (rows of TensorFlow's framework_op_stats, wall ms per step)."""
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    model, batches = bare_model(spec, config, data, warmup + steps)
+    for x, y in batches[:warmup]:
+        model.train_on_batch(x, y)
+    tf.profiler.experimental.start(logdir)
+    t = time.perf_counter()
+    for x, y in batches[warmup:]:
+        loss = model.train_on_batch(x, y)
+    float(np.asarray(loss))
+    wall_ms = (time.perf_counter() - t) / steps * 1000
+    tf.profiler.experimental.stop()
+    paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+    raw, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {})
+    if not ok:
+        raise RuntimeError(f"the profiler's op stats: {raw[:200]!r}")
+    table = json.loads(raw)
+    table = table[0] if isinstance(table, list) else table
+    ids = [c["id"] for c in table["cols"]]
+    rows = [dict(zip(ids, (cell.get("v") if cell else None for cell in row["c"]))) for row in table["rows"]]
+    rows = [r for r in rows if r.get("type") != "IDLE"]
+    return rows, wall_ms
+
+
+def profile_lines(rows: list[dict], steps: int, wall_ms: float, top: int) -> list[str]:
+    """Markdown: self time per step by op type (and its share of all ops' time), then the top ops."""
+    by_type: dict[str, list[float]] = {}
+    for r in rows:
+        entry = by_type.setdefault(r["type"], [0.0, 0])
+        entry[0] += r["total_self_time"] / 1000 / steps
+        entry[1] += r["occurrences"] / steps
+    ops_ms = sum(v[0] for v in by_type.values())
+    lines = [
+        f"per-op profile of {steps} bare steps: {wall_ms:.1f} ms a step (wall); the ops' self time "
+        f"{ops_ms:.1f} ms a step, summed over threads (above the wall time where ops ran in parallel)",
+        "",
+        "| op type | ms/step | % of op time | ops/step |",
+        "|---|---|---|---|",
+    ]
+    for kind, (ms, count) in sorted(by_type.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {kind} | {ms:.2f} | {100 * ms / ops_ms:.1f} | {count:.0f} |")
+    lines += ["", "| op | type | ms/step |", "|---|---|---|"]
+    for r in sorted(rows, key=lambda r: -r["total_self_time"])[:top]:
+        lines.append(f"| {r['operation']} | {r['type']} | {r['total_self_time'] / 1000 / steps:.2f} |")
+    return lines
+
+
+def set_threads(intra: int, inter: int) -> None:
+    import tensorflow as tf
+
+    if intra:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+    if inter:
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+
+
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--filters", default="256,128,64,32")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--cache_dir", help="a feature cache (default: random features at CamVid's size)")
+    parser.add_argument("--spec", default=SPEC, help="the cell (DeepLab's JSON); default the published one")
+    parser.add_argument("--filters", default="64")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--train_examples", type=int, default=64)
+    parser.add_argument("--learning_rate", type=float, default=0.2)
+    parser.add_argument("--steps", type=int, default=60, help="steps of each timed run (trial and bare)")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--profile_steps", type=int, default=10, help="0: no profile")
+    parser.add_argument("--top", type=int, default=12, help="rows of each profile table")
+    parser.add_argument("--train_examples", type=int, default=96)
     parser.add_argument("--eval_examples", type=int, default=16)
-    parser.add_argument("--features", default=",".join(map(str, FEATURES)), help="height,width,channels")
-    parser.add_argument("--crop", default=",".join(map(str, CROP)), help="label height,width")
-    parser.add_argument("--project_steps", type=int, default=300, help="steps of the projected trial")
+    parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default")
+    parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default")
     args = parser.parse_args(argv)
-    features = tuple(int(v) for v in args.features.split(","))
-    crop = tuple(int(v) for v in args.crop.split(","))
-    project = args.project_steps
+    if args.steps <= args.warmup + 1:
+        parser.error(f"--steps={args.steps} must exceed --warmup={args.warmup} + 1")
 
+    set_threads(args.intra_op_threads, args.inter_op_threads)
     import keras
+    import tensorflow as tf
 
     from deeplab_dpc.core.spec import CellSpec
     from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data
 
-    spec = CellSpec.load(SPEC)
-    filters = [int(f) for f in args.filters.split(",")]
-    root = tempfile.mkdtemp(prefix="bench_proxy_")
+    spec = CellSpec.load(args.spec)
+    tmp = tempfile.mkdtemp(prefix="bench_proxy_")
     try:
-        make_cache(root, args.train_examples, args.eval_examples, features=features, crop=crop)
-        base = ProxyConfig(cache_dir=root, proxy_steps=args.steps, batch_size=args.batch_size)
+        cache_dir = args.cache_dir
+        if cache_dir is None:
+            cache_dir = os.path.join(tmp, "cache")
+            make_cache(cache_dir, args.train_examples, args.eval_examples)
+        base = ProxyConfig(
+            cache_dir=cache_dir,
+            proxy_steps=args.steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            max_train_examples=args.train_examples,
+            max_eval_examples=args.eval_examples,
+        )
         data = load_proxy_data(base)
-        load_start = os.getloadavg()
-        runs = {f: [] for f in filters}
-        for repeat in range(args.repeats):
-            for f in filters if repeat % 2 == 0 else filters[::-1]:
-                config = ProxyConfig.from_dict(dict(base.to_dict(), proxy_filters=f))
-                runs[f].append(one_trial(spec, config, data, args.warmup))
-                print(
-                    f"  filters {f:3d}, repeat {repeat}: {runs[f][-1][0] * 1000:.0f} ms/step, "
-                    f"{runs[f][-1][4] * 1000:.0f} CPU ms/step",
-                    file=sys.stderr,
+        gflops = sgemm_gflops()
+        results = {}
+        for filters in (int(f) for f in args.filters.split(",")):
+            config = ProxyConfig.from_dict(dict(base.to_dict(), proxy_filters=filters))
+            trial = time_trial(spec, config, data, args.warmup)
+            bare = time_bare(spec, config, data, args.warmup)
+            flops = step_flops(spec, data.feature_shape, filters, data.num_classes, args.batch_size)
+            profile = None
+            if args.profile_steps:
+                profile = op_profile(
+                    spec, config, data, args.warmup, args.profile_steps, os.path.join(tmp, f"profile_{filters}")
                 )
-        load_end = os.getloadavg()
+            results[filters] = (trial, bare, flops, profile)
+        gflops_end = sgemm_gflops()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"command: python bench/bench_proxy.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(
-        f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs, load average {load_start[0]:.1f} at the "
-        f"start, {load_end[0]:.1f} at the end; published cell, features {list(features)}, batch "
-        f"{args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
-        f"eval on {args.eval_examples} examples "
-        f"at {crop[0]}x{crop[1]}, median of {args.repeats}"
+        f"backend {keras.backend.backend()}, TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, threads "
+        f"intra {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} / inter "
+        f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}, load average "
+        f"{os.getloadavg()[0]:.1f}; sgemm {gflops:.0f} GFLOP/s (at the end: {gflops_end:.0f}); "
+        f"{os.path.basename(args.spec)}, features {list(data.feature_shape)} "
+        f"({'cache ' + args.cache_dir if args.cache_dir else 'random'}), batch {args.batch_size}, "
+        f"{args.steps} steps ({args.warmup} warm-up)"
     )
-    print(
-        f"{'filters':>7} {'ms/step':>8} {'CPU ms/step':>11} {'vs 256':>7} {'MAdds (G)':>9} {'params':>8} "
-        f"{'trial s':>8} {'CPU s':>6} {'fixed s':>8} {'CPU s':>6} {f'{project} steps s':>11} {'CPU s':>6} "
-        f"{'trials/h':>8}"
-    )
-    reference = None
-    for f in filters:
-        median = lambda i: statistics.median(r[i] for r in runs[f])  # noqa: E731
-        per_step, trial, fixed, cpu_step, cpu_trial, cpu_fixed = (median(i) for i in (0, 1, 2, 4, 5, 6))
-        result = runs[f][0][3]
-        if f == 256:
-            reference = (per_step, cpu_step)
-        ratio = f"{per_step / reference[0]:.2f}/{cpu_step / reference[1]:.2f}" if reference else "-"
+    for filters, (trial, bare, flops, profile) in results.items():
+        limit_ms = flops / (gflops * 1e9) * 1000
         print(
-            f"{f:7d} {per_step * 1000:8.0f} {cpu_step * 1000:11.0f} {ratio:>7} {result['madds'] / 1e9:9.3f} "
-            f"{result['params']:8d} {trial:8.1f} {cpu_trial:6.1f} {fixed:8.1f} {cpu_fixed:6.1f} "
-            f"{fixed + project * per_step:11.0f} {cpu_fixed + project * cpu_step:6.0f} "
-            f"{3600 / (fixed + project * per_step):8.1f}"
+            f"\n{filters} filters: {flops / 1e9:.2f} GFLOP a step; trial start-up {trial['startup_s']:.1f} s, "
+            f"eval {trial['eval_s']:.1f} s, whole trial {trial['trial_s']:.1f} s (val mIoU {trial['miou']:.3f})"
         )
-    print(
-        f"vs 256: wall/CPU time per step relative to 256 filters; trials/h: one worker, {project}-step trials"
-    )
+        print("\n| step | ms | user CPU ms | system CPU ms | system/user | vs bare | vs limit |")
+        print("|---|---|---|---|---|---|---|")
+        for name, row in (("trial (run_proxy)", trial), ("bare train_on_batch", bare)):
+            print(
+                f"| {name} | {row['ms']:.1f} | {row['user_ms']:.1f} | {row['sys_ms']:.1f} | "
+                f"{row['sys_ms'] / max(row['user_ms'], 1e-9):.2f} | {row['ms'] / bare['ms']:.2f}x | "
+                f"{row['ms'] / limit_ms:.1f}x |"
+            )
+        print(f"| arithmetic limit | {limit_ms:.1f} | | | | {limit_ms / bare['ms']:.2f}x | 1.0x |")
+        if profile is not None:
+            print()
+            print("\n".join(profile_lines(profile[0], args.profile_steps, profile[1], args.top)))
 
 
 if __name__ == "__main__":

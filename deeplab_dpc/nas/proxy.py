@@ -603,6 +603,57 @@ def restore_weights(model, values) -> None:
         variable.assign(value)
 
 
+def compile_proxy_model(spec, config: ProxyConfig, data: ProxyData):
+    """The model a trial trains, compiled with its optimizer and loss, from a clean Keras state.
+
+    Clears Keras' global state and seeds it (``config.seed``) first, so equal configs build equal
+    weights. Shared by ``run_proxy`` and ``bench/bench_proxy.py``'s bare step.
+    """
+    import keras  # noqa: PLC0415
+
+    from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
+
+    keras.backend.clear_session()  # Each trial starts from the same global state: equal seeds, equal results.
+    keras.utils.set_random_seed(config.seed)
+    model = build_proxy_model(spec, config, data.feature_shape, data.num_classes, data.output_stride)
+    schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
+    model.compile(
+        optimizer=keras.optimizers.SGD(
+            schedule,
+            momentum=config.momentum,
+            use_ema=config.ema_decay is not None,
+            ema_momentum=config.ema_decay if config.ema_decay is not None else 0.99,
+        ),
+        loss=_proxy_loss(config, data),
+        jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
+        steps_per_execution=config.steps_per_execution,
+    )
+    return model
+
+
+def training_batches(config: ProxyConfig, data: ProxyData):
+    """The endless (features, targets) batches a trial trains on (``_batches`` at ``config.seed``; targets
+    carry the teacher's logits when distilling)."""
+    return _batches(
+        data.train_features,
+        data.train_labels,
+        config.batch_size,
+        config.seed,
+        input_dtype(config),
+        data.train_teacher_logits if config.distillation_weight > 0 else None,
+    )
+
+
+def warm_start_proxy_model(model, config: ProxyConfig, data: ProxyData) -> None:
+    """Batch norm's warm start on one batch of another permutation (``seed + 1``) than training's."""
+    from deeplab_dpc.training.train_lib import warm_start_batch_norm  # noqa: PLC0415
+
+    first_images, _ = next(
+        _batches(data.train_features, data.train_labels, config.batch_size, config.seed + 1, input_dtype(config))
+    )
+    warm_start_batch_norm(model, first_images)
+
+
 def run_proxy(
     spec,
     config: ProxyConfig,
@@ -649,8 +700,6 @@ def run_proxy(
     _quiet_retracing_warning()
 
     from deeplab_dpc.core.spec import CellSpec  # noqa: PLC0415
-    from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
-    from deeplab_dpc.training.train_lib import warm_start_batch_norm  # noqa: PLC0415
 
     spec = spec if isinstance(spec, CellSpec) else CellSpec.from_list(spec)
     if features is None:
@@ -661,34 +710,10 @@ def run_proxy(
             "call load_proxy_data(config) with this config"
         )
     data = features
-    keras.backend.clear_session()  # Each trial starts from the same global state: equal seeds, equal results.
-    keras.utils.set_random_seed(config.seed)
-    model = build_proxy_model(spec, config, data.feature_shape, data.num_classes, data.output_stride)
-    schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
-    model.compile(
-        optimizer=keras.optimizers.SGD(
-            schedule,
-            momentum=config.momentum,
-            use_ema=config.ema_decay is not None,
-            ema_momentum=config.ema_decay if config.ema_decay is not None else 0.99,
-        ),
-        loss=_proxy_loss(config, data),
-        jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
-        steps_per_execution=config.steps_per_execution,
-    )
+    model = compile_proxy_model(spec, config, data)
     dtype = input_dtype(config)
-    batches = _batches(
-        data.train_features,
-        data.train_labels,
-        config.batch_size,
-        config.seed,
-        dtype,
-        data.train_teacher_logits if config.distillation_weight > 0 else None,
-    )
-    first_images, _ = next(
-        _batches(data.train_features, data.train_labels, config.batch_size, config.seed + 1, dtype)
-    )
-    warm_start_batch_norm(model, first_images)
+    batches = training_batches(config, data)
+    warm_start_proxy_model(model, config, data)
 
     total = config.proxy_steps
     interval = config.eval_interval or total
