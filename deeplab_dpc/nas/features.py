@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from deeplab_dpc.fileio import atomic_path, write_json
+from deeplab_dpc.nas.mapped import ShardedArray, map_npz_member
 
 if TYPE_CHECKING:  # Keras loads with the data package: reading a cache needs neither.
     from deeplab_dpc.data.batches import DataConfig
@@ -1081,6 +1082,75 @@ class FeatureCache:
         teacher), in order, one at a time."""
         for entry in self.manifest["shards"]:
             yield self.read_shard(entry)
+
+    def map_all(
+        self,
+        label_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+        max_examples: int | None = None,
+        teacher_logits: bool = False,
+    ) -> tuple | None:
+        """As ``load_all``, with the features (and the teacher's logits) memory-mapped from the shards
+        instead of read into this process (``mapped``): the page cache holds them once per machine, however
+        many workers read them. Labels (small once ``label_fn`` has sampled them) are read.
+
+        Returns:
+            (features ``ShardedArray`` in the stored dtype, labels ``ndarray``), and with ``teacher_logits``
+            the logits ``ShardedArray`` third; None when a shard is compressed and cannot be mapped
+            (``load_all`` reads those).
+
+        Raises:
+            CacheError: a shard is missing, corrupt or disagrees with the manifest (the message names the
+                file); ``teacher_logits`` asked of a cache without them.
+        """
+        if teacher_logits and not self.has_teacher_logits:
+            raise CacheError(
+                f"{self.manifest_file} holds no teacher logits: cache the split with "
+                "cache_features --teacher_checkpoint_path"
+            )
+        total = self.num_examples if max_examples is None else min(self.num_examples, int(max_examples))
+        features, teachers, labels = [], [], []
+        at = 0
+        for entry in self.manifest["shards"]:
+            if at >= total:
+                break
+            path = os.path.join(self.cache_dir, entry["file"])
+            if not os.path.isfile(path):
+                raise CacheError(
+                    f"{path} is missing (listed in {self.manifest_file}); rerun cache_features to rewrite it"
+                )
+            n = entry["num_examples"]
+            expected = {"features": ((n, *self.feature_shape), self.manifest["feature_dtype"])}
+            if teacher_logits:
+                expected[TEACHER_KEY] = ((n, *self.teacher_shape), TEACHER_DTYPE)
+            try:
+                mapped = {key: map_npz_member(path, key) for key in expected}
+                if any(m is None for m in mapped.values()):
+                    return None
+                with np.load(path, allow_pickle=False) as z:
+                    shard_labels = z["labels"]
+            except KeyError as e:
+                raise CacheError(f"{path} lacks the array {e} of a feature shard") from None
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+                raise CacheError(
+                    f"{path} is corrupt ({type(e).__name__}: {e}); "
+                    "delete it and rerun cache_features to rewrite it"
+                ) from None
+            expected["labels"] = ((n, *self.label_shape), self.manifest["label_dtype"])
+            for key, (shape, dtype) in expected.items():
+                array = shard_labels if key == "labels" else mapped[key]
+                if array.shape != shape or array.dtype != np.dtype(dtype):
+                    raise CacheError(
+                        f"{path}: {key} are {array.dtype} {list(array.shape)}, the manifest says "
+                        f"{dtype} {list(shape)}"
+                    )
+            take = min(n, total - at)
+            features.append(mapped["features"])
+            if teacher_logits:
+                teachers.append(mapped[TEACHER_KEY])
+            labels.append(label_fn(shard_labels[:take]) if label_fn is not None else shard_labels[:take])
+            at += take
+        out = (ShardedArray(features, total), np.concatenate(labels))
+        return out + (ShardedArray(teachers, total),) if teacher_logits else out
 
     def load_all(
         self,

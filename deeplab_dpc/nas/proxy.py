@@ -36,8 +36,11 @@ What each knob costs in fidelity (against end-to-end training of the model):
   1,000 steps; 0.99 (default) forgets it within a few hundred. Moving
   statistics also start from the first batch (``train_lib.warm_start_batch_norm``).
 * ``feature_dtype``: float16 (default, as cached) halves memory at no cost in
-  accuracy (the layers compute in float32); float32 skips one cast per step
-  (NumPy's on TensorFlow, the device's on other backends).
+  accuracy (the layers compute in float32), and the features are then
+  memory-mapped from the cache's shards rather than read (``mapped``): every
+  worker on a machine reads the one copy in the page cache. float32 reads and
+  converts them into each worker, and skips one cast per step (NumPy's on
+  TensorFlow, the device's on other backends).
 * ``seed``: the spread between seeds is about half the spread between cells
   (GUIDE.md §6): compare cells over equal seeds, or several.
 * ``distillation_weight``: adds a teacher's knowledge to the labels: the
@@ -114,7 +117,8 @@ class ProxyConfig:
             weights after each intermediate score. None: off.
         eval_interval: steps between intermediate val scores (``history``);
             0 scores only at the end.
-        feature_dtype: ``float16`` or ``float32`` resident features.
+        feature_dtype: ``float16`` (memory-mapped from the cache) or ``float32`` (read and converted)
+            features.
         max_train_examples, max_eval_examples: use only the first N cached
             examples (None: all).
         eval_batch_size: examples per prediction call.
@@ -363,14 +367,11 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
     distill = config.distillation_weight > 0
     if distill:
         _check_teacher(config, train, loss_grid)
-    train_x, train_y, *teacher = train.load_all(
-        config.feature_dtype,
-        _sampler(loss_grid, train.label_shape),
-        config.max_train_examples,
-        teacher_logits=distill,
+    train_x, train_y, *teacher = _read_split(
+        train, config.feature_dtype, _sampler(loss_grid, train.label_shape), config.max_train_examples, distill
     )
-    val_x, val_y = val.load_all(
-        config.feature_dtype, _sampler(eval_grid, val.label_shape), config.max_eval_examples
+    val_x, val_y = _read_split(
+        val, config.feature_dtype, _sampler(eval_grid, val.label_shape), config.max_eval_examples, False
     )
     if len(train_x) < config.batch_size:
         raise CacheError(
@@ -400,6 +401,16 @@ def load_proxy_data(config: ProxyConfig) -> ProxyData:
             "eval_grid": list(eval_grid),
         },
     )
+
+
+def _read_split(cache: FeatureCache, dtype: str, label_fn, max_examples, teacher: bool) -> tuple:
+    """A split's features (and teacher logits) memory-mapped where they are stored in ``dtype`` (one copy
+    per machine for all workers: ``FeatureCache.map_all``), else read and converted; labels read."""
+    if np.dtype(cache.manifest["feature_dtype"]) == np.dtype(dtype):
+        mapped = cache.map_all(label_fn, max_examples, teacher_logits=teacher)
+        if mapped is not None:
+            return mapped
+    return cache.load_all(dtype, label_fn, max_examples, teacher_logits=teacher)
 
 
 def _check_teacher(config: ProxyConfig, train: FeatureCache, loss_grid) -> None:

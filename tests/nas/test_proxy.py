@@ -177,6 +177,23 @@ def test_features_loaded_for_another_config_are_refused(cache_dir):
         run_proxy(CELL, _fast(cache_dir, loss_resolution="label"), features=data)
 
 
+def test_features_are_mapped_from_the_cache_and_train_as_features_in_memory_do(cache_dir):
+    import dataclasses
+
+    from deeplab_dpc.nas.mapped import ShardedArray
+
+    config = _fast(cache_dir, proxy_steps=20, eval_interval=0)
+    data = load_proxy_data(config)
+    assert isinstance(data.train_features, ShardedArray) and isinstance(data.eval_features, ShardedArray)
+    in_memory = dataclasses.replace(
+        data, train_features=np.asarray(data.train_features), eval_features=np.asarray(data.eval_features)
+    )
+    mapped, read = run_proxy(CELL, config, features=data), run_proxy(CELL, config, features=in_memory)
+    assert mapped["miou"] == read["miou"] and mapped["final_loss"] == read["final_loss"]
+    # float32 asked for: read and converted, as before.
+    assert load_proxy_data(_fast(cache_dir, feature_dtype="float32")).train_features.dtype == np.float32
+
+
 def test_config_round_trips_through_json():
     config = ProxyConfig(
         cache_dir=os.getcwd(),
