@@ -129,7 +129,7 @@ def test_a_diverging_trial_raises_trial_failed_and_the_command_records_it(cache_
     config = _fast(cache_dir, learning_rate=1e12, proxy_steps=20, eval_interval=0)
     with pytest.raises(TrialFailed, match="the loss became (nan|inf)") as failure:
         run_proxy(CELL, config)
-    assert failure.value.step == 20
+    assert 1 <= failure.value.step < 20  # the first non-finite step: the trial stops there, not at its end
 
     spec_path = tmp_path / "cell.json"
     spec_path.write_text(json.dumps(CELL))
@@ -153,6 +153,44 @@ def test_equal_seeds_give_equal_scores_in_one_process(cache_dir):
     first = run_proxy(CELL, config, features=data)
     again = run_proxy(CELL, config, features=data)  # dropout included
     assert first["miou"] == again["miou"] and first["final_loss"] == again["final_loss"]
+
+
+def test_a_trial_scored_in_segments_trains_on_the_same_batches_as_one_scored_once(cache_dir):
+    """Scoring every few steps must not change what the cell trains on: each segment takes exactly its
+    steps' batches (fit on a generator used to prefetch batches it then dropped, so later segments'
+    batches depended on timing)."""
+    seen = {}
+
+    def record(name):
+        def on_step(step, total):
+            seen.setdefault(name, []).append(step)
+
+        return on_step
+
+    once = run_proxy(CELL, _fast(cache_dir, proxy_steps=30, eval_interval=0), progress=record("once"))
+    segmented = run_proxy(CELL, _fast(cache_dir, proxy_steps=30, eval_interval=7), progress=record("segmented"))
+    assert [h["step"] for h in segmented["history"]] == [7, 14, 21, 28, 30]
+    assert once["miou"] == segmented["miou"]  # the same 30 batches in the same order, the same weights
+    assert seen["once"][:30] == seen["segmented"][:30] == list(range(30))
+
+
+def test_the_segment_loss_is_the_mean_of_its_steps_and_a_nan_ends_it():
+    import keras
+
+    from deeplab_dpc.nas.proxy import train_segment
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")  # rate 0: the weights stay
+    x = np.ones((4, 2), "float32")
+    targets = [np.full((4, 1), v, "float32") for v in (1.0, 2.0, 3.0)]
+    prediction = float(model.predict_on_batch(x)[0, 0])
+    losses = [(prediction - t[0, 0]) ** 2 for t in targets]
+    loss, raw, failed = train_segment(model, iter([(x, t) for t in targets]), 3)
+    assert loss == pytest.approx(np.mean(losses), rel=1e-6) and raw is None and failed is None
+    bad = iter([(x, targets[0]), (x, np.full((4, 1), np.nan, "float32")), (x, targets[0])])
+    loss, _, failed = train_segment(model, bad, 3)
+    assert failed[0] == 2 and math.isnan(failed[1]) and next(bad)[1] is targets[0]  # stopped at step 2
 
 
 def test_scheduled_drop_path_trains_and_changes_the_run_but_not_inference(cache_dir):
@@ -267,6 +305,25 @@ def test_labels_are_sampled_where_an_align_corners_resize_samples():
     np.testing.assert_array_equal(resized_argmax(logits, (13, 17)), np.argmax(resized, axis=-1))
 
 
+def test_the_compiled_label_map_gives_the_labels_of_the_numpy_one():
+    from deeplab_dpc.nas.proxy import label_map_function
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(4, 23, 30, 11)).astype("float32")
+    grid = (360, 480)
+    got = label_map_function(logits.shape, grid)(logits)
+    want = resized_argmax(logits, grid)
+    assert got.shape == want.shape == (4, *grid)
+    # Equal wherever float32 rounding cannot swap the two best classes (the exact float64 margin above
+    # 1e-5; the interpolated values are below 5 in size, their float32 error near 1e-6).
+    rows, cols = interpolation_matrix(23, 360).astype(np.float64), interpolation_matrix(30, 480).astype(np.float64)
+    exact = np.sort(np.einsum("Hh,bhwc,Ww->bHWc", rows, logits.astype(np.float64), cols), axis=-1)
+    clear = exact[..., -1] - exact[..., -2] > 1e-5
+    assert clear.mean() > 0.999
+    np.testing.assert_array_equal(got[clear], want[clear])
+    assert label_map_function(logits.shape, grid) is label_map_function(logits.shape, grid)  # compiled once
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_the_proxy_trains_on_jax(cache_dir):
@@ -287,7 +344,7 @@ def test_the_proxy_trains_on_jax(cache_dir):
 def test_ema_weights_equal_the_hand_computed_average_and_training_continues_from_the_raw_weights():
     import keras
 
-    from deeplab_dpc.nas.proxy import fit_segment, restore_weights
+    from deeplab_dpc.nas.proxy import restore_weights, train_segment
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(12, 3)).astype("float32"), rng.normal(size=(12, 1)).astype("float32")
@@ -306,11 +363,11 @@ def test_ema_weights_equal_the_hand_computed_average_and_training_continues_from
     averaged, plain = model(True), model(False)
     data, plain_data, raw_steps = batches(), batches(), []
     for _ in range(3):  # three one-step segments, as a proxy with eval_interval=1
-        _, raw = fit_segment(averaged, data, 1, [])
+        _, raw, _ = train_segment(averaged, data, 1)
         raw_steps.append(raw)
         if len(raw_steps) < 3:
             restore_weights(averaged, raw)
-        assert fit_segment(plain, plain_data, 1, [])[1] is None  # no EMA: nothing to keep
+        assert train_segment(plain, plain_data, 1)[1] is None  # no EMA: nothing to keep
     # Training went on from the raw weights: they equal the same segments without EMA.
     for got, want in zip(raw_steps[-1], plain.get_weights()):
         np.testing.assert_allclose(got, want, rtol=1e-6)
