@@ -9,12 +9,11 @@ from absl import app, flags
 
 from deeplab_dpc import proxy_train, search
 from deeplab_dpc.nas import study as study_lib
-from deeplab_dpc.nas.features import CacheError, write_arrays
+from deeplab_dpc.nas.features import CacheError, nearest_indices, write_arrays
 from deeplab_dpc.nas.proxy import (
     ProxyConfig,
     interpolation_matrix,
     load_proxy_data,
-    nearest_indices,
     run_proxy,
 )
 from tests.nas.test_proxy import CELL, CROP, _task
