@@ -30,7 +30,7 @@ def main(argv=None) -> None:
 
     from deeplab_dpc.nas import rerank as rerank_lib
     from deeplab_dpc.nas import study as study_lib
-    from deeplab_dpc.nas.analysis import spearman_rho
+    from deeplab_dpc.nas.rank_correlation import spearman_rho
     from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data, run_proxy
 
     config = rerank_lib.load_search_config(args.search_dir)

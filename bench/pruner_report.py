@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     from optuna.trial import TrialState
 
     from deeplab_dpc.nas import study as study_lib
-    from deeplab_dpc.nas.analysis import spearman_rho
+    from deeplab_dpc.nas.rank_correlation import spearman_rho
 
     base_config, base = load(args.baseline)
     steps = int(base_config.proxy["proxy_steps"])

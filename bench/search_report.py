@@ -31,7 +31,7 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
     from deeplab_dpc.nas import rerank as rerank_lib
     from deeplab_dpc.nas import space as space_lib
     from deeplab_dpc.nas import study as study_lib
-    from deeplab_dpc.nas.analysis import spearman_rho
+    from deeplab_dpc.nas.rank_correlation import spearman_rho
 
     config = rerank_lib.load_search_config(search_dir)
     study = rerank_lib.open_study(config)

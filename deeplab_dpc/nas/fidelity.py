@@ -43,7 +43,7 @@ import numpy as np
 
 from deeplab_dpc.core.spec import CellSpec, SpecError
 from deeplab_dpc.fileio import write_json
-from deeplab_dpc.nas.analysis import spearman_rho
+from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 RESULTS_FORMAT = 1
 GROUND_TRUTH_FORMAT = 1
@@ -275,7 +275,7 @@ def load_ground_truth(
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho (``analysis.spearman_rho``: average ranks for ties; NaN without a ranking)."""
+    """Spearman's rho (``rank_correlation.spearman_rho``: average ranks for ties; NaN without a ranking)."""
     return spearman_rho(x, y)
 
 

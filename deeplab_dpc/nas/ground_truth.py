@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 
 from deeplab_dpc.fileio import write_json
-from deeplab_dpc.nas.analysis import spearman_rho
 from deeplab_dpc.nas.fidelity import Cell, FidelityError, GROUND_TRUTH_FORMAT
+from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 if TYPE_CHECKING:
     from deeplab_dpc.training.config import TrainConfig

@@ -54,6 +54,7 @@ from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas.progress import format_duration
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 if TYPE_CHECKING:  # Keras loads with the training config; selecting and reading records needs neither.
     from deeplab_dpc.training.config import TrainConfig
@@ -640,8 +641,6 @@ def _result_text(record: Mapping[str, Any]) -> str:
 
 
 def _finish(config, study, search_config, candidates, results, trained, say) -> dict:
-    from deeplab_dpc.nas.analysis import spearman_rho  # noqa: PLC0415 (analysis imports this module)
-
     records = full_scores(study)
     numbers = {c.number for c in candidates}
     best = best_record(records, numbers)
