@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas.fidelity import Cell, FidelityError, GROUND_TRUTH_FORMAT
 from deeplab_dpc.nas.rank_correlation import spearman_rho
@@ -139,8 +140,6 @@ def run_ground_truth(
     Raises:
         FidelityError: a name not in the set; ``ProtocolMismatch``: the record's protocol differs.
     """
-    from deeplab_dpc.nas.progress import format_duration  # noqa: PLC0415
-
     if train_fn is None or evaluate_fn is None:
         from deeplab_dpc.nas.rerank import evaluate_run  # noqa: PLC0415
         from deeplab_dpc.training.train_lib import train  # noqa: PLC0415

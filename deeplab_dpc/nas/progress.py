@@ -14,7 +14,6 @@ plugin (no TensorFlow needed) and are written by ``deeplab_dpc.summaries``.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -24,6 +23,7 @@ from typing import Iterable, Sequence, TextIO
 from optuna.trial import FrozenTrial, TrialState
 
 from deeplab_dpc import summaries
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.core.spec import CellSpec, SearchSpace
 from deeplab_dpc.fileio import write_bytes_atomically
 from deeplab_dpc.nas import space as space_lib
@@ -35,17 +35,6 @@ METRICS = (
     ("proxy/madds", "madds", "multiply-adds"),
     ("proxy/seconds", "seconds", "trial seconds"),
 )
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def format_madds(madds: float) -> str:

@@ -49,10 +49,10 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deeplab_dpc import console
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.core.spec import CellSpec, SearchSpace, SpecError
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
-from deeplab_dpc.nas.progress import format_duration
 from deeplab_dpc.nas import study as study_lib
 from deeplab_dpc.nas.rank_correlation import spearman_rho
 

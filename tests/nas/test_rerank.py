@@ -174,7 +174,6 @@ def test_a_folder_without_a_search_is_refused_naming_search_dir(tmp_path):
 def test_eta_is_the_mean_run_time_times_the_runs_left():
     assert rerank_lib.eta_seconds([100.0, 300.0], 3) == 600.0
     assert np.isnan(rerank_lib.eta_seconds([], 2)) and rerank_lib.eta_seconds([5.0], 0) == 0.0
-    assert rerank_lib.format_duration(600.0) == "10 min" and rerank_lib.format_duration(float("nan")) == "?"
 
 
 # --------------------------------------------------------------------------- flags
