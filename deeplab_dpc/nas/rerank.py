@@ -54,6 +54,7 @@ from deeplab_dpc.core.spec import CellSpec, SearchSpace, SpecError
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas.full_training import evaluate_run, release_memory
 from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 if TYPE_CHECKING:  # Keras loads with the training config; selecting and reading records needs neither.
@@ -439,53 +440,12 @@ def _evaluate_cell(config: RerankConfig, train_config: "TrainConfig") -> dict:
     )
 
 
-def evaluate_run(
-    train_config: "TrainConfig",
-    eval_split: str,
-    eval_crop_size,
-    eval_scales=(1.0,),
-    add_flipped_images: bool = False,
-    eval_batch_size: int = 1,
-) -> dict:
-    """The newest checkpoint in ``train_config.train_logdir``, evaluated as ``deeplab_dpc.eval`` does
-    (results also in ``<run>/eval``); its results dict. Also two-stage evaluation's stage 2."""
-    from deeplab_dpc.evaluation import eval_lib  # noqa: PLC0415
-    from deeplab_dpc.runs import latest_checkpoint  # noqa: PLC0415
-
-    run_dir = train_config.train_logdir
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise RuntimeError(f"{run_dir} holds no checkpoint after training")
-    eval_config = eval_lib.EvalConfig(
-        checkpoint_dir=run_dir,
-        eval_logdir=os.path.join(run_dir, "eval"),
-        data=train_config.data,
-        eval_split=eval_split,
-        eval_crop_size=tuple(eval_crop_size),
-        eval_scales=tuple(eval_scales),
-        add_flipped_images=add_flipped_images,
-        eval_batch_size=eval_batch_size,
-    )
-    write_json(os.path.join(eval_config.eval_logdir, "eval_config.json"), eval_lib.config_dict(eval_config))
-    return eval_lib.evaluate_checkpoint(eval_config, checkpoint)
-
-
 def _is_divergence(error: BaseException) -> bool:
     try:
         from deeplab_dpc.training.train_lib import TrainingDiverged  # noqa: PLC0415
     except ImportError:  # pragma: no cover
         return False
     return isinstance(error, TrainingDiverged)
-
-
-def _release_memory() -> None:
-    """Drops the finished run's model and graphs before the next one is built."""
-    try:
-        import keras  # noqa: PLC0415
-
-        keras.backend.clear_session()
-    except Exception:  # noqa: BLE001  (memory hygiene only)
-        pass
 
 
 # --------------------------------------------------------------------------- console
@@ -621,7 +581,7 @@ def run_rerank(config: RerankConfig, stream: TextIO | None = None, verbose: int 
                 }
             )
         finally:
-            _release_memory()
+            release_memory()
         record_full_score(study, candidate.number, record)
         records[candidate.number] = record
         trained_seconds.append(time.time() - began)
