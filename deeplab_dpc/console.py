@@ -76,7 +76,7 @@ def progress_verbosity(stream) -> int:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration as progress lines write it: ``45 s``, ``10 min``, ``2 h 05 min``; ``?`` when unknown (NaN)."""
+    """A duration as progress lines write it: ``45 s``, ``10 min``, ``2 h 05 min``; ``?`` for NaN."""
     if not math.isfinite(seconds):
         return "?"
     seconds = max(0, int(round(seconds)))

@@ -48,7 +48,8 @@ from deeplab_dpc.core.spec import BACKBONE_INPUT, PYRAMID_POOLING, CellSpec, Sea
 from deeplab_dpc.fileio import atomic_path, write_bytes_atomically
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import space as space_lib
-from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas import zero_cost as zero_cost_lib
 from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 CSV_COLUMNS = (
@@ -106,7 +107,7 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
 
 
 def _owner_worker(trial: FrozenTrial) -> str:
-    owner = trial.system_attrs.get(study_lib.OWNER) or {}
+    owner = trial.system_attrs.get(trial_store.OWNER) or {}
     return str(owner.get("worker", "")) if isinstance(owner, dict) else ""
 
 
@@ -133,15 +134,17 @@ def trial_rows(
                 "hash": rerank_lib.trial_hash(trial, space),
                 "spec": _spec_text(trial, space),
                 # The proxy's mIoU: the trial's value unless it was weighed by cost or is stage 2's.
-                "proxy_miou": attrs.get("miou", study_lib.trial_score(trial)) if trial.state == TrialState.COMPLETE else None,
-                "full_miou": record.get(rerank_lib.FULL_MIOU, attrs.get(study_lib.FULL_MIOU)),
+                "proxy_miou": (
+                    attrs.get("miou", trial_store.trial_score(trial)) if trial.state == TrialState.COMPLETE else None
+                ),
+                "full_miou": record.get(rerank_lib.FULL_MIOU, attrs.get(trial_store.FULL_MIOU)),
                 "params": attrs.get("params"),
                 "madds": attrs.get("madds"),
                 "seconds": attrs.get("seconds"),
                 "worker": _owner_worker(trial),
-                "error": attrs.get(study_lib.ERROR) or record.get(rerank_lib.FULL_ERROR),
-                "duplicate_of": attrs.get(study_lib.DUPLICATE_OF),
-                "reference": attrs.get(study_lib.REFERENCE) or record.get("reference"),
+                "error": attrs.get(trial_store.ERROR) or record.get(rerank_lib.FULL_ERROR),
+                "duplicate_of": attrs.get(trial_store.DUPLICATE_OF),
+                "reference": attrs.get(trial_store.REFERENCE) or record.get("reference"),
             }
         )
     return rows
@@ -253,7 +256,7 @@ def zero_cost_pairs(trials: Sequence[FrozenTrial], ranking, name: str) -> tuple[
     """(zero-cost score ``name``, proxy mIoU) of the ranked cells (distinct trained cells) that recorded
     the score; a NaN or unreadable score is left out."""
     attrs = {t.number: t.user_attrs for t in trials}
-    key = study_lib.zero_cost_attr(name)
+    key = trial_store.zero_cost_attr(name)
     scores, proxy = [], []
     for c in ranking:
         try:
@@ -501,7 +504,7 @@ def analyze(config: AnalyzeConfig) -> dict:
     search_config = rerank_lib.load_search_config(config.search_dir)
     study = rerank_lib.open_study(search_config)
     space = search_config.space
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     full = rerank_lib.full_scores(study)
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
@@ -516,9 +519,9 @@ def analyze(config: AnalyzeConfig) -> dict:
     states: dict[str, int] = {}
     for trial in trials:
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
-    states["duplicates"] = sum(study_lib.is_duplicate(t) for t in trials)
-    states["interrupted"] = sum(study_lib.is_interrupted(t) for t in trials)
-    states["prefiltered"] = sum(study_lib.is_prefiltered(t) for t in trials)
+    states["duplicates"] = sum(trial_store.is_duplicate(t) for t in trials)
+    states["interrupted"] = sum(trial_store.is_interrupted(t) for t in trials)
+    states["prefiltered"] = sum(trial_store.is_prefiltered(t) for t in trials)
     summary["states"] = states
     summary["trials"] = len(trials)
 
@@ -640,7 +643,7 @@ def analyze(config: AnalyzeConfig) -> dict:
         notes.append("pareto.png skipped: no completed cell records multiply-adds")
     # (f) proxy score against each zero-cost score recorded on trained cells.
     summary["zero_cost_rho"] = {}
-    for name in study_lib.zero_cost_lib.SCORES:
+    for name in zero_cost_lib.SCORES:
         scores, proxy = zero_cost_pairs(trials, ranking, name)
         if not scores:
             continue

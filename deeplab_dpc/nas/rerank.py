@@ -54,8 +54,10 @@ from deeplab_dpc.core.spec import CellSpec, SearchSpace, SpecError
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
 from deeplab_dpc.nas.full_training import evaluate_run, release_memory
 from deeplab_dpc.nas.rank_correlation import spearman_rho
+from deeplab_dpc.nas.search_config import CONFIG_FILE, SearchConfig, relocate
 
 if TYPE_CHECKING:  # Keras loads with the training config; selecting and reading records needs neither.
     from deeplab_dpc.training.config import TrainConfig
@@ -82,22 +84,22 @@ class SettingsMismatch(ValueError):
 # --------------------------------------------------------------------------- the search, its study
 
 
-def load_search_config(search_dir: str) -> study_lib.SearchConfig:
+def load_search_config(search_dir: str) -> SearchConfig:
     """The ``SearchConfig`` a search wrote into ``search_dir``; ValueError naming ``search_dir`` if none."""
-    path = os.path.join(search_dir, study_lib.CONFIG_FILE)
+    path = os.path.join(search_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise ValueError(
-            f"search_dir={search_dir} has no {study_lib.CONFIG_FILE}: not the folder of a deeplab_dpc.search"
+            f"search_dir={search_dir} has no {CONFIG_FILE}: not the folder of a deeplab_dpc.search"
         )
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        return study_lib.SearchConfig.from_dict(study_lib.relocate(data, search_dir))
+        return SearchConfig.from_dict(relocate(data, search_dir))
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"search_dir={search_dir}: cannot read {path}: {e}") from None
 
 
-def open_study(search_config: study_lib.SearchConfig) -> optuna.Study:
+def open_study(search_config: SearchConfig) -> optuna.Study:
     """The search's study, for reading and recording (no strategy is built: nothing is sampled)."""
     try:
         return study_lib.load_study(search_config, sampler=optuna.samplers.RandomSampler())
@@ -110,14 +112,14 @@ def open_study(search_config: study_lib.SearchConfig) -> optuna.Study:
 
 def trial_spec(trial: FrozenTrial, space: SearchSpace) -> CellSpec:
     """The cell of a trial: its ``spec`` user attribute, else its parameters."""
-    text = trial.user_attrs.get(study_lib.SPEC)
+    text = trial.user_attrs.get(trial_store.SPEC)
     if text:
         return CellSpec.from_json(text)
     return space_lib.params_to_spec(trial.params, space)
 
 
 def trial_hash(trial: FrozenTrial, space: SearchSpace) -> str | None:
-    graph_hash = trial.user_attrs.get(study_lib.GRAPH_HASH)
+    graph_hash = trial.user_attrs.get(trial_store.GRAPH_HASH)
     if graph_hash:
         return graph_hash
     try:
@@ -185,13 +187,13 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
     """
 
     def proxy_score(t: FrozenTrial) -> float:
-        return float(t.user_attrs.get(study_lib.STAGE1_SCORE, study_lib.trial_score(t)))
+        return float(t.user_attrs.get(trial_store.STAGE1_SCORE, trial_store.trial_score(t)))
 
     done = [
         t
         for t in trials
         if t.state == TrialState.COMPLETE
-        and not study_lib.is_duplicate(t)
+        and not trial_store.is_duplicate(t)
         and t.values
         and math.isfinite(proxy_score(t))
     ]
@@ -203,11 +205,11 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
             spec = trial_spec(trial, space)
         except (SpecError, ValueError):
             continue  # Not a cell of this space (a corrupt record): nothing to train.
-        graph_hash = trial.user_attrs.get(study_lib.GRAPH_HASH) or spec.canonical_hash()
+        graph_hash = trial.user_attrs.get(trial_store.GRAPH_HASH) or spec.canonical_hash()
         if graph_hash in seen:
             continue
         seen.add(graph_hash)
-        miou = float(trial.user_attrs.get("miou", study_lib.trial_score(trial)))
+        miou = float(trial.user_attrs.get("miou", trial_store.trial_score(trial)))
         out.append(Candidate(trial.number, graph_hash, spec, miou, len(out) + 1))
     return out
 
@@ -262,7 +264,7 @@ def select_candidates(
 
 
 def initial_checkpoint_from_cache(
-    search_config: study_lib.SearchConfig, model=None
+    search_config: SearchConfig, model=None
 ) -> tuple[str | None, str]:
     """The checkpoint the search's cached features came from, as a ``tf_initial_checkpoint``.
 
@@ -513,7 +515,7 @@ def run_rerank(config: RerankConfig, stream: TextIO | None = None, verbose: int 
 
     search_config = load_search_config(config.search_dir)
     study = open_study(search_config)
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     candidates, notes = select_candidates(
         trials, search_config.space, config.top_k, config.include_reference, config.spread_k
     )

@@ -13,6 +13,8 @@ from deeplab_dpc.core.spec import CellSpec
 from deeplab_dpc.nas import analysis
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
+from deeplab_dpc.nas.worker import run_worker
 from tests.nas.test_rerank import A, B, C, D, E, add, make_search, standard_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -73,12 +75,12 @@ def test_trials_csv_has_a_row_per_trial_with_its_numbers(tmp_path):
 
 
 def test_trials_csv_of_a_search_run_by_a_worker(tmp_path):
-    config = study_lib.SearchConfig(
+    config = SearchConfig(
         search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:flaky", max_trials=15, num_branches=2
     )
-    study_lib.prepare_search_dir(config)
+    prepare_search_dir(config)
     study = study_lib.load_study(config, create=True)
-    study_lib.run_worker(config, "worker-7")
+    run_worker(config, "worker-7")
     trials = sorted(study.get_trials(), key=lambda t: t.number)
     analysis.analyze(analysis.AnalyzeConfig(config.search_dir, str(tmp_path / "out")))
     _, rows = read_csv(tmp_path / "out" / "trials.csv")
