@@ -13,10 +13,10 @@ command line: ``define_flags(fv)``, ``config_from_flags(fv)``, ``main``), and ``
 helpers), so a new command line needs no change here; a module inside a subpackage is always library.
 
 Inside the search (``nas``) the modules import one another one way too: their import graph has no circle
-(the test prints the circle if there is one). Besides, the search space, the feature cache and the shared
-helpers (rank correlation, an end-to-end run's evaluation) import no other part of the search; the trial
-store knows nothing of the config, the study, the worker or the driver above it; and the worker loop
-imports neither the driver nor ``progress`` (worker processes load no TensorBoard summaries, no cv2).
+(the test prints the circle if there is one). Besides, the search space and the shared helpers (rank
+correlation, an end-to-end run's evaluation) import no other part of the search; the trial store knows
+nothing of the config, the study, the worker or the driver above it; and the worker loop imports neither
+the driver nor ``progress`` (worker processes load no TensorBoard summaries, no cv2).
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ FORBIDDEN = (
     ("analysis", ("data", "runs", "training", "evaluation", "export", ENTRY)),
     # Inside the search.
     ("nas.space", ("nas",)),
-    ("nas.features", ("nas",)),
     ("nas.rank_correlation", ("nas",)),
     ("nas.full_training", ("nas",)),
     ("nas.trial_store", ("nas.search_config", "nas.study", "nas.worker", "nas.executors")),
