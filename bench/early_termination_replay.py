@@ -37,14 +37,14 @@ def main(argv=None) -> None:
 
     from deeplab_dpc.nas import progressive
     from deeplab_dpc.nas import rerank as rerank_lib
-    from deeplab_dpc.nas import study as study_lib
+    from deeplab_dpc.nas import trial_store
 
     config = rerank_lib.load_search_config(args.search_dir)
     study = rerank_lib.open_study(config)
     trials = [
         t
-        for t in study_lib.all_trials(study)
-        if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)
+        for t in trial_store.all_trials(study)
+        if t.state == TrialState.COMPLETE and not trial_store.is_duplicate(t)
     ]
     trials.sort(key=lambda t: (t.datetime_complete, t.number))
     records = rerank_lib.full_scores(study)
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             earlier, gone = [], set()
             for t in trials:
-                score = study_lib.trial_score(t)
+                score = trial_store.trial_score(t)
                 if progressive.decide(score, earlier, p0, decay, seed, t.number, average).go:
                     gone.add(t.number)
                 earlier.append(score)

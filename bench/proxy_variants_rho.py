@@ -29,18 +29,18 @@ def main(argv=None) -> None:
     print("command: python bench/proxy_variants_rho.py " + " ".join(f"'{a}'" for a in sys.argv[1:]), flush=True)
 
     from deeplab_dpc.nas import rerank as rerank_lib
-    from deeplab_dpc.nas import study as study_lib
-    from deeplab_dpc.nas.analysis import spearman_rho
+    from deeplab_dpc.nas import trial_store
     from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data, run_proxy
+    from deeplab_dpc.nas.rank_correlation import spearman_rho
 
     config = rerank_lib.load_search_config(args.search_dir)
     study = rerank_lib.open_study(config)
-    trials = {t.number: t for t in study_lib.all_trials(study)}
+    trials = {t.number: t for t in trial_store.all_trials(study)}
     records = {n: r for n, r in rerank_lib.full_scores(study).items() if r.get(rerank_lib.FULL_MIOU) is not None}
     numbers = sorted(records)
     specs = {n: rerank_lib.trial_spec(trials[n], config.space) for n in numbers}
     full = [float(records[n][rerank_lib.FULL_MIOU]) for n in numbers]
-    recorded = [float(trials[n].user_attrs.get("miou", study_lib.trial_score(trials[n]))) for n in numbers]
+    recorded = [float(trials[n].user_attrs.get("miou", trial_store.trial_score(trials[n]))) for n in numbers]
     print(f"{len(numbers)} re-ranked cells: trials {numbers}")
     print(f"search (recorded proxy scores): rho {spearman_rho(recorded, full):.3f}")
     rows = {"search": recorded}

@@ -22,13 +22,13 @@ def load(search_dir: str):
     from optuna.trial import TrialState
 
     from deeplab_dpc.nas import rerank as rerank_lib
-    from deeplab_dpc.nas import study as study_lib
+    from deeplab_dpc.nas import trial_store
 
     config = rerank_lib.load_search_config(search_dir)
     trials = [
         t
-        for t in study_lib.all_trials(rerank_lib.open_study(config))
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not study_lib.is_duplicate(t)
+        for t in trial_store.all_trials(rerank_lib.open_study(config))
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and not trial_store.is_duplicate(t)
     ]
     return config, {t.number: t for t in trials}
 
@@ -49,12 +49,12 @@ def main(argv=None) -> None:
 
     from optuna.trial import TrialState
 
-    from deeplab_dpc.nas import study as study_lib
-    from deeplab_dpc.nas.analysis import spearman_rho
+    from deeplab_dpc.nas import trial_store
+    from deeplab_dpc.nas.rank_correlation import spearman_rho
 
     base_config, base = load(args.baseline)
     steps = int(base_config.proxy["proxy_steps"])
-    top = sorted(base, key=lambda n: -study_lib.trial_score(base[n]))[: args.top]
+    top = sorted(base, key=lambda n: -trial_store.trial_score(base[n]))[: args.top]
     base_minutes = wall_minutes(base.values())
     print(f"baseline {args.baseline}: {len(base)} trials to {steps} steps, {base_minutes:.1f} min; "
           f"its best {args.top}: trials {top}")
@@ -71,14 +71,14 @@ def main(argv=None) -> None:
             continue
         pruned = [n for n in common if trials[n].state == TrialState.PRUNED]
         run = sum(
-            int(trials[n].user_attrs.get(study_lib.PRUNED_AT_STEP) or steps)
+            int(trials[n].user_attrs.get(trial_store.PRUNED_AT_STEP) or steps)
             if trials[n].state == TrialState.PRUNED else steps
             for n in common
         )
         minutes = wall_minutes([trials[n] for n in common])
         kept = sum(trials[n].state == TrialState.COMPLETE for n in top if n in trials)
-        rho = spearman_rho([study_lib.trial_score(base[n]) for n in common],
-                           [study_lib.trial_score(trials[n]) for n in common])
+        rho = spearman_rho([trial_store.trial_score(base[n]) for n in common],
+                           [trial_store.trial_score(trials[n]) for n in common])
         print(f"| {config.pruner} (every {config.proxy.get('eval_interval')} steps) | {len(pruned)} of "
               f"{len(common)} | {run} ({100 * run / (len(common) * steps):.0f}%) | {minutes:.1f} min "
               f"({100 * minutes / base_minutes:.0f}%) | {kept} of {args.top} | {rho:.2f} |")

@@ -30,21 +30,21 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
 
     from deeplab_dpc.nas import rerank as rerank_lib
     from deeplab_dpc.nas import space as space_lib
-    from deeplab_dpc.nas import study as study_lib
-    from deeplab_dpc.nas.analysis import spearman_rho
+    from deeplab_dpc.nas import trial_store
+    from deeplab_dpc.nas.rank_correlation import spearman_rho
 
     config = rerank_lib.load_search_config(search_dir)
     study = rerank_lib.open_study(config)
-    trials = study_lib.all_trials(study)
-    done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
-    failed = [t for t in trials if t.state == TrialState.FAIL and study_lib.counts_toward_budget(t)]
+    trials = trial_store.all_trials(study)
+    done = [t for t in trials if t.state == TrialState.COMPLETE and not trial_store.is_duplicate(t)]
+    failed = [t for t in trials if t.state == TrialState.FAIL and trial_store.counts_toward_budget(t)]
     finished = [t for t in done + failed if t.datetime_start and t.datetime_complete]
     label = search_label(config)
     print(f"\n## {search_dir}: strategy {label}, seed {config.seed}, {config.num_workers} workers")
     print(f"proxy: {dict((k, config.proxy.get(k)) for k in ('proxy_steps', 'batch_size', 'proxy_filters'))}")
     print(
         f"trials: {len(done)} completed, {len(failed)} failed, "
-        f"{sum(study_lib.is_duplicate(t) for t in trials)} duplicates"
+        f"{sum(trial_store.is_duplicate(t) for t in trials)} duplicates"
     )
     if finished:
         start = min(t.datetime_start for t in finished)
@@ -55,7 +55,7 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
             f"wall {hours * 60:.1f} min: {len(finished) / hours:.1f} trials/hour; "
             f"mean trial {np.mean(seconds):.1f} s per worker (median {np.median(seconds):.1f} s)"
         )
-    scores = np.array([study_lib.trial_score(t) for t in done])
+    scores = np.array([trial_store.trial_score(t) for t in done])
     best = []
     if len(scores):
         q = np.percentile(scores, [0, 10, 25, 50, 75, 90, 100]) * 100
@@ -70,7 +70,7 @@ def report(search_dir: str, at: list[int]) -> tuple[str, int, list[float]]:
                 c = found[0]
                 print(f"{name}: proxy {c.proxy_miou * 100:.2f}, rank {c.proxy_rank} of {len(ranking)}")
         order = sorted(done, key=lambda t: t.number)
-        best = list(np.maximum.accumulate([study_lib.trial_score(t) for t in order]) * 100)
+        best = list(np.maximum.accumulate([trial_store.trial_score(t) for t in order]) * 100)
         marks = [n for n in at if n <= len(best)] + ([len(best)] if len(best) not in at else [])
         print("best so far: " + ", ".join(f"{n} trials {best[n - 1]:.2f}" for n in marks))
     records = rerank_lib.full_scores(study)

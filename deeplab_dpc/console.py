@@ -27,6 +27,9 @@ import calls ``quiet_tensorflow()`` once (the conversion tools reach it through
 ``DEEPLAB_DPC_VERBOSE=1`` in the environment turns all three off, as does an
 explicit ``TF_CPP_MIN_LOG_LEVEL=0``: TensorFlow then prints what it always
 prints. No TensorFlow import here: a JAX host without TensorFlow runs this too.
+
+Our own progress lines take two helpers from here: ``progress_verbosity`` (a live
+bar on a terminal, a line in a file) and ``format_duration`` (``10 min``).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import contextlib
 import importlib.abc
 import importlib.util
 import logging
+import math
 import os
 import re
 import sys
@@ -69,6 +73,18 @@ def progress_verbosity(stream) -> int:
     """Keras' ``verbose`` for a progress bar written to ``stream``: 1 (live) on a terminal, 2 (one line
     at the end) in a file or pipe, where a live bar is thousands of carriage-return updates."""
     return 1 if hasattr(stream, "isatty") and stream.isatty() else 2
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as progress lines write it: ``45 s``, ``10 min``, ``2 h 05 min``; ``?`` for NaN."""
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def startup_lines_to_keep(lines: Iterable[str]) -> list[str]:

@@ -84,7 +84,7 @@ def run_pipeline(fv) -> dict:
     from deeplab_dpc.nas import rerank as rerank_lib
     from deeplab_dpc.nas import space as space_lib
     from deeplab_dpc.nas.proxy import ProxyConfig
-    from deeplab_dpc.nas.study import SearchConfig
+    from deeplab_dpc.nas.search_config import SearchConfig
     from deeplab_dpc.runs import latest_checkpoint
     from deeplab_dpc.training.config import TrainConfig
     from deeplab_dpc.training.train_lib import train

@@ -87,7 +87,7 @@ RL_FLAGS = (
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     from deeplab_dpc.nas import zero_cost  # noqa: PLC0415  (NumPy only at import)
     from deeplab_dpc.nas.samplers import STRATEGIES  # noqa: PLC0415
-    from deeplab_dpc.nas.study import DEFAULT_OBJECTIVE, EXECUTORS  # noqa: PLC0415
+    from deeplab_dpc.nas.search_config import DEFAULT_OBJECTIVE, EXECUTORS  # noqa: PLC0415
 
     f = dict(flag_values=fv)
     flags.DEFINE_string("search_dir", None, "Where the search config, study, logs and best cell go.", **f)
@@ -262,7 +262,7 @@ def _proxy_message(message: str) -> str:
 def proxy_config_from_flags(fv: flags.FlagValues) -> dict:
     """The proxy trainer's config as a dict: resolved and validated by ``ProxyConfig`` when the
     default objective uses it."""
-    from deeplab_dpc.nas.study import DEFAULT_OBJECTIVE  # noqa: PLC0415
+    from deeplab_dpc.nas.search_config import DEFAULT_OBJECTIVE  # noqa: PLC0415
 
     given = {field: fv[flag].value for flag, field in PROXY_FLAGS.items() if fv[flag].value is not None}
     given["seed"] = fv.seed
@@ -335,7 +335,7 @@ def config_from_flags(fv: flags.FlagValues):
     """Flags -> ``SearchConfig``; every error is an ``app.UsageError`` naming its flag."""
     import dataclasses  # noqa: PLC0415
 
-    from deeplab_dpc.nas.study import SearchConfig  # noqa: PLC0415
+    from deeplab_dpc.nas.search_config import SearchConfig  # noqa: PLC0415
 
     if not fv.search_dir:
         raise app.UsageError("--search_dir is required")
@@ -393,7 +393,7 @@ def _search_config(fv: flags.FlagValues, proxy: dict, SearchConfig):
 def run(config, fv: flags.FlagValues = flags.FLAGS) -> dict:
     """Runs the search; a search_dir started with other flags is an ``app.UsageError`` naming the flag."""
     from deeplab_dpc.nas import executors  # noqa: PLC0415
-    from deeplab_dpc.nas.study import ConfigMismatch  # noqa: PLC0415
+    from deeplab_dpc.nas.search_config import ConfigMismatch  # noqa: PLC0415
 
     try:
         return executors.run_search(config)

@@ -130,3 +130,9 @@ def test_progress_bars_are_live_on_a_terminal_and_one_line_in_a_file(tmp_path):
     with open(tmp_path / "log", "w") as f:
         assert console.progress_verbosity(f) == 2
     assert console.progress_verbosity(object()) == 2  # a stream that cannot tell
+
+
+def test_durations_read_in_seconds_minutes_or_hours():
+    assert [console.format_duration(s) for s in (44.6, 119, 600.0, 7199, 7500)] == [
+        "45 s", "119 s", "10 min", "119 min", "2 h 05 min"]
+    assert console.format_duration(float("nan")) == "?" and console.format_duration(-3) == "0 s"

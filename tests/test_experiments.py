@@ -72,12 +72,12 @@ def test_search_flagfile_parses_into_a_search_config(path, tmp_path):
 @pytest.mark.parametrize("path", RERANK_FLAGFILES, ids=lambda p: str(p.relative_to(REPO / "experiments")))
 def test_rerank_flagfile_parses_into_a_rerank_config(path, tmp_path):
     from deeplab_dpc import rerank as rerank_main
-    from deeplab_dpc.nas import study as study_lib
+    from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
 
     assert "Command:" in _header(path)
     search_dir = tmp_path / "search"
-    study_lib.prepare_search_dir(
-        study_lib.SearchConfig(search_dir=str(search_dir), objective="tests.nas.fakes:deterministic")
+    prepare_search_dir(
+        SearchConfig(search_dir=str(search_dir), objective="tests.nas.fakes:deterministic")
     )
     fv = flags.FlagValues()
     rerank_main.define_flags(fv)
@@ -113,8 +113,8 @@ def test_ground_truth_flagfile_is_rerank_flagfiles_protocol(path, tmp_path, monk
     """fidelity_truth.flags (train's flags; each run gives the cell) and rerank.flags train alike: the
     re-ranking scores cells the way the ground truth the proxy was chosen by does."""
     from deeplab_dpc import rerank as rerank_main
-    from deeplab_dpc.nas import study as study_lib
     from deeplab_dpc.nas.ground_truth import protocol_of
+    from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
 
     assert "Command:" in _header(path) and "Expected" in _header(path)
     monkeypatch.chdir(REPO)
@@ -125,8 +125,8 @@ def test_ground_truth_flagfile_is_rerank_flagfiles_protocol(path, tmp_path, monk
     truth = train_main.config_from_flags(fv)
     assert truth.freeze_backbone
     search_dir = tmp_path / "search"
-    study_lib.prepare_search_dir(
-        study_lib.SearchConfig(search_dir=str(search_dir), objective="tests.nas.fakes:deterministic")
+    prepare_search_dir(
+        SearchConfig(search_dir=str(search_dir), objective="tests.nas.fakes:deterministic")
     )
     fv = flags.FlagValues()
     rerank_main.define_flags(fv)

@@ -11,6 +11,12 @@ way round). Imports inside functions count: a lazy import is still a dependency.
 Entry points are the package's top-level modules that define ``define_flags`` (the convention for every
 command line: ``define_flags(fv)``, ``config_from_flags(fv)``, ``main``), and ``cli`` (their shared flag
 helpers), so a new command line needs no change here; a module inside a subpackage is always library.
+
+Inside the search (``nas``) the modules import one another one way too: their import graph has no circle
+(the test prints the circle if there is one). Besides, the search space and the shared helpers (rank
+correlation, an end-to-end run's evaluation) import no other part of the search; the trial store knows
+nothing of the config, the study, the worker or the driver above it; and the worker loop imports neither
+the driver nor ``progress`` (worker processes load no TensorBoard summaries, no cv2).
 """
 
 from __future__ import annotations
@@ -40,7 +46,15 @@ FORBIDDEN = (
     ("export", ("training", ENTRY)),
     ("training", ("export", ENTRY)),
     ("analysis", ("data", "runs", "training", "evaluation", "export", ENTRY)),
+    # Inside the search.
+    ("nas.space", ("nas",)),
+    ("nas.rank_correlation", ("nas",)),
+    ("nas.full_training", ("nas",)),
+    ("nas.trial_store", ("nas.search_config", "nas.study", "nas.worker", "nas.executors")),
+    ("nas.worker", ("nas.executors", "nas.progress")),
 )
+# Subpackages whose modules' imports must form no circle (lazy imports included).
+ACYCLIC = (f"{PACKAGE}.nas",)
 ABSL_ENTRY_ONLY = ("absl.flags", "absl.app")
 
 
@@ -120,6 +134,55 @@ def violations(modules: dict[str, tuple[str, str, bool]]) -> list[str]:
     return sorted(set(out))
 
 
+def import_graph(modules: dict[str, tuple[str, str, bool]], within: str) -> dict[str, dict[str, int]]:
+    """Among the modules inside ``within``: module -> {module it imports: line of the first such import}.
+    An imported name (``from a.b import f``) counts as its module (``a.b``), the longest module name
+    the import lies within; a module importing itself (its own package's names) is left out."""
+    names = sorted((m for m in modules if _within(m, within)), key=len, reverse=True)
+    graph: dict[str, dict[str, int]] = {}
+    for module in sorted(names):
+        _, source, is_package = modules[module]
+        edges = graph.setdefault(module, {})
+        for target, line in imports_of(source, module, is_package):
+            imported = next((n for n in names if _within(target, n)), None)
+            if imported is not None and imported != module:
+                edges.setdefault(imported, line)
+    return graph
+
+
+def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+    """One circle of imports in ``graph`` (``import_graph``'s), as modules in order, the first repeated
+    at the end (``[a, b, a]``); None when there is none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        if module in path:
+            return path[path.index(module):] + [module]
+        if module in done:
+            return None
+        path.append(module)
+        for imported in sorted(graph.get(module, {})):
+            cycle = visit(imported)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module)
+        if cycle:
+            return cycle
+    return None
+
+
+def describe_cycle(cycle: list[str], graph: dict[str, dict[str, int]],
+                   modules: dict[str, tuple[str, str, bool]]) -> str:
+    """One line per import of the circle: ``path:line: a imports b``."""
+    return "\n".join(f"{modules[a][0]}:{graph[a][b]}: {a} imports {b}" for a, b in zip(cycle, cycle[1:]))
+
+
 def package_modules(root: pathlib.Path = ROOT) -> dict[str, tuple[str, str, bool]]:
     return {
         module_name(path, root): (str(path.relative_to(root)), path.read_text(encoding="utf-8"),
@@ -133,6 +196,15 @@ def test_the_package_imports_run_one_way():
     assert f"{PACKAGE}.core.model" in modules and f"{PACKAGE}.evaluation.eval_lib" in modules
     bad = violations(modules)
     assert not bad, "imports against the allowed directions:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("within", ACYCLIC)
+def test_no_import_circle_inside(within):
+    modules = package_modules()
+    graph = import_graph(modules, within)
+    assert f"{within}.study" in graph and f"{within}.trial_store" in graph[f"{within}.worker"]
+    cycle = find_cycle(graph)
+    assert cycle is None, f"a circle of imports inside {within}:\n" + describe_cycle(cycle, graph, modules)
 
 
 def test_entry_points_are_found_by_the_rule():
@@ -176,11 +248,71 @@ def test_lazy_and_relative_imports_are_seen():
         ("deeplab_dpc.core.layers", "import deeplab_dpc.cli\n", "core must not import <entry points>"),
         ("deeplab_dpc.training.train_lib", "from deeplab_dpc import cli\n", "training must not import <entry points>"),
         ("deeplab_dpc.runs", "from deeplab_dpc.export import export_lib\n", "runs must not import export"),
+        ("deeplab_dpc.nas.space", "def f():\n    from deeplab_dpc.nas import samplers\n", "nas.space must not import nas"),
+        ("deeplab_dpc.nas.trial_store", "from deeplab_dpc.nas.search_config import SearchConfig\n",
+         "nas.trial_store must not import nas.search_config"),
+        ("deeplab_dpc.nas.worker", "from deeplab_dpc.nas import progress\n", "nas.worker must not import nas.progress"),
     ],
 )
 def test_each_rule_fails_when_broken(module, source, expected):
     bad = violations({module: (module.replace(".", "/") + ".py", source, False)})
     assert any(expected in b for b in bad), bad
+
+
+def _graph(sources: dict[str, str], packages: frozenset[str] = frozenset()):
+    """(modules, their import graph inside ``deeplab_dpc.nas``) of made-up ``sources`` by module name."""
+    modules = {
+        name: (name.replace(".", "/") + ("/__init__.py" if name in packages else ".py"), src, name in packages)
+        for name, src in sources.items()
+    }
+    return modules, import_graph(modules, "deeplab_dpc.nas")
+
+
+def test_a_made_up_circle_is_found_and_printed():
+    # a -> b at the top, b -> c inside a function, c -> a by a relative import of a name.
+    modules, graph = _graph({
+        "deeplab_dpc.nas.a": "from deeplab_dpc.nas import b as b_lib\n",
+        "deeplab_dpc.nas.b": "import os\n\n\ndef f():\n    from deeplab_dpc.nas.c import g\n",
+        "deeplab_dpc.nas.c": "from .a import CONSTANT\nfrom deeplab_dpc.core import spec\n",
+        "deeplab_dpc.nas.d": "from deeplab_dpc.nas import a\n",  # leads into the circle, is not part of it
+    })
+    cycle = find_cycle(graph)
+    assert cycle == ["deeplab_dpc.nas.a", "deeplab_dpc.nas.b", "deeplab_dpc.nas.c", "deeplab_dpc.nas.a"]
+    assert describe_cycle(cycle, graph, modules).splitlines() == [
+        "deeplab_dpc/nas/a.py:1: deeplab_dpc.nas.a imports deeplab_dpc.nas.b",
+        "deeplab_dpc/nas/b.py:5: deeplab_dpc.nas.b imports deeplab_dpc.nas.c",
+        "deeplab_dpc/nas/c.py:1: deeplab_dpc.nas.c imports deeplab_dpc.nas.a",
+    ]
+
+
+def test_a_circle_of_two_and_one_through_the_package_are_found():
+    _, graph = _graph({
+        "deeplab_dpc.nas.features": "def f():\n    import deeplab_dpc.nas.proxy\n",
+        "deeplab_dpc.nas.proxy": "from deeplab_dpc.nas.features import FeatureCache\n",
+    })
+    assert find_cycle(graph) == ["deeplab_dpc.nas.features", "deeplab_dpc.nas.proxy", "deeplab_dpc.nas.features"]
+    # The package's __init__ re-exports a name of a module that imports a name of the package back.
+    _, graph = _graph(
+        {
+            "deeplab_dpc.nas": "from deeplab_dpc.nas.study import load_study\n",
+            "deeplab_dpc.nas.study": "from deeplab_dpc.nas import space\nfrom deeplab_dpc.nas import VERSION\n",
+            "deeplab_dpc.nas.space": "",
+        },
+        packages=frozenset({"deeplab_dpc.nas"}),
+    )
+    assert find_cycle(graph) == ["deeplab_dpc.nas", "deeplab_dpc.nas.study", "deeplab_dpc.nas"]
+
+
+def test_imports_one_way_make_no_circle():
+    _, graph = _graph({
+        "deeplab_dpc.nas.space": "from deeplab_dpc.core.spec import CellSpec\n",
+        "deeplab_dpc.nas.trial_store": "from deeplab_dpc.nas import space as space_lib\n",
+        "deeplab_dpc.nas.worker": "from deeplab_dpc.nas import trial_store\n"
+        "def f():\n    from deeplab_dpc.nas.space import suggest_spec\n",
+        "deeplab_dpc.nas.executors": "from deeplab_dpc.nas.worker import run_worker\nimport deeplab_dpc.nas.space\n",
+    })
+    assert graph["deeplab_dpc.nas.worker"] == {"deeplab_dpc.nas.trial_store": 1, "deeplab_dpc.nas.space": 3}
+    assert find_cycle(graph) is None
 
 
 def test_allowed_imports_pass():
@@ -191,4 +323,6 @@ def test_allowed_imports_pass():
         deeplab_dpc__eval="from absl import app, flags\nfrom deeplab_dpc import cli\ndef define_flags(fv):\n    pass\n",
         deeplab_dpc__new_tool="from absl import app, flags\ndef define_flags(fv):\n    pass\n",
         deeplab_dpc__core__model="from deeplab_dpc.core import geometry\nfrom deeplab_dpc.fileio import write_json\n",
+        deeplab_dpc__nas__space="from deeplab_dpc.nas.space import distributions\nfrom deeplab_dpc.core.spec import CellSpec\n",
+        deeplab_dpc__nas__worker="from deeplab_dpc.nas import trial_store\nfrom deeplab_dpc.nas.study import load_study\n",
     )

@@ -27,8 +27,8 @@ and ``trials.csv``, one row per trial (``CSV_COLUMNS``). Figures use
 matplotlib's ``Figure`` directly (the Agg canvas, no pyplot state), written
 atomically.
 
-``spearman_rho`` (average ranks for ties) and ``pareto_front`` are plain
-functions of numbers.
+``pareto_front`` is a plain function of numbers (and so is ``spearman_rho``,
+from ``nas.rank_correlation``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,9 @@ from deeplab_dpc.core.spec import BACKBONE_INPUT, PYRAMID_POOLING, CellSpec, Sea
 from deeplab_dpc.fileio import atomic_path, write_bytes_atomically
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import space as space_lib
-from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas import zero_cost as zero_cost_lib
+from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 CSV_COLUMNS = (
     "number",
@@ -80,42 +82,6 @@ MIN_CELLS_FOR_ZERO_COST_RHO = 3
 # --------------------------------------------------------------------------- statistics
 
 
-def average_ranks(values: Sequence[float]) -> np.ndarray:
-    """1-based ranks, tied values sharing the mean of their ranks: [10, 20, 20, 30] -> [1, 2.5, 2.5, 4]."""
-    x = np.asarray(values, dtype=float)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x))
-    ordered = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and ordered[j + 1] == ordered[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation: Pearson's correlation of the average ranks of ``x`` and ``y``.
-
-    NaN when fewer than 2 pairs or when either side has all values equal (no ranking).
-    ValueError for sequences of different lengths or non-finite values.
-    """
-    if len(x) != len(y):
-        raise ValueError(f"spearman_rho needs pairs: {len(x)} x values, {len(y)} y values")
-    if not np.all(np.isfinite(np.asarray(x, float))) or not np.all(np.isfinite(np.asarray(y, float))):
-        raise ValueError("spearman_rho: values must be finite")
-    if len(x) < 2:
-        return float("nan")
-    rx, ry = average_ranks(x), average_ranks(y)
-    dx, dy = rx - rx.mean(), ry - ry.mean()
-    denominator = math.sqrt(float(np.sum(dx * dx)) * float(np.sum(dy * dy)))
-    if denominator == 0:
-        return float("nan")
-    return float(np.sum(dx * dy)) / denominator
-
-
 def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
     """Indices of the points no other point beats: none has a cost as low and a score as high, one of
     them strictly. Identical points are all on the front. Cheapest first."""
@@ -141,7 +107,7 @@ def pareto_front(costs: Sequence[float], scores: Sequence[float]) -> list[int]:
 
 
 def _owner_worker(trial: FrozenTrial) -> str:
-    owner = trial.system_attrs.get(study_lib.OWNER) or {}
+    owner = trial.system_attrs.get(trial_store.OWNER) or {}
     return str(owner.get("worker", "")) if isinstance(owner, dict) else ""
 
 
@@ -168,15 +134,17 @@ def trial_rows(
                 "hash": rerank_lib.trial_hash(trial, space),
                 "spec": _spec_text(trial, space),
                 # The proxy's mIoU: the trial's value unless it was weighed by cost or is stage 2's.
-                "proxy_miou": attrs.get("miou", study_lib.trial_score(trial)) if trial.state == TrialState.COMPLETE else None,
-                "full_miou": record.get(rerank_lib.FULL_MIOU, attrs.get(study_lib.FULL_MIOU)),
+                "proxy_miou": (
+                    attrs.get("miou", trial_store.trial_score(trial)) if trial.state == TrialState.COMPLETE else None
+                ),
+                "full_miou": record.get(rerank_lib.FULL_MIOU, attrs.get(trial_store.FULL_MIOU)),
                 "params": attrs.get("params"),
                 "madds": attrs.get("madds"),
                 "seconds": attrs.get("seconds"),
                 "worker": _owner_worker(trial),
-                "error": attrs.get(study_lib.ERROR) or record.get(rerank_lib.FULL_ERROR),
-                "duplicate_of": attrs.get(study_lib.DUPLICATE_OF),
-                "reference": attrs.get(study_lib.REFERENCE) or record.get("reference"),
+                "error": attrs.get(trial_store.ERROR) or record.get(rerank_lib.FULL_ERROR),
+                "duplicate_of": attrs.get(trial_store.DUPLICATE_OF),
+                "reference": attrs.get(trial_store.REFERENCE) or record.get("reference"),
             }
         )
     return rows
@@ -288,7 +256,7 @@ def zero_cost_pairs(trials: Sequence[FrozenTrial], ranking, name: str) -> tuple[
     """(zero-cost score ``name``, proxy mIoU) of the ranked cells (distinct trained cells) that recorded
     the score; a NaN or unreadable score is left out."""
     attrs = {t.number: t.user_attrs for t in trials}
-    key = study_lib.zero_cost_attr(name)
+    key = trial_store.zero_cost_attr(name)
     scores, proxy = [], []
     for c in ranking:
         try:
@@ -536,7 +504,7 @@ def analyze(config: AnalyzeConfig) -> dict:
     search_config = rerank_lib.load_search_config(config.search_dir)
     study = rerank_lib.open_study(search_config)
     space = search_config.space
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     full = rerank_lib.full_scores(study)
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
@@ -551,9 +519,9 @@ def analyze(config: AnalyzeConfig) -> dict:
     states: dict[str, int] = {}
     for trial in trials:
         states[trial.state.name] = states.get(trial.state.name, 0) + 1
-    states["duplicates"] = sum(study_lib.is_duplicate(t) for t in trials)
-    states["interrupted"] = sum(study_lib.is_interrupted(t) for t in trials)
-    states["prefiltered"] = sum(study_lib.is_prefiltered(t) for t in trials)
+    states["duplicates"] = sum(trial_store.is_duplicate(t) for t in trials)
+    states["interrupted"] = sum(trial_store.is_interrupted(t) for t in trials)
+    states["prefiltered"] = sum(trial_store.is_prefiltered(t) for t in trials)
     summary["states"] = states
     summary["trials"] = len(trials)
 
@@ -675,7 +643,7 @@ def analyze(config: AnalyzeConfig) -> dict:
         notes.append("pareto.png skipped: no completed cell records multiply-adds")
     # (f) proxy score against each zero-cost score recorded on trained cells.
     summary["zero_cost_rho"] = {}
-    for name in study_lib.zero_cost_lib.SCORES:
+    for name in zero_cost_lib.SCORES:
         scores, proxy = zero_cost_pairs(trials, ranking, name)
         if not scores:
             continue

@@ -6,7 +6,7 @@ then watches: it reports finished trials (``progress.SearchProgress``),
 interrupts the trials of a worker that died and starts another one, and
 returns when every worker has stopped.
 
-Every worker runs ``study.run_worker`` against the shared study storage, so
+Every worker runs ``worker.run_worker`` against the shared study storage, so
 the executors only start and watch processes:
 
 * ``local``: ``multiprocessing`` spawn processes, each with its output in
@@ -31,6 +31,9 @@ import time
 from typing import Any, TextIO
 
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import BEST_PROXY_CELL, SearchConfig, prepare_search_dir
+from deeplab_dpc.nas.worker import WorkerSetupError, run_worker
 
 SETUP_FAILED_EXIT = 3  # A local worker's exit code when its objective could not be built.
 _PR_SET_PDEATHSIG = 1
@@ -98,19 +101,19 @@ def _local_worker_main(config_dict: dict, worker: str, index: int, log_path: str
     _pin_gpu(index)
     # SIGTERM ends the worker like Ctrl-C: its running trial is marked interrupted and retried.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    config = study_lib.SearchConfig.from_dict(config_dict)
+    config = SearchConfig.from_dict(config_dict)
     print(f"worker {worker} (pid {os.getpid()}) on {socket.gethostname()}", flush=True)
     try:
-        report = study_lib.run_worker(config, worker, deadline=deadline)
-    except study_lib.WorkerSetupError as e:
+        report = run_worker(config, worker, deadline=deadline)
+    except WorkerSetupError as e:
         print(f"setup failed: {e}", flush=True)
         os._exit(SETUP_FAILED_EXIT)
     print(f"worker {worker} stopped: {report.stopped_because} ({report})", flush=True)
 
 
 def _ray_worker_main(config_dict: dict, worker: str, deadline) -> dict:
-    config = study_lib.SearchConfig.from_dict(config_dict)
-    report = study_lib.run_worker(config, worker, deadline=deadline)
+    config = SearchConfig.from_dict(config_dict)
+    report = run_worker(config, worker, deadline=deadline)
     return {"stopped_because": report.stopped_because, "trained": report.trained}
 
 
@@ -120,7 +123,7 @@ def _ray_worker_main(config_dict: dict, worker: str, deadline) -> dict:
 class LocalExecutor:
     """Workers as spawned processes on this machine."""
 
-    def __init__(self, config: study_lib.SearchConfig, driver_id: str, deadline: float | None):
+    def __init__(self, config: SearchConfig, driver_id: str, deadline: float | None):
         self.config = config
         self.driver_id = driver_id
         self.deadline = deadline
@@ -188,7 +191,7 @@ class LocalExecutor:
 class RayExecutor:
     """Workers as Ray tasks (one GPU each where the cluster has GPUs)."""
 
-    def __init__(self, config: study_lib.SearchConfig, driver_id: str, deadline: float | None):
+    def __init__(self, config: SearchConfig, driver_id: str, deadline: float | None):
         try:
             import ray  # noqa: PLC0415
         except ImportError as e:
@@ -231,7 +234,7 @@ class RayExecutor:
                 self._ray.get(ref)
                 ended.append((worker, "ok", ""))
             except self._ray.exceptions.RayTaskError as e:
-                if isinstance(e.cause, study_lib.WorkerSetupError) or "WorkerSetupError" in str(e):
+                if isinstance(e.cause, WorkerSetupError) or "WorkerSetupError" in str(e):
                     ended.append((worker, "setup", str(e.cause or e)))
                 else:
                     ended.append((worker, "died", str(e)[-2000:]))
@@ -270,20 +273,20 @@ def _tail(path: str, chars: int = 2000) -> str:
 # --------------------------------------------------------------------------- the driver
 
 
-def prepare(config: study_lib.SearchConfig):
+def prepare(config: SearchConfig):
     """Checks and writes the search config, creates the study, interrupts trials left running by a
     killed search (queueing their retries) and queues the reference cells. Returns the study and
     what was recovered."""
-    study_lib.prepare_search_dir(config)
-    with study_lib.FileLock(config.lock_path):  # two drivers starting at once create one study
+    prepare_search_dir(config)
+    with trial_store.FileLock(config.lock_path):  # two drivers starting at once create one study
         study = study_lib.load_study(config, create=True)
-        recovered = study_lib.recover_interrupted(study, config.space, config.grace_seconds)
-        enqueued = study_lib.enqueue_reference_cells(study) if config.enqueue_published else []
+        recovered = trial_store.recover_interrupted(study, config.space, config.grace_seconds)
+        enqueued = trial_store.enqueue_reference_cells(study) if config.enqueue_published else []
     return study, recovered, enqueued
 
 
 def run_search(
-    config: study_lib.SearchConfig,
+    config: SearchConfig,
     *,
     stream: TextIO | None = None,
     poll_seconds: float = 1.0,
@@ -299,7 +302,7 @@ def run_search(
     start = time.time()
     deadline = start + config.max_hours * 3600 if config.max_hours is not None else None
     study, recovered, enqueued = prepare(config)
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     report = progress_lib.SearchProgress(config, known=trials, stream=stream)
     report.message(
         f"search in {config.search_dir}: strategy {config.strategy}, {config.max_trials} trials"
@@ -332,8 +335,8 @@ def run_search(
                     raise SearchError(f"worker {worker} could not build its objective:\n{detail}")
                 if how == "died":
                     deaths += 1
-                    with study_lib.FileLock(config.lock_path):
-                        lost = study_lib.recover_interrupted(
+                    with trial_store.FileLock(config.lock_path):
+                        lost = trial_store.recover_interrupted(
                             study,
                             config.space,
                             config.grace_seconds,
@@ -355,20 +358,20 @@ def run_search(
                         raise SearchError(
                             f"{deaths} workers died ({crashes} holding no trial); the last:\n{detail}"
                         )
-            trials = study_lib.all_trials(study)
+            trials = trial_store.all_trials(study)
             if time.time() - last_recovery > config.grace_seconds / 2:
                 # Trials of workers elsewhere (another driver, a lost Ray node) that went silent.
-                with study_lib.FileLock(config.lock_path):
-                    for number, retry in study_lib.recover_interrupted(
+                with trial_store.FileLock(config.lock_path):
+                    for number, retry in trial_store.recover_interrupted(
                         study, config.space, config.grace_seconds
                     ):
                         report.message(f"trial {number} went silent; retried as trial {retry}")
                 last_recovery = time.time()
-                trials = study_lib.all_trials(study)
+                trials = trial_store.all_trials(study)
             # Replace workers that died while there is work left.
             if any(how == "died" for _, how, _ in ended):
-                work_left = study_lib.budget_used(trials) < config.max_trials or any(
-                    t.state.name == "WAITING" and t.user_attrs.get(study_lib.RETRY_OF) is not None
+                work_left = trial_store.budget_used(trials) < config.max_trials or any(
+                    t.state.name == "WAITING" and t.user_attrs.get(trial_store.RETRY_OF) is not None
                     for t in trials
                 )
                 if work_left and (deadline is None or time.time() < deadline):
@@ -380,25 +383,25 @@ def run_search(
             time.sleep(poll_seconds)
     finally:
         executor.stop()
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     report.update(trials, 0)
     report.close(trials)
     best = progress_lib.best_trials(trials, 1)
     summary = {
         "trials": len(trials),
-        "completed": sum(t.state.name == "COMPLETE" and not study_lib.is_duplicate(t) for t in trials),
-        "failed": sum(t.state.name == "FAIL" and study_lib.counts_toward_budget(t) for t in trials),
-        "duplicates": sum(study_lib.is_duplicate(t) for t in trials),
-        "prefiltered": sum(study_lib.is_prefiltered(t) for t in trials),
-        "interrupted": sum(study_lib.is_interrupted(t) for t in trials),
+        "completed": sum(t.state.name == "COMPLETE" and not trial_store.is_duplicate(t) for t in trials),
+        "failed": sum(t.state.name == "FAIL" and trial_store.counts_toward_budget(t) for t in trials),
+        "duplicates": sum(trial_store.is_duplicate(t) for t in trials),
+        "prefiltered": sum(trial_store.is_prefiltered(t) for t in trials),
+        "interrupted": sum(trial_store.is_interrupted(t) for t in trials),
         "best_trial": best[0].number if best else None,
-        "best_value": study_lib.trial_score(best[0]) if best else None,
-        "best_cell": os.path.join(config.search_dir, study_lib.BEST_PROXY_CELL) if best else None,
+        "best_value": trial_store.trial_score(best[0]) if best else None,
+        "best_cell": os.path.join(config.search_dir, BEST_PROXY_CELL) if best else None,
         "seconds": time.time() - start,
     }
     if best:
         report.message(
-            f"best proxy mIoU {study_lib.trial_score(best[0]):.4f} in trial {best[0].number}: {summary['best_cell']}"
+            f"best proxy mIoU {trial_store.trial_score(best[0]):.4f} in trial {best[0].number}: {summary['best_cell']}"
             f" (train it with --dense_prediction_cell_json={summary['best_cell']})"
         )
     return summary

@@ -18,7 +18,7 @@ resolution it computes its loss. With ``teacher_checkpoint_path`` a whole
 model's logits are cached too, for the proxy's distillation: at 4x the feature
 grid (the proxy's ``features4x`` loss grid, 92x120 for CamVid's 23x30
 features), taken from the model's image-size logits at the pixels the labels
-are sampled at there (``proxy.nearest_indices``), so each logit lines up with
+are sampled at there (``nearest_indices``), so each logit lines up with
 the label the loss pairs it with. The manifest's ``teacher`` records the
 teacher's checkpoint, model and grid. ``flip=True`` adds each image's left-right
 mirror as a second example (image and label mirrored after padding, as
@@ -364,6 +364,17 @@ def build_backbone_for_cache(config: CacheConfig) -> Backbone:
     )
 
 
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+    """Rows (or columns) of a grid of ``in_size`` nearest to ``out_size`` points spread corner to corner.
+
+    The points are where an align-corners resize to ``out_size`` samples, so
+    labels sampled here line up with logits resized as the model resizes them.
+    """
+    if out_size == 1:
+        return np.zeros(1, np.int64)
+    return np.floor(np.arange(out_size) * ((in_size - 1) / (out_size - 1)) + 0.5).astype(np.int64)
+
+
 def _teacher_logits(config: CacheConfig, images, feature_grid: tuple[int, int]):
     """(the teacher's logits of ``images`` at 4x ``feature_grid``, a symbolic tensor; its manifest entry).
 
@@ -372,7 +383,6 @@ def _teacher_logits(config: CacheConfig, images, feature_grid: tuple[int, int]):
     """
     import keras  # noqa: PLC0415
 
-    from deeplab_dpc.nas.proxy import nearest_indices  # noqa: PLC0415 (proxy imports this module)
     from deeplab_dpc.runs import load_model_for_inference, resolve_checkpoint  # noqa: PLC0415
 
     try:

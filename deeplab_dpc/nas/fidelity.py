@@ -41,9 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.core.spec import CellSpec, SpecError
 from deeplab_dpc.fileio import write_json
-from deeplab_dpc.nas.analysis import spearman_rho
+from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 RESULTS_FORMAT = 1
 GROUND_TRUTH_FORMAT = 1
@@ -275,7 +276,7 @@ def load_ground_truth(
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rho (``analysis.spearman_rho``: average ranks for ties; NaN without a ranking)."""
+    """Spearman's rho (``rank_correlation.spearman_rho``: average ranks for ties; NaN without a ranking)."""
     return spearman_rho(x, y)
 
 
@@ -551,8 +552,6 @@ def cell_scores(trials: Sequence[Mapping[str, Any]], cells: Sequence[Cell]) -> d
 
 
 def _trial_line(done: int, total: int, cell: Cell, seed: int, record: Mapping[str, Any], eta: float) -> str:
-    from deeplab_dpc.nas.progress import format_duration  # noqa: PLC0415
-
     if record["status"] == "ok":
         what = f"score {record['score']:.4f}"
     else:

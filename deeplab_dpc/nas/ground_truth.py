@@ -28,9 +28,11 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.fileio import write_json
-from deeplab_dpc.nas.analysis import spearman_rho
 from deeplab_dpc.nas.fidelity import Cell, FidelityError, GROUND_TRUTH_FORMAT
+from deeplab_dpc.nas.full_training import evaluate_run, release_memory
+from deeplab_dpc.nas.rank_correlation import spearman_rho
 
 if TYPE_CHECKING:
     from deeplab_dpc.training.config import TrainConfig
@@ -131,7 +133,7 @@ def run_ground_truth(
         runs_dir: where the run folders go.
         cells_file, command: written into the record (where the cells come from, how it was made).
         say: progress lines.
-        train_fn, evaluate_fn: ``train_lib.train`` and ``rerank.evaluate_run`` (tests pass fakes).
+        train_fn, evaluate_fn: ``train_lib.train`` and ``full_training.evaluate_run`` (tests pass fakes).
 
     Returns:
         The record as written.
@@ -139,10 +141,7 @@ def run_ground_truth(
     Raises:
         FidelityError: a name not in the set; ``ProtocolMismatch``: the record's protocol differs.
     """
-    from deeplab_dpc.nas.progress import format_duration  # noqa: PLC0415
-
     if train_fn is None or evaluate_fn is None:
-        from deeplab_dpc.nas.rerank import evaluate_run  # noqa: PLC0415
         from deeplab_dpc.training.train_lib import train  # noqa: PLC0415
 
         train_fn, evaluate_fn = train_fn or train, evaluate_fn or evaluate_run
@@ -167,7 +166,7 @@ def run_ground_truth(
             train_fn(config, verbose=2)
             result = evaluate_fn(config, config.eval_split or "val", config.eval_crop_size)
         finally:
-            _release_memory()
+            release_memory()
         run = {
             "cell": name,
             "graph_hash": cell.graph_hash if cell else None,
@@ -189,12 +188,6 @@ def run_ground_truth(
         say(f"[{i}/{len(todo)}] {name} seed {seed}: val mIoU {100 * run['miou']:.2f} in "
             f"{format_duration(run['seconds'])}")
     return read_record(output_json)
-
-
-def _release_memory() -> None:
-    from deeplab_dpc.nas.rerank import _release_memory as release  # noqa: PLC0415
-
-    release()
 
 
 # --------------------------------------------------------------------------- is the order the cells'?

@@ -14,7 +14,6 @@ plugin (no TensorFlow needed) and are written by ``deeplab_dpc.summaries``.
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import sys
@@ -24,10 +23,13 @@ from typing import Iterable, Sequence, TextIO
 from optuna.trial import FrozenTrial, TrialState
 
 from deeplab_dpc import summaries
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.core.spec import CellSpec, SearchSpace
 from deeplab_dpc.fileio import write_bytes_atomically
 from deeplab_dpc.nas import space as space_lib
-from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas import zero_cost as zero_cost_lib
+from deeplab_dpc.nas.search_config import BEST_PROXY_CELL, SearchConfig
 
 METRICS = (
     ("proxy/miou", "miou", "proxy mIoU"),
@@ -35,17 +37,6 @@ METRICS = (
     ("proxy/madds", "madds", "multiply-adds"),
     ("proxy/seconds", "seconds", "trial seconds"),
 )
-
-
-def format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, int(round(seconds)))
-    if seconds < 120:
-        return f"{seconds} s"
-    if seconds < 7200:
-        return f"{seconds // 60} min"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def format_madds(madds: float) -> str:
@@ -56,53 +47,53 @@ def format_madds(madds: float) -> str:
 def trial_line(trial: FrozenTrial) -> str:
     """One line for a finished trial: ``trial 12 done: proxy mIoU 0.412, 0.21 GMAdds, 31 s``."""
     attrs = trial.user_attrs
-    if study_lib.is_interrupted(trial):
-        return f"trial {trial.number} interrupted: {attrs.get(study_lib.ERROR, '')}"
+    if trial_store.is_interrupted(trial):
+        return f"trial {trial.number} interrupted: {attrs.get(trial_store.ERROR, '')}"
     if trial.state == TrialState.FAIL:
         prefix = f"trial {trial.number} failed"
-        return f"{prefix}: {attrs.get(study_lib.ERROR, 'unknown error')}".splitlines()[0][:300]
-    if study_lib.is_prefiltered(trial):
+        return f"{prefix}: {attrs.get(trial_store.ERROR, 'unknown error')}".splitlines()[0][:300]
+    if trial_store.is_prefiltered(trial):
         scores = [
-            f"{name} {float(attrs[study_lib.zero_cost_attr(name)]):.4g}"
-            for name in study_lib.zero_cost_lib.SCORES
-            if study_lib.zero_cost_attr(name) in attrs
+            f"{name} {float(attrs[trial_store.zero_cost_attr(name)]):.4g}"
+            for name in zero_cost_lib.SCORES
+            if trial_store.zero_cost_attr(name) in attrs
         ]
         score = f" ({', '.join(scores)})" if scores else " (not scored)"
         return (
-            f"trial {trial.number} pre-filtered{score}: trial {attrs.get(study_lib.PREFILTER_WINNER)} "
+            f"trial {trial.number} pre-filtered{score}: trial {attrs.get(trial_store.PREFILTER_WINNER)} "
             "chosen instead (not trained)"
         )
     if trial.state == TrialState.PRUNED:
-        step = attrs.get(study_lib.PRUNED_AT_STEP)
-        value = study_lib.trial_score(trial)
+        step = attrs.get(trial_store.PRUNED_AT_STEP)
+        value = trial_store.trial_score(trial)
         score = "" if value is None else f": proxy mIoU {value:.3f} then"
         copy = ""
-        if study_lib.is_duplicate(trial):
-            copy = f" (duplicate of trial {attrs[study_lib.DUPLICATE_OF]}, not retrained)"
+        if trial_store.is_duplicate(trial):
+            copy = f" (duplicate of trial {attrs[trial_store.DUPLICATE_OF]}, not retrained)"
         return f"trial {trial.number} pruned at step {step}{score}{copy}"
     if attrs.get("score") is not None and attrs.get("miou") is not None:  # a cost-aware search
         parts = [f"score {trial.value:.3f} (proxy mIoU {float(attrs['miou']):.3f})"]
     else:
-        parts = [f"proxy mIoU {study_lib.trial_score(trial):.3f}"]
-    if attrs.get(study_lib.STAGE) == 2:  # two-stage evaluation: the value is the end-to-end score
-        parts = [f"stage 2 mIoU {float(attrs[study_lib.FULL_MIOU]):.3f}", f"proxy mIoU {float(attrs['miou']):.3f}"]
-    elif attrs.get(study_lib.STAGE) == 1:
+        parts = [f"proxy mIoU {trial_store.trial_score(trial):.3f}"]
+    if attrs.get(trial_store.STAGE) == 2:  # two-stage evaluation: the value is the end-to-end score
+        parts = [f"stage 2 mIoU {float(attrs[trial_store.FULL_MIOU]):.3f}", f"proxy mIoU {float(attrs['miou']):.3f}"]
+    elif attrs.get(trial_store.STAGE) == 1:
         parts[0] += " (stopped after stage 1)"
     if attrs.get("madds") is not None:
         parts.append(format_madds(float(attrs["madds"])))
-    if study_lib.is_duplicate(trial):
+    if trial_store.is_duplicate(trial):
         return (
-            f"trial {trial.number} duplicate of trial {attrs[study_lib.DUPLICATE_OF]}: "
+            f"trial {trial.number} duplicate of trial {attrs[trial_store.DUPLICATE_OF]}: "
             + ", ".join(parts)
             + " (not retrained)"
         )
     if attrs.get("seconds") is not None:
         parts.append(format_duration(float(attrs["seconds"])))
     how = ""
-    if attrs.get(study_lib.REFERENCE):
-        how = f" [{attrs[study_lib.REFERENCE]}]"
-    elif attrs.get(study_lib.RETRY_OF) is not None:
-        how = f" [retry of trial {attrs[study_lib.RETRY_OF]}]"
+    if attrs.get(trial_store.REFERENCE):
+        how = f" [{attrs[trial_store.REFERENCE]}]"
+    elif attrs.get(trial_store.RETRY_OF) is not None:
+        how = f" [retry of trial {attrs[trial_store.RETRY_OF]}]"
     return f"trial {trial.number} done: " + ", ".join(parts) + how
 
 
@@ -189,7 +180,7 @@ def write_hparams_trial(logdir: str, trial: FrozenTrial) -> bool:
             for tag, key, _ in METRICS
             if trial.user_attrs.get(key) is not None
         }
-        scalars["proxy/miou"] = float(study_lib.trial_score(trial))
+        scalars["proxy/miou"] = float(trial_store.trial_score(trial))
         summaries.write_scalars(tmp, 0, scalars)
     summaries.write_values(
         tmp,
@@ -223,7 +214,7 @@ class SearchProgress:
     """
 
     def __init__(
-        self, config: study_lib.SearchConfig, known: Iterable[FrozenTrial] = (), stream: TextIO | None = None
+        self, config: SearchConfig, known: Iterable[FrozenTrial] = (), stream: TextIO | None = None
     ):
         self.config = config
         self.stream = stream or sys.stderr
@@ -255,44 +246,44 @@ class SearchProgress:
                 continue
             if trial.number not in self._logged:
                 if not (
-                    study_lib.is_duplicate(trial)
-                    or study_lib.is_interrupted(trial)
-                    or study_lib.is_prefiltered(trial)
+                    trial_store.is_duplicate(trial)
+                    or trial_store.is_interrupted(trial)
+                    or trial_store.is_prefiltered(trial)
                 ):
                     write_hparams_trial(self.config.tensorboard_dir, trial)  # once, also across restarts
                 self._logged.add(trial.number)
             if trial.number in self.reported:
                 continue
             self.reported.add(trial.number)
-            if study_lib.counts_toward_budget(trial):
+            if trial_store.counts_toward_budget(trial):
                 self.finished_this_run += 1
             self._print(trial_line(trial))
         self._update_best(trials)
         self._live_line(trials, workers)
 
     def _update_best(self, trials: Sequence[FrozenTrial]) -> None:
-        done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
+        done = [t for t in trials if t.state == TrialState.COMPLETE and not trial_store.is_duplicate(t)]
         if not done:
             return
-        best = max(done, key=lambda t: (study_lib.trial_score(t), -t.number))
+        best = max(done, key=lambda t: (trial_store.trial_score(t), -t.number))
         if self.best is None or best.number != self.best.number:
             self.best = best
             spec = space_lib.params_to_spec(best.params, self.config.space)
-            spec.save(os.path.join(self.config.search_dir, study_lib.BEST_PROXY_CELL))
+            spec.save(os.path.join(self.config.search_dir, BEST_PROXY_CELL))
 
     def status(self, trials: Sequence[FrozenTrial], workers: int | None = None) -> str:
-        done = sum(t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t) for t in trials)
-        failed = sum(t.state == TrialState.FAIL and study_lib.counts_toward_budget(t) for t in trials)
+        done = sum(t.state == TrialState.COMPLETE and not trial_store.is_duplicate(t) for t in trials)
+        failed = sum(t.state == TrialState.FAIL and trial_store.counts_toward_budget(t) for t in trials)
         pruned = sum(
-            t.state == TrialState.PRUNED and not study_lib.is_duplicate(t) and not study_lib.is_prefiltered(t)
+            t.state == TrialState.PRUNED and not trial_store.is_duplicate(t) and not trial_store.is_prefiltered(t)
             for t in trials
         )
-        prefiltered = sum(study_lib.is_prefiltered(t) for t in trials)
+        prefiltered = sum(trial_store.is_prefiltered(t) for t in trials)
         running = sum(  # a group of proposals being pre-filtered is one trial
-            t.state == TrialState.RUNNING and study_lib.prefilter_pending(t) in (None, t.number) for t in trials
+            t.state == TrialState.RUNNING and trial_store.prefilter_pending(t) in (None, t.number) for t in trials
         )
-        duplicates = sum(study_lib.is_duplicate(t) and t.state.is_finished() for t in trials)
-        remaining = max(0, self.config.max_trials - study_lib.budget_used(trials)) + running
+        duplicates = sum(trial_store.is_duplicate(t) and t.state.is_finished() for t in trials)
+        remaining = max(0, self.config.max_trials - trial_store.budget_used(trials)) + running
         elapsed = time.time() - self.start
         parallel = max(1, workers or self.config.num_workers)
         if self.finished_this_run:
@@ -302,7 +293,7 @@ class SearchProgress:
             eta_text = format_duration(eta)
         else:
             eta_text = "?"
-        best = f"best {study_lib.trial_score(self.best):.3f} (trial {self.best.number})" if self.best else "best -"
+        best = f"best {trial_store.trial_score(self.best):.3f} (trial {self.best.number})" if self.best else "best -"
         return (
             f"[{done + pruned + failed}/{self.config.max_trials} trials: {done} done, "
             + (f"{pruned} pruned, " if self.config.pruner != "none" else "")
@@ -334,8 +325,8 @@ class SearchProgress:
 
 def best_trials(trials: Sequence[FrozenTrial], k: int) -> list[FrozenTrial]:
     """The ``k`` best completed trials (duplicates left out), best first."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and not study_lib.is_duplicate(t)]
-    return sorted(done, key=lambda t: (-study_lib.trial_score(t), t.number))[:k]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and not trial_store.is_duplicate(t)]
+    return sorted(done, key=lambda t: (-trial_store.trial_score(t), t.number))[:k]
 
 
 def spec_of(trial: FrozenTrial, space: SearchSpace) -> CellSpec:

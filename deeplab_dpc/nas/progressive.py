@@ -35,6 +35,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from deeplab_dpc.nas.full_training import evaluate_run, release_memory
+
 STAGE2_FOLDER = "stage2"
 AVERAGES = ("mean", "median")
 DEFAULT_STAGE2 = "deeplab_dpc.nas.progressive:end_to_end"
@@ -167,7 +169,6 @@ def end_to_end(spec, config: Stage2Config, run_directory: str) -> dict[str, Any]
     ``seconds``, ``step``, ``run_dir``."""
     import time  # noqa: PLC0415
 
-    from deeplab_dpc.nas import rerank as rerank_lib  # noqa: PLC0415
     from deeplab_dpc.training import train_lib  # noqa: PLC0415
     from deeplab_dpc.training.config import TrainConfig  # noqa: PLC0415
 
@@ -176,8 +177,8 @@ def end_to_end(spec, config: Stage2Config, run_directory: str) -> dict[str, Any]
     model = dataclasses.replace(template.model, context="dpc", dense_prediction_cell=spec)
     train_config = dataclasses.replace(template, model=model, train_logdir=run_directory)
     summary = train_lib.train(train_config, verbose=0)
-    results = rerank_lib.evaluate_run(train_config, config.eval_split, config.eval_crop_size)
-    rerank_lib._release_memory()  # the next trial builds its own graphs
+    results = evaluate_run(train_config, config.eval_split, config.eval_crop_size)
+    release_memory()  # the next trial builds its own graphs
     return {
         "miou": float(results["miou"]),
         "seconds": time.perf_counter() - start,

@@ -63,7 +63,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from deeplab_dpc.nas.features import CacheError, FeatureCache
+from deeplab_dpc.nas.features import CacheError, FeatureCache, nearest_indices
 
 RESOLUTIONS = ("features4x", "label")
 DISTILLATION_LOSSES = ("kl", "mse")
@@ -309,17 +309,6 @@ class ProxyData:
         arrays = (self.train_features, self.train_labels, self.eval_features, self.eval_labels)
         teacher = self.train_teacher_logits.nbytes if self.train_teacher_logits is not None else 0
         return sum(a.nbytes for a in arrays) + teacher
-
-
-def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Rows (or columns) of a grid of ``in_size`` nearest to ``out_size`` points spread corner to corner.
-
-    The points are where an align-corners resize to ``out_size`` samples, so
-    labels sampled here line up with logits resized as the model resizes them.
-    """
-    if out_size == 1:
-        return np.zeros(1, np.int64)
-    return np.floor(np.arange(out_size) * ((in_size - 1) / (out_size - 1)) + 0.5).astype(np.int64)
 
 
 def label_grid(resolution: str, feature_shape, label_shape) -> tuple[int, int]:

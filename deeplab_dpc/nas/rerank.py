@@ -49,11 +49,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from deeplab_dpc import console
+from deeplab_dpc.console import format_duration
 from deeplab_dpc.core.spec import CellSpec, SearchSpace, SpecError
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import space as space_lib
-from deeplab_dpc.nas.progress import format_duration
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.full_training import evaluate_run, release_memory
+from deeplab_dpc.nas.rank_correlation import spearman_rho
+from deeplab_dpc.nas.search_config import CONFIG_FILE, SearchConfig, relocate
 
 if TYPE_CHECKING:  # Keras loads with the training config; selecting and reading records needs neither.
     from deeplab_dpc.training.config import TrainConfig
@@ -80,22 +84,22 @@ class SettingsMismatch(ValueError):
 # --------------------------------------------------------------------------- the search, its study
 
 
-def load_search_config(search_dir: str) -> study_lib.SearchConfig:
+def load_search_config(search_dir: str) -> SearchConfig:
     """The ``SearchConfig`` a search wrote into ``search_dir``; ValueError naming ``search_dir`` if none."""
-    path = os.path.join(search_dir, study_lib.CONFIG_FILE)
+    path = os.path.join(search_dir, CONFIG_FILE)
     if not os.path.isfile(path):
         raise ValueError(
-            f"search_dir={search_dir} has no {study_lib.CONFIG_FILE}: not the folder of a deeplab_dpc.search"
+            f"search_dir={search_dir} has no {CONFIG_FILE}: not the folder of a deeplab_dpc.search"
         )
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        return study_lib.SearchConfig.from_dict(study_lib.relocate(data, search_dir))
+        return SearchConfig.from_dict(relocate(data, search_dir))
     except (OSError, ValueError, TypeError) as e:
         raise ValueError(f"search_dir={search_dir}: cannot read {path}: {e}") from None
 
 
-def open_study(search_config: study_lib.SearchConfig) -> optuna.Study:
+def open_study(search_config: SearchConfig) -> optuna.Study:
     """The search's study, for reading and recording (no strategy is built: nothing is sampled)."""
     try:
         return study_lib.load_study(search_config, sampler=optuna.samplers.RandomSampler())
@@ -108,14 +112,14 @@ def open_study(search_config: study_lib.SearchConfig) -> optuna.Study:
 
 def trial_spec(trial: FrozenTrial, space: SearchSpace) -> CellSpec:
     """The cell of a trial: its ``spec`` user attribute, else its parameters."""
-    text = trial.user_attrs.get(study_lib.SPEC)
+    text = trial.user_attrs.get(trial_store.SPEC)
     if text:
         return CellSpec.from_json(text)
     return space_lib.params_to_spec(trial.params, space)
 
 
 def trial_hash(trial: FrozenTrial, space: SearchSpace) -> str | None:
-    graph_hash = trial.user_attrs.get(study_lib.GRAPH_HASH)
+    graph_hash = trial.user_attrs.get(trial_store.GRAPH_HASH)
     if graph_hash:
         return graph_hash
     try:
@@ -183,13 +187,13 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
     """
 
     def proxy_score(t: FrozenTrial) -> float:
-        return float(t.user_attrs.get(study_lib.STAGE1_SCORE, study_lib.trial_score(t)))
+        return float(t.user_attrs.get(trial_store.STAGE1_SCORE, trial_store.trial_score(t)))
 
     done = [
         t
         for t in trials
         if t.state == TrialState.COMPLETE
-        and not study_lib.is_duplicate(t)
+        and not trial_store.is_duplicate(t)
         and t.values
         and math.isfinite(proxy_score(t))
     ]
@@ -201,11 +205,11 @@ def proxy_ranking(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[Can
             spec = trial_spec(trial, space)
         except (SpecError, ValueError):
             continue  # Not a cell of this space (a corrupt record): nothing to train.
-        graph_hash = trial.user_attrs.get(study_lib.GRAPH_HASH) or spec.canonical_hash()
+        graph_hash = trial.user_attrs.get(trial_store.GRAPH_HASH) or spec.canonical_hash()
         if graph_hash in seen:
             continue
         seen.add(graph_hash)
-        miou = float(trial.user_attrs.get("miou", study_lib.trial_score(trial)))
+        miou = float(trial.user_attrs.get("miou", trial_store.trial_score(trial)))
         out.append(Candidate(trial.number, graph_hash, spec, miou, len(out) + 1))
     return out
 
@@ -260,7 +264,7 @@ def select_candidates(
 
 
 def initial_checkpoint_from_cache(
-    search_config: study_lib.SearchConfig, model=None
+    search_config: SearchConfig, model=None
 ) -> tuple[str | None, str]:
     """The checkpoint the search's cached features came from, as a ``tf_initial_checkpoint``.
 
@@ -438,53 +442,12 @@ def _evaluate_cell(config: RerankConfig, train_config: "TrainConfig") -> dict:
     )
 
 
-def evaluate_run(
-    train_config: "TrainConfig",
-    eval_split: str,
-    eval_crop_size,
-    eval_scales=(1.0,),
-    add_flipped_images: bool = False,
-    eval_batch_size: int = 1,
-) -> dict:
-    """The newest checkpoint in ``train_config.train_logdir``, evaluated as ``deeplab_dpc.eval`` does
-    (results also in ``<run>/eval``); its results dict. Also two-stage evaluation's stage 2."""
-    from deeplab_dpc.evaluation import eval_lib  # noqa: PLC0415
-    from deeplab_dpc.runs import latest_checkpoint  # noqa: PLC0415
-
-    run_dir = train_config.train_logdir
-    checkpoint = latest_checkpoint(run_dir)
-    if checkpoint is None:
-        raise RuntimeError(f"{run_dir} holds no checkpoint after training")
-    eval_config = eval_lib.EvalConfig(
-        checkpoint_dir=run_dir,
-        eval_logdir=os.path.join(run_dir, "eval"),
-        data=train_config.data,
-        eval_split=eval_split,
-        eval_crop_size=tuple(eval_crop_size),
-        eval_scales=tuple(eval_scales),
-        add_flipped_images=add_flipped_images,
-        eval_batch_size=eval_batch_size,
-    )
-    write_json(os.path.join(eval_config.eval_logdir, "eval_config.json"), eval_lib.config_dict(eval_config))
-    return eval_lib.evaluate_checkpoint(eval_config, checkpoint)
-
-
 def _is_divergence(error: BaseException) -> bool:
     try:
         from deeplab_dpc.training.train_lib import TrainingDiverged  # noqa: PLC0415
     except ImportError:  # pragma: no cover
         return False
     return isinstance(error, TrainingDiverged)
-
-
-def _release_memory() -> None:
-    """Drops the finished run's model and graphs before the next one is built."""
-    try:
-        import keras  # noqa: PLC0415
-
-        keras.backend.clear_session()
-    except Exception:  # noqa: BLE001  (memory hygiene only)
-        pass
 
 
 # --------------------------------------------------------------------------- console
@@ -552,7 +515,7 @@ def run_rerank(config: RerankConfig, stream: TextIO | None = None, verbose: int 
 
     search_config = load_search_config(config.search_dir)
     study = open_study(search_config)
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     candidates, notes = select_candidates(
         trials, search_config.space, config.top_k, config.include_reference, config.spread_k
     )
@@ -620,7 +583,7 @@ def run_rerank(config: RerankConfig, stream: TextIO | None = None, verbose: int 
                 }
             )
         finally:
-            _release_memory()
+            release_memory()
         record_full_score(study, candidate.number, record)
         records[candidate.number] = record
         trained_seconds.append(time.time() - began)
@@ -640,8 +603,6 @@ def _result_text(record: Mapping[str, Any]) -> str:
 
 
 def _finish(config, study, search_config, candidates, results, trained, say) -> dict:
-    from deeplab_dpc.nas.analysis import spearman_rho  # noqa: PLC0415 (analysis imports this module)
-
     records = full_scores(study)
     numbers = {c.number for c in candidates}
     best = best_record(records, numbers)

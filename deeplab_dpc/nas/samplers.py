@@ -62,6 +62,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from deeplab_dpc.core.spec import CellSpec, SearchSpace
 from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas.trial_store import is_prefiltered
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,16 +98,6 @@ class StrategyOptions:
                 f"sample_size must be at most population_size ({self.population_size}), "
                 f"got {self.sample_size}"
             )
-
-
-# A proposal the zero-cost pre-filter set aside (``nas.study``): PRUNED, user attr PRUNED_BY = PREFILTER.
-PRUNED_BY = "pruned_by"
-PREFILTER = "prefilter"
-
-
-def is_prefiltered(trial: FrozenTrial) -> bool:
-    """A proposal the zero-cost pre-filter set aside: never trained, no result of any strategy."""
-    return trial.state == TrialState.PRUNED and trial.user_attrs.get(PRUNED_BY) == PREFILTER
 
 
 def without_prefiltered(study: Study) -> Study:

@@ -35,10 +35,11 @@ from optuna.trial import TrialState
 
 from deeplab_dpc.fileio import write_json
 from deeplab_dpc.nas import rerank as rerank_lib
-from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import BEST_PROXY_CELL, CONFIG_FILE, SearchConfig, resolve_storage
 
 # Files and folders of a search folder that a continued search reads; the rest stays behind.
-COPIED_PATHS = ("controller", study_lib.BEST_PROXY_CELL)
+COPIED_PATHS = ("controller", BEST_PROXY_CELL)
 
 
 def is_rerank_attr(key: str) -> bool:
@@ -74,10 +75,10 @@ def copy_search(search_dir: str, output_dir: str, *, keep_full_scores: bool = Fa
     return summary
 
 
-def _copy_into(source: study_lib.SearchConfig, staging: str, final_dir: str, keep_full_scores: bool) -> dict:
+def _copy_into(source: SearchConfig, staging: str, final_dir: str, keep_full_scores: bool) -> dict:
     config = dataclasses.replace(source, search_dir=final_dir, storage=None)
     source_study = rerank_lib.open_study(source)
-    storage = study_lib.open_storage(study_lib.resolve_storage(None, staging))
+    storage = trial_store.open_storage(resolve_storage(None, staging))
     try:
         target = optuna.create_study(
             storage=storage, study_name=source.study_name, directions=source_study.directions
@@ -94,7 +95,7 @@ def _copy_into(source: study_lib.SearchConfig, staging: str, final_dir: str, kee
             storage.set_study_user_attr(study_id, key, value)
         states: dict[str, int] = {}
         interrupted = []
-        for trial in study_lib.all_trials(source_study):
+        for trial in trial_store.all_trials(source_study):
             if trial.state == TrialState.RUNNING:
                 trial = _as_interrupted(trial)
                 interrupted.append(trial.number)
@@ -106,7 +107,7 @@ def _copy_into(source: study_lib.SearchConfig, staging: str, final_dir: str, kee
             states[trial.state.name] = states.get(trial.state.name, 0) + 1
     finally:
         storage.engine.dispose()  # Closes SQLite before the folder is renamed.
-    write_json(os.path.join(staging, study_lib.CONFIG_FILE), config.to_dict())
+    write_json(os.path.join(staging, CONFIG_FILE), config.to_dict())
     for name in COPIED_PATHS:
         path = os.path.join(source.search_dir, name)
         if os.path.isdir(path):
@@ -128,6 +129,6 @@ def _as_interrupted(trial):
     trial.state = TrialState.FAIL
     trial.values = None
     trial.datetime_complete = datetime.datetime.now()
-    trial.set_user_attr(study_lib.INTERRUPTED, reason)
-    trial.set_user_attr(study_lib.ERROR, f"interrupted ({reason}); not retried in the copy")
+    trial.set_user_attr(trial_store.INTERRUPTED, reason)
+    trial.set_user_attr(trial_store.ERROR, f"interrupted ({reason}); not retried in the copy")
     return trial

@@ -1,4 +1,4 @@
-"""The analysis: Spearman's rho on known rankings, the Pareto front, trials.csv, the figures."""
+"""The analysis: the Pareto front, trials.csv, the figures."""
 
 import csv
 import os
@@ -13,43 +13,11 @@ from deeplab_dpc.core.spec import CellSpec
 from deeplab_dpc.nas import analysis
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
+from deeplab_dpc.nas.worker import run_worker
 from tests.nas.test_rerank import A, B, C, D, E, add, make_search, standard_study
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-# --------------------------------------------------------------------------- Spearman's rho
-
-
-def test_average_ranks_share_tied_places():
-    assert analysis.average_ranks([10, 20, 20, 30]).tolist() == [1.0, 2.5, 2.5, 4.0]
-    assert analysis.average_ranks([3, 1, 3, 3]).tolist() == [3.0, 1.0, 3.0, 3.0]
-    assert analysis.average_ranks([0.5, 0.2, 0.9]).tolist() == [2.0, 1.0, 3.0]
-
-
-def test_spearman_on_known_rankings():
-    assert analysis.spearman_rho([1, 2, 3, 4, 5], [2, 4, 6, 8, 100]) == pytest.approx(1.0)
-    assert analysis.spearman_rho([1, 2, 3, 4, 5], [0.9, 0.7, 0.5, 0.3, 0.1]) == pytest.approx(-1.0)
-    # No ties: 1 - 6 * sum(d^2) / (n (n^2 - 1)) = 1 - 6 * 4 / 120.
-    assert analysis.spearman_rho([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(0.8)
-    # Ties, by hand: ranks x [1, 2.5, 2.5, 4], y [1, 3, 2, 4]; centred products sum to 4.5, squares
-    # to 4.5 and 5: rho = 4.5 / sqrt(4.5 * 5) = sqrt(0.9).
-    assert analysis.spearman_rho([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(np.sqrt(0.9), abs=1e-12)
-    assert np.isnan(analysis.spearman_rho([1, 1, 1], [1, 2, 3]))  # no ranking on one side
-    assert np.isnan(analysis.spearman_rho([1], [2]))
-    with pytest.raises(ValueError, match="needs pairs: 2 x values, 3 y values"):
-        analysis.spearman_rho([1, 2], [1, 2, 3])
-    with pytest.raises(ValueError, match="finite"):
-        analysis.spearman_rho([1, float("nan")], [1, 2])
-
-
-def test_spearman_equals_scipy_with_ties():
-    stats = pytest.importorskip("scipy.stats")
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        x = rng.integers(0, 6, 30).astype(float)
-        y = x + rng.integers(-3, 4, 30)
-        assert analysis.spearman_rho(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-12)
-
 
 # --------------------------------------------------------------------------- Pareto front
 
@@ -107,12 +75,12 @@ def test_trials_csv_has_a_row_per_trial_with_its_numbers(tmp_path):
 
 
 def test_trials_csv_of_a_search_run_by_a_worker(tmp_path):
-    config = study_lib.SearchConfig(
+    config = SearchConfig(
         search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:flaky", max_trials=15, num_branches=2
     )
-    study_lib.prepare_search_dir(config)
+    prepare_search_dir(config)
     study = study_lib.load_study(config, create=True)
-    study_lib.run_worker(config, "worker-7")
+    run_worker(config, "worker-7")
     trials = sorted(study.get_trials(), key=lambda t: t.number)
     analysis.analyze(analysis.AnalyzeConfig(config.search_dir, str(tmp_path / "out")))
     _, rows = read_csv(tmp_path / "out" / "trials.csv")

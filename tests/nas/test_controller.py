@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 from deeplab_dpc.core.spec import SearchSpace
 from deeplab_dpc.nas import study as study_lib
 from deeplab_dpc.nas.controller import Controller, ControllerConfig, controller_path
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
+from deeplab_dpc.nas.worker import run_worker
 from tests.nas.test_study import make_config, start
 
 SPACE = SearchSpace(num_branches=3)
@@ -64,7 +66,7 @@ def test_config_errors_name_the_flag():
     with pytest.raises(ValueError, match="rl_clip=1.5"):
         ControllerConfig(clip=1.5)
     with pytest.raises(ValueError, match="rl_batch_size=0"):
-        study_lib.SearchConfig(search_dir="/tmp/x", strategy="rl", rl_batch_size=0)
+        SearchConfig(search_dir="/tmp/x", strategy="rl", rl_batch_size=0)
 
 
 def test_the_rl_strategy_learns_from_completed_proposals_only_and_resumes_exactly(tmp_path):
@@ -83,7 +85,7 @@ def test_the_rl_strategy_learns_from_completed_proposals_only_and_resumes_exactl
 
     whole = config("whole", 9)
     study = start(whole)
-    study_lib.run_worker(whole, "w")
+    run_worker(whole, "w")
     trials = study.get_trials()
     assert len(trials) == 9 and all(t.user_attrs.get("proposal") == "rl" for t in trials)
     learnable = [t.number for t in trials if t.state == TrialState.COMPLETE]
@@ -96,10 +98,10 @@ def test_the_rl_strategy_learns_from_completed_proposals_only_and_resumes_exactl
     # restarted process has) proposes exactly the same cells.
     cut = config("cut", 4)
     start(cut)
-    study_lib.run_worker(cut, "w1")
+    run_worker(cut, "w1")
     resumed = config("cut", 9)
-    study_lib.prepare_search_dir(resumed)
-    study_lib.run_worker(resumed, "w2")
+    prepare_search_dir(resumed)
+    run_worker(resumed, "w2")
     again = study_lib.load_study(resumed).get_trials()
     assert [t.params for t in again] == [t.params for t in trials]
     assert [t.user_attrs["rl_logp"] for t in again] == pytest.approx(

@@ -3,8 +3,10 @@
 import pytest
 from optuna.trial import TrialState
 
-from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas.cost import cost_aware_score, score_of
+from deeplab_dpc.nas.search_config import SearchConfig
+from deeplab_dpc.nas.worker import run_worker
 from tests.nas import fakes
 from tests.nas.test_study import make_config, start
 
@@ -36,9 +38,9 @@ def test_errors_name_what_is_wrong():
         score_of({"miou": 0.5}, "latency", G, -0.07, -0.07)
     assert score_of({"miou": 0.5, "madds": 3 * G}, None, None, -0.07, -0.07) == 0.5
     with pytest.raises(ValueError, match="cost_target=None must be positive"):
-        study_lib.SearchConfig(search_dir="/tmp/x", cost_metric="madds")
+        SearchConfig(search_dir="/tmp/x", cost_metric="madds")
     with pytest.raises(ValueError, match="cost_metric='flops' unknown"):
-        study_lib.SearchConfig(search_dir="/tmp/x", cost_metric="flops", cost_target=1.0)
+        SearchConfig(search_dir="/tmp/x", cost_metric="flops", cost_target=1.0)
 
 
 def test_a_cost_aware_search_reports_the_weighed_score_and_keeps_the_miou(tmp_path):
@@ -46,11 +48,11 @@ def test_a_cost_aware_search_reports_the_weighed_score_and_keeps_the_miou(tmp_pa
         tmp_path, max_trials=4, cost_metric="madds", cost_target=1e8, cost_alpha=0.0, cost_beta=-1.0
     )
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert len(done) == 4
     for t in done:  # the fake costs 2.5e8 multiply-adds: 2.5x the target, hard penalty
-        miou = fakes.score(study_lib.space_lib.params_to_spec(t.params, config.space))
+        miou = fakes.score(space_lib.params_to_spec(t.params, config.space))
         assert t.user_attrs["miou"] == pytest.approx(miou)
         assert t.value == pytest.approx(miou / 2.5) and t.user_attrs["score"] == t.value
 
@@ -60,7 +62,7 @@ def test_the_trial_line_shows_the_score_and_the_miou(tmp_path):
 
     config = make_config(tmp_path, max_trials=1, cost_metric="madds", cost_target=1e8)
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     [trial] = study.get_trials()
     assert trial_line(trial).startswith(
         f"trial 0 done: score {trial.value:.3f} (proxy mIoU {trial.user_attrs['miou']:.3f}), 0.25 GMAdds"

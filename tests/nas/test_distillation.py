@@ -8,15 +8,14 @@ import pytest
 from absl import app, flags
 
 from deeplab_dpc import proxy_train, search
-from deeplab_dpc.nas import study as study_lib
-from deeplab_dpc.nas.features import CacheError, write_arrays
+from deeplab_dpc.nas.features import CacheError, nearest_indices, write_arrays
 from deeplab_dpc.nas.proxy import (
     ProxyConfig,
     interpolation_matrix,
     load_proxy_data,
-    nearest_indices,
     run_proxy,
 )
+from deeplab_dpc.nas.search_config import CONFIG_FILE, ConfigMismatch, SearchConfig, prepare_search_dir
 from tests.nas.test_proxy import CELL, CROP, _task
 
 NUM_CLASSES = 3
@@ -224,15 +223,15 @@ def test_the_distillation_fields_round_trip_through_flags_json_and_the_search(ca
 
 def test_a_search_config_from_before_distillation_continues_with_it_off(caches, tmp_path):
     def config(proxy):
-        return study_lib.SearchConfig(
+        return SearchConfig(
             search_dir=str(tmp_path / "search"),
             objective="tests.nas.fakes:deterministic",
             max_trials=8,
             proxy=proxy,
         )
 
-    study_lib.prepare_search_dir(config({"proxy_steps": 300}))  # written before the distillation fields
-    path = tmp_path / "search" / study_lib.CONFIG_FILE
+    prepare_search_dir(config({"proxy_steps": 300}))  # written before the distillation fields
+    path = tmp_path / "search" / CONFIG_FILE
     assert "distillation_weight" not in json.loads(path.read_text())["proxy"]
     now = ProxyConfig(cache_dir=caches[0], proxy_steps=300).to_dict()
     off = {k: now[k] for k in ("distillation_weight", "distillation_loss", "distillation_temperature")}
@@ -241,7 +240,7 @@ def test_a_search_config_from_before_distillation_continues_with_it_off(caches, 
         ("distillation_loss", "mse"),
         ("distillation_temperature", 2.0),
     ):
-        with pytest.raises(study_lib.ConfigMismatch, match=rf"^proxy.{key}=.* differs from None"):
-            study_lib.prepare_search_dir(config({"proxy_steps": 300, **off, key: value}))
-    study_lib.prepare_search_dir(config({"proxy_steps": 300, **off}))  # at their defaults: it continues
+        with pytest.raises(ConfigMismatch, match=rf"^proxy.{key}=.* differs from None"):
+            prepare_search_dir(config({"proxy_steps": 300, **off, key: value}))
+    prepare_search_dir(config({"proxy_steps": 300, **off}))  # at their defaults: it continues
     assert json.loads(path.read_text())["proxy"]["distillation_weight"] == 0.0

@@ -15,6 +15,8 @@ from optuna.trial import TrialState
 
 from deeplab_dpc.nas import executors
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import SearchConfig
 
 
 def make_config(tmp_path, **overrides):
@@ -22,7 +24,7 @@ def make_config(tmp_path, **overrides):
         search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8
     )
     values.update(overrides)
-    return study_lib.SearchConfig(**values)
+    return SearchConfig(**values)
 
 
 @pytest.fixture
@@ -45,7 +47,7 @@ def check_every_graph_trained_once(config, objective_log):
     trials = study.get_trials()
     assert not [t.number for t in trials if not t.state.is_finished()]
     assert [t.number for t in trials] == list(range(len(trials)))
-    originals = [t for t in trials if study_lib.counts_toward_budget(t)]
+    originals = [t for t in trials if trial_store.counts_toward_budget(t)]
     assert len(originals) == config.max_trials
     trained = trained_hashes(objective_log)
     assert len(trained) == len(set(trained))
@@ -63,11 +65,11 @@ def test_eight_workers_lose_and_duplicate_no_trial(tmp_path, objective_log):
     out = io.StringIO()
     summary = executors.run_search(config, stream=out, poll_seconds=0.2)
     trials = check_every_graph_trained_once(config, objective_log)
-    duplicates = [t for t in trials if study_lib.is_duplicate(t)]
+    duplicates = [t for t in trials if trial_store.is_duplicate(t)]
     assert summary["completed"] == 24 and summary["duplicates"] == len(duplicates) > 0
     # Owners: the trials were spread over several worker processes.
     workers = {
-        study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[study_lib.OWNER]["pid"]
+        study_lib.load_study(config)._storage.get_trial(t._trial_id).system_attrs[trial_store.OWNER]["pid"]
         for t in trials
     }
     assert len(workers) > 1
@@ -77,7 +79,7 @@ def test_eight_workers_lose_and_duplicate_no_trial(tmp_path, objective_log):
         assert text.count(f"trial {t.number} done:") + text.count(f"trial {t.number} duplicate of") == 1
     runs = sorted(os.listdir(config.tensorboard_dir))
     assert [r for r in runs if r.startswith("trial_")] == sorted(
-        f"trial_{t.number:05d}" for t in trials if not study_lib.is_duplicate(t)
+        f"trial_{t.number:05d}" for t in trials if not trial_store.is_duplicate(t)
     )
     assert "optuna-dashboard sqlite:///" in text
 
@@ -96,14 +98,14 @@ def test_workers_that_prefilter_train_the_budget_and_no_more(tmp_path, objective
     out = io.StringIO()
     summary = executors.run_search(config, stream=out, poll_seconds=0.2)
     trials = check_every_graph_trained_once(config, objective_log)
-    prefiltered = [t for t in trials if study_lib.is_prefiltered(t)]
+    prefiltered = [t for t in trials if trial_store.is_prefiltered(t)]
     assert summary["completed"] == 6 and summary["prefiltered"] == len(prefiltered) == 12
     text = out.getvalue()
     for t in prefiltered:
         assert f"trial {t.number} pre-filtered (naswot " in text
     # TensorBoard: a run per trained trial, none for a proposal that never trained.
     runs = [r for r in os.listdir(config.tensorboard_dir) if r.startswith("trial_")]
-    assert len(runs) == len(trials) - len(prefiltered) - sum(study_lib.is_duplicate(t) for t in trials)
+    assert len(runs) == len(trials) - len(prefiltered) - sum(trial_store.is_duplicate(t) for t in trials)
     assert "12 pre-filtered]" in text
 
 
@@ -123,12 +125,12 @@ def test_a_killed_worker_is_replaced_and_its_trial_retried_once(tmp_path, object
         if not os.path.isdir(os.path.join(config.search_dir, "workers")):
             continue  # The study is created before the workers start.
         study = study_lib.load_study(config)
-        for t in study_lib.all_trials(study, states=(TrialState.RUNNING,)):
-            if "graph_hash" in t.user_attrs and study_lib.OWNER in t.system_attrs:
+        for t in trial_store.all_trials(study, states=(TrialState.RUNNING,)):
+            if "graph_hash" in t.user_attrs and trial_store.OWNER in t.system_attrs:
                 victim = t
                 break
     assert victim is not None, "no trial started"
-    os.kill(victim.system_attrs[study_lib.OWNER]["pid"], signal.SIGKILL)
+    os.kill(victim.system_attrs[trial_store.OWNER]["pid"], signal.SIGKILL)
     thread.join(timeout=120)
     assert not thread.is_alive()
     trials = check_every_graph_trained_once(config, objective_log)
@@ -193,13 +195,13 @@ def test_ray_executor_completes_trials_and_retries_a_lost_task(tmp_path, objecti
             time.sleep(0.2)
             if "optuna-dashboard" not in out.getvalue():
                 continue  # printed once the study exists
-            for t in study_lib.all_trials(study_lib.load_study(config), states=(TrialState.RUNNING,)):
-                if len(t.params) == 10 and study_lib.OWNER in t.system_attrs:  # training
+            for t in trial_store.all_trials(study_lib.load_study(config), states=(TrialState.RUNNING,)):
+                if len(t.params) == 10 and trial_store.OWNER in t.system_attrs:  # training
                     victim = t
                     break
         assert victim is not None, "no trial started"
-        assert ":ray-" in victim.system_attrs[study_lib.OWNER]["worker"]
-        os.kill(victim.system_attrs[study_lib.OWNER]["pid"], signal.SIGKILL)  # a lost Ray worker
+        assert ":ray-" in victim.system_attrs[trial_store.OWNER]["worker"]
+        os.kill(victim.system_attrs[trial_store.OWNER]["pid"], signal.SIGKILL)  # a lost Ray worker
         thread.join(timeout=180)
     finally:
         ray.shutdown()

@@ -12,7 +12,7 @@ from deeplab_dpc.data.batches import DataConfig, open_source
 from deeplab_dpc.data.numpy_loader import preprocess_numpy
 from deeplab_dpc.data.preprocess import PreprocessConfig
 from deeplab_dpc.nas import features as features_lib
-from deeplab_dpc.nas.features import CacheConfig, CacheError, FeatureCache, cache_split
+from deeplab_dpc.nas.features import CacheConfig, CacheError, FeatureCache, cache_split, nearest_indices
 
 # Images are 48x64; the crop pads them to 64x80, so features are ceil(64/16) x ceil(80/16) = 4 x 5.
 CROP = (64, 80)
@@ -349,7 +349,6 @@ def test_several_crops_per_image_are_the_backbone_output_on_those_crops(dataset,
 
 @pytest.mark.slow  # ~30 s on 2 shared cores: three backbone-and-teacher builds
 def test_cached_teacher_logits_equal_the_teacher_models_logits(dataset, run_dir, tmp_path):
-    from deeplab_dpc.nas.proxy import nearest_indices
     from deeplab_dpc.runs import load_model_for_inference
 
     config = _config(dataset, tmp_path, run_dir, max_images=3, shard_size=2, teacher_checkpoint_path=run_dir)

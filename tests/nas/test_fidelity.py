@@ -15,8 +15,8 @@ from absl import app, flags
 
 from deeplab_dpc.core.spec import CellSpec
 from deeplab_dpc.nas import fidelity
-from deeplab_dpc.nas.features import write_arrays
-from deeplab_dpc.nas.proxy import ProxyConfig, TrialFailed, nearest_indices
+from deeplab_dpc.nas.features import nearest_indices, write_arrays
+from deeplab_dpc.nas.proxy import ProxyConfig, TrialFailed
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SPECS = {

@@ -18,7 +18,16 @@ from optuna.trial import TrialState, create_trial
 
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
 from deeplab_dpc.nas import zero_cost
+from deeplab_dpc.nas.search_config import (
+    CONFIG_FILE,
+    DEFAULT_OBJECTIVE,
+    ConfigMismatch,
+    SearchConfig,
+    prepare_search_dir,
+)
+from deeplab_dpc.nas.worker import WorkerSetupError, run_worker
 from tests.nas import fakes
 from tests.nas.test_study import start, trained_hashes
 
@@ -26,7 +35,7 @@ from tests.nas.test_study import start, trained_hashes
 def make_config(tmp_path, **overrides):
     values = dict(search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:scored", max_trials=4)
     values.update(overrides)
-    return study_lib.SearchConfig(**values)
+    return SearchConfig(**values)
 
 
 @pytest.fixture
@@ -59,16 +68,16 @@ def test_each_trained_trial_is_the_best_of_three_proposals_and_the_others_never_
         **(RL if strategy == "rl" else {}),
     )
     study = start(config)
-    report = study_lib.run_worker(config, "w")
+    report = run_worker(config, "w")
     trials = study.get_trials()
     trained = [t for t in trials if t.state == TrialState.COMPLETE]
-    prefiltered = [t for t in trials if study_lib.is_prefiltered(t)]
+    prefiltered = [t for t in trials if trial_store.is_prefiltered(t)]
     assert (report.trained, len(trained), len(prefiltered), len(trials)) == (4, 4, 8, 12)
     assert sorted(trained_hashes(logs["trained"])) == sorted(t.user_attrs["graph_hash"] for t in trained)
-    assert study_lib.budget_used(trials) == 4  # max_trials counts trained trials
+    assert trial_store.budget_used(trials) == 4  # max_trials counts trained trials
     groups = collections.defaultdict(list)
     for t in trials:
-        groups[t.user_attrs[study_lib.PREFILTER_GROUP]].append(t)
+        groups[t.user_attrs[trial_store.PREFILTER_GROUP]].append(t)
     assert sorted(groups) == [0, 3, 6, 9]
     for members in groups.values():
         [winner] = [t for t in members if t.state == TrialState.COMPLETE]
@@ -79,7 +88,7 @@ def test_each_trained_trial_is_the_best_of_three_proposals_and_the_others_never_
             assert t.user_attrs["zero_cost_synflow"] == pytest.approx(expected)
             if t is not winner:
                 assert t.state == TrialState.PRUNED and t.user_attrs["pruned_by"] == "prefilter"
-                assert t.user_attrs[study_lib.PREFILTER_WINNER] == winner.number
+                assert t.user_attrs[trial_store.PREFILTER_WINNER] == winner.number
                 assert t.value is None and t.intermediate_values == {}  # nothing TPE could read
                 assert t.user_attrs["graph_hash"] == spec_of(t, config).canonical_hash()
                 assert json.loads(t.user_attrs["spec"])
@@ -105,17 +114,17 @@ def test_each_trained_trial_is_the_best_of_three_proposals_and_the_others_never_
 def test_without_a_prefilter_the_search_is_the_same_and_trained_trials_record_their_scores(tmp_path, logs):
     plain = make_config(tmp_path / "plain", max_trials=6)
     start(plain)
-    study_lib.run_worker(plain, "w")
+    run_worker(plain, "w")
     scored = make_config(tmp_path / "scored", max_trials=6, zero_cost_scores="all")
     assert scored.zero_cost_scores == tuple(zero_cost.SCORES) and plain.zero_cost_scores == ()
     start(scored)
-    study_lib.run_worker(scored, "w")
+    run_worker(scored, "w")
     a, b = study_lib.load_study(plain).get_trials(), study_lib.load_study(scored).get_trials()
     assert [(t.number, t.state, t.params, t.value) for t in a] == [
         (t.number, t.state, t.params, t.value) for t in b
     ]
-    assert study_lib.budget_used(a) == 6 and any(t.user_attrs.get("proposal") == "mutation" for t in a)
-    assert any(study_lib.is_duplicate(t) for t in b)  # a duplicate: the same graph's scores, copied
+    assert trial_store.budget_used(a) == 6 and any(t.user_attrs.get("proposal") == "mutation" for t in a)
+    assert any(trial_store.is_duplicate(t) for t in b)  # a duplicate: the same graph's scores, copied
     for t in a:
         assert not [k for k in t.user_attrs if k.startswith(("zero_cost", "prefilter", "pruned_by"))]
     for t in b:
@@ -123,7 +132,7 @@ def test_without_a_prefilter_the_search_is_the_same_and_trained_trials_record_th
             expected = fakes.zero_cost_score(spec_of(t, scored), name)
             assert t.user_attrs[f"zero_cost_{name}"] == pytest.approx(expected)
         assert "zero_cost_error" not in t.user_attrs
-        assert study_lib.is_duplicate(t) or t.user_attrs["zero_cost_seconds"] >= 0  # a copy was not scored
+        assert trial_store.is_duplicate(t) or t.user_attrs["zero_cost_seconds"] >= 0  # a copy was not scored
 
 
 def test_a_worker_stopped_while_scoring_leaves_its_proposals_interrupted_and_never_retried(tmp_path, logs):
@@ -142,12 +151,12 @@ def test_a_worker_stopped_while_scoring_leaves_its_proposals_interrupted_and_nev
 
     objective.zero_cost = zero_cost_fn
     with pytest.raises(KeyboardInterrupt):
-        study_lib.run_worker(config, "w", objective=objective)
+        run_worker(config, "w", objective=objective)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL] * 3
     assert all("while the pre-filter scored it; nothing to retry" in t.user_attrs["error"] for t in trials)
     assert trials[0].user_attrs["zero_cost_grad_norm"] == 0.5  # recorded as it was scored
-    assert study_lib.budget_used(trials) == 0
+    assert trial_store.budget_used(trials) == 0
 
 
 def test_a_worker_killed_9_while_scoring_leaves_nothing_half_written(tmp_path, logs):
@@ -155,11 +164,12 @@ def test_a_worker_killed_9_while_scoring_leaves_nothing_half_written(tmp_path, l
     study = start(config)
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     code = (
-        "import json, sys; from deeplab_dpc.nas import study as s; "
-        "s.run_worker(s.SearchConfig.from_dict(json.load(open(sys.argv[1]))), 'killed')"
+        "import json, sys; from deeplab_dpc.nas.search_config import SearchConfig; "
+        "from deeplab_dpc.nas.worker import run_worker; "
+        "run_worker(SearchConfig.from_dict(json.load(open(sys.argv[1]))), 'killed')"
     )
     env = dict(os.environ, FAKE_ZERO_COST_SLEEP="60", PYTHONPATH=repo)
-    path = os.path.join(config.search_dir, study_lib.CONFIG_FILE)
+    path = os.path.join(config.search_dir, CONFIG_FILE)
     worker = subprocess.Popen([sys.executable, "-c", code, path], cwd=repo, env=env)
     deadline = time.time() + 120
     while time.time() < deadline and worker.poll() is None:  # killed while scoring the first proposal
@@ -173,16 +183,16 @@ def test_a_worker_killed_9_while_scoring_leaves_nothing_half_written(tmp_path, l
     assert [t.state for t in trials] == [TrialState.RUNNING] * 3
     for t in trials:  # whole proposals, not yet scored
         assert t.params and "graph_hash" in t.user_attrs and "zero_cost_synflow" not in t.user_attrs
-    assert study_lib.budget_used(trials) == 1
-    with study_lib.FileLock(config.lock_path):
-        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [
+    assert trial_store.budget_used(trials) == 1
+    with trial_store.FileLock(config.lock_path):
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [
             (0, None),
             (1, None),
             (2, None),
         ]
     trials = study.get_trials()
-    assert all(study_lib.is_interrupted(t) and not study_lib.is_prefiltered(t) for t in trials)
-    report = study_lib.run_worker(config, "w")  # no sleep in this process
+    assert all(trial_store.is_interrupted(t) and not trial_store.is_prefiltered(t) for t in trials)
+    report = run_worker(config, "w")  # no sleep in this process
     assert report.trained == 2 and len(study.get_trials()) == 9
     assert not os.path.exists(logs["trained"]) or len(trained_hashes(logs["trained"])) == 2
 
@@ -193,11 +203,11 @@ def test_a_prefiltered_graph_is_no_original_for_dedup(tmp_path):
     attrs = {"graph_hash": spec.canonical_hash(), "pruned_by": "prefilter"}
     pruned = create_trial(state=TrialState.PRUNED, user_attrs=attrs)
     pruned.number = 0
-    assert study_lib.is_prefiltered(pruned) and not study_lib.counts_toward_budget(pruned)
-    assert study_lib.resolve_duplicate(1, spec.canonical_hash(), [pruned]).action == "train"
+    assert trial_store.is_prefiltered(pruned) and not trial_store.counts_toward_budget(pruned)
+    assert trial_store.resolve_duplicate(1, spec.canonical_hash(), [pruned]).action == "train"
     # A proposal the pruner (not the pre-filter) stopped is still an original.
     pruned.user_attrs = {"graph_hash": spec.canonical_hash()}
-    assert study_lib.resolve_duplicate(1, spec.canonical_hash(), [pruned]).action == "copy_pruned"
+    assert trial_store.resolve_duplicate(1, spec.canonical_hash(), [pruned]).action == "copy_pruned"
     del config
 
 
@@ -205,8 +215,8 @@ def test_zero_cost_scores_need_an_objective_that_scores(tmp_path):
     config = make_config(tmp_path, objective="tests.nas.fakes:deterministic", zero_cost_scores="synflow")
     start(config)
     message = "^zero_cost_scores: objective tests.nas.fakes:deterministic has no zero_cost"
-    with pytest.raises(study_lib.WorkerSetupError, match=message):
-        study_lib.run_worker(config, "w")
+    with pytest.raises(WorkerSetupError, match=message):
+        run_worker(config, "w")
 
 
 def test_the_proxy_objective_scores_with_score_cell_on_its_own_features(tmp_path, monkeypatch):
@@ -222,7 +232,7 @@ def test_the_proxy_objective_scores_with_score_cell_on_its_own_features(tmp_path
         return {**{name: 1.5 for name in names}, "seconds": {}, "cpu_seconds": 0.1}
 
     monkeypatch.setattr(zero_cost, "score_cell", fake_score_cell)
-    config = make_config(tmp_path, objective=study_lib.DEFAULT_OBJECTIVE, proxy={"cache_dir": str(tmp_path)})
+    config = make_config(tmp_path, objective=DEFAULT_OBJECTIVE, proxy={"cache_dir": str(tmp_path)})
     spec = space_lib.published_cell()
     assert objective_lib.proxy_objective(config).zero_cost(spec, ["snip", "zico"]) == {"snip": 1.5, "zico": 1.5}
     assert seen == [(spec, str(tmp_path), features, ("snip", "zico"))]
@@ -255,17 +265,17 @@ def test_the_prefilter_settings_of_a_search_cannot_change_but_its_recorded_score
     assert make_config(tmp_path, prefilter="naswot", prefilter_ratio=3, zero_cost_scores="zico").zero_cost_scores == (
         "naswot", "zico"
     )
-    path = study_lib.prepare_search_dir(config)
+    path = prepare_search_dir(config)
     with open(path) as f:
-        assert study_lib.SearchConfig.from_dict(json.load(f)) == config
+        assert SearchConfig.from_dict(json.load(f)) == config
     for overrides, message in [
         (dict(prefilter="synflow", prefilter_ratio=4), r"^prefilter_ratio=4 differs from 3"),
         (dict(prefilter="snip", prefilter_ratio=3), r"^prefilter='snip' differs from 'synflow'"),
         (dict(), r"^prefilter=None differs from 'synflow'"),
     ]:
-        with pytest.raises(study_lib.ConfigMismatch, match=message):
-            study_lib.prepare_search_dir(make_config(tmp_path, **overrides))
-    study_lib.prepare_search_dir(
+        with pytest.raises(ConfigMismatch, match=message):
+            prepare_search_dir(make_config(tmp_path, **overrides))
+    prepare_search_dir(
         make_config(tmp_path, prefilter="synflow", prefilter_ratio=3, zero_cost_scores="all")
     )
     # A search started before these fields existed continues only without a pre-filter.
@@ -275,9 +285,9 @@ def test_the_prefilter_settings_of_a_search_cannot_change_but_its_recorded_score
     with open(path, "w") as f:
         json.dump(old, f)
     message = r"^prefilter='synflow' differs from None, .*written before prefilter existed"
-    with pytest.raises(study_lib.ConfigMismatch, match=message):
-        study_lib.prepare_search_dir(make_config(tmp_path, prefilter="synflow", prefilter_ratio=3))
-    study_lib.prepare_search_dir(make_config(tmp_path, zero_cost_scores="naswot"))
+    with pytest.raises(ConfigMismatch, match=message):
+        prepare_search_dir(make_config(tmp_path, prefilter="synflow", prefilter_ratio=3))
+    prepare_search_dir(make_config(tmp_path, zero_cost_scores="naswot"))
 
 
 def _search_report():

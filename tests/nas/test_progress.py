@@ -17,6 +17,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from deeplab_dpc.nas import progress
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
+from deeplab_dpc.nas.worker import run_worker
 
 
 def finished(number, spec, value=None, state=TrialState.COMPLETE, **attrs):
@@ -24,7 +27,7 @@ def finished(number, spec, value=None, state=TrialState.COMPLETE, **attrs):
         state=state,
         value=value if state == TrialState.COMPLETE else None,
         params=space_lib.spec_to_params(spec),
-        distributions=space_lib.distributions(study_lib.SearchConfig(search_dir="/tmp/x").space),
+        distributions=space_lib.distributions(SearchConfig(search_dir="/tmp/x").space),
         user_attrs=attrs,
     )
     trial.number = number
@@ -61,7 +64,7 @@ def test_trial_lines():
 
 
 def test_hparams_records_read_back_with_tensorboard(tmp_path):
-    space = study_lib.SearchConfig(search_dir="/tmp/x").space
+    space = SearchConfig(search_dir="/tmp/x").space
     logdir = str(tmp_path)
     progress.write_hparams_experiment(logdir, space)
     progress.write_hparams_experiment(logdir, space)  # once only
@@ -115,7 +118,7 @@ def plugin_content(value):
 
 
 def test_progress_reports_each_trial_once_and_saves_the_best_cell(tmp_path):
-    config = study_lib.SearchConfig(search_dir=str(tmp_path), max_trials=4)
+    config = SearchConfig(search_dir=str(tmp_path), max_trials=4)
     out = io.StringIO()
     report = progress.SearchProgress(config, stream=out)
     a = finished(0, space_lib.published_cell(), 0.40, seconds=10)
@@ -136,13 +139,13 @@ def test_dashboard_reads_the_study(tmp_path):
     """optuna-dashboard's server, called as a WSGI app, lists the study and its readable params."""
     import optuna_dashboard
 
-    config = study_lib.SearchConfig(
+    config = SearchConfig(
         search_dir=str(tmp_path), objective="tests.nas.fakes:deterministic", max_trials=2
     )
-    study_lib.prepare_search_dir(config)
+    prepare_search_dir(config)
     study_lib.load_study(config, create=True)
-    study_lib.run_worker(config, "w")
-    app = optuna_dashboard.wsgi(study_lib.open_storage(config.storage))
+    run_worker(config, "w")
+    app = optuna_dashboard.wsgi(trial_store.open_storage(config.storage))
     responses = []
 
     def call(path):

@@ -9,6 +9,8 @@ from optuna.trial import TrialState
 from deeplab_dpc.nas import progressive
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
+from deeplab_dpc.nas.worker import run_worker
 from tests.nas import fakes
 
 
@@ -63,14 +65,14 @@ def test_a_two_stage_search_records_both_scores_and_rewards_the_last_stage(tmp_p
     log = tmp_path / "stage2.log"
     monkeypatch.setenv("FAKE_STAGE2_LOG", str(log))
     stage2 = progressive.Stage2Config(train={}, initial_probability=0.5, decay=0.9, trainer="tests.nas.fakes:stage2")
-    config = study_lib.SearchConfig(
+    config = SearchConfig(
         search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=25,
         stage2=stage2.to_dict(), mutation_probability=0.0, seed=4,
     )
-    assert study_lib.SearchConfig.from_dict(config.to_dict()) == config
-    study_lib.prepare_search_dir(config)
+    assert SearchConfig.from_dict(config.to_dict()) == config
+    prepare_search_dir(config)
     study = study_lib.load_study(config, create=True)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     trials = sorted(study.get_trials(), key=lambda t: t.datetime_complete)
     assert len(trials) == 25 and all(t.state == TrialState.COMPLETE for t in trials)
     earlier = []
@@ -99,13 +101,13 @@ def test_a_two_stage_search_records_both_scores_and_rewards_the_last_stage(tmp_p
 
 def test_a_failing_stage2_fails_the_trial_with_its_reason(tmp_path):
     stage2 = progressive.Stage2Config(train={}, trainer="tests.nas.fakes:no_such_trainer")
-    config = study_lib.SearchConfig(
+    config = SearchConfig(
         search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=2,
         stage2=stage2.to_dict(),
     )
-    study_lib.prepare_search_dir(config)
+    prepare_search_dir(config)
     study = study_lib.load_study(config, create=True)
-    report = study_lib.run_worker(config, "w")
+    report = run_worker(config, "w")
     first = study.trials[0]  # the first cell always goes to stage 2
     assert first.state == TrialState.FAIL and first.user_attrs["error"].startswith("stage 2: AttributeError")
     assert report.failed >= 1

@@ -15,13 +15,12 @@ from absl import app, flags
 
 from deeplab_dpc import proxy_train
 from deeplab_dpc.evaluation.metrics import ConfusionMatrix
-from deeplab_dpc.nas.features import write_arrays
+from deeplab_dpc.nas.features import nearest_indices, write_arrays
 from deeplab_dpc.nas.proxy import (
     ProxyConfig,
     TrialFailed,
     interpolation_matrix,
     load_proxy_data,
-    nearest_indices,
     resized_argmax,
     run_proxy,
 )

@@ -21,6 +21,8 @@ from deeplab_dpc.nas import features as features_lib
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
 
 # --------------------------------------------------------------------------- helpers (also used by test_analysis)
 
@@ -34,13 +36,13 @@ def cell(*ops, inputs=None):
 
 def make_search(tmp_path, num_branches=2, proxy=None, name="search"):
     """A search folder (config + SQLite study) whose trials the test adds itself."""
-    config = study_lib.SearchConfig(
+    config = SearchConfig(
         search_dir=str(tmp_path / name),
         objective="tests.nas.fakes:deterministic",
         num_branches=num_branches,
         proxy=proxy or {},
     )
-    study_lib.prepare_search_dir(config)
+    prepare_search_dir(config)
     return config, study_lib.load_study(config, create=True)
 
 
@@ -51,24 +53,24 @@ def add(
     space_size = len(spec.branches)
 
     user_attrs = {
-        study_lib.SPEC: spec.to_json(),
-        study_lib.GRAPH_HASH: spec.canonical_hash(),
+        trial_store.SPEC: spec.to_json(),
+        trial_store.GRAPH_HASH: spec.canonical_hash(),
         "madds": attrs.pop("madds", 1e9),
         "params": attrs.pop("params", 1000),
         "seconds": attrs.pop("seconds", 12.5),
         **attrs,
     }
     if duplicate_of is not None:
-        user_attrs[study_lib.DUPLICATE_OF] = duplicate_of
+        user_attrs[trial_store.DUPLICATE_OF] = duplicate_of
     if error is not None:
-        user_attrs[study_lib.ERROR] = error
+        user_attrs[trial_store.ERROR] = error
     trial = create_trial(
         state=state,
         value=value if state == TrialState.COMPLETE else None,
         params=space_lib.spec_to_params(spec),
         distributions=space_lib.distributions(SearchSpace(num_branches=space_size)),
         user_attrs=user_attrs,
-        system_attrs={study_lib.OWNER: {"host": "h", "pid": 1, "start": 1, "worker": worker}},
+        system_attrs={trial_store.OWNER: {"host": "h", "pid": 1, "start": 1, "worker": worker}},
     )
     study.add_trial(trial)
     return study.trials[-1].number
@@ -100,7 +102,7 @@ def standard_study(tmp_path, **kw):
 
 def test_candidates_are_the_top_distinct_completed_cells_by_proxy_score(tmp_path):
     config, study = standard_study(tmp_path)
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     chosen, notes = rerank_lib.select_candidates(trials, config.space, top_k=3)
     assert [(c.number, c.proxy_miou, c.proxy_rank) for c in chosen] == [
         (1, 0.60, 1),
@@ -118,7 +120,7 @@ def test_spread_cells_cover_the_rest_of_the_proxy_ranking(tmp_path):
     assert rerank_lib.spread_ranks(3, 5) == [0, 1, 2]
     assert rerank_lib.spread_ranks(0, 2) == [] and rerank_lib.spread_ranks(5, 0) == []
     config, study = standard_study(tmp_path)  # distinct by proxy score: 1, 4, 0, 5
-    trials = study_lib.all_trials(study)
+    trials = trial_store.all_trials(study)
     chosen, _ = rerank_lib.select_candidates(trials, config.space, top_k=1, spread_k=2)
     assert [(c.number, c.proxy_rank) for c in chosen] == [(1, 1), (4, 2), (5, 4)]
     with pytest.raises(ValueError, match="spread_k"):
@@ -133,7 +135,7 @@ def test_reference_cells_are_found_by_graph_and_added(tmp_path):
     add(study, cell("conv1x1", "conv1x1", "conv1x1", "conv1x1", "conv1x1", inputs=[-1, 0, 1, 2, 3]), 0.70)
     add(study, aspp_reordered, 0.20)
     chosen, notes = rerank_lib.select_candidates(
-        study_lib.all_trials(study), config.space, 1, include_reference=True
+        trial_store.all_trials(study), config.space, 1, include_reference=True
     )
     assert [(c.number, c.reference) for c in chosen] == [(1, None), (0, "published_cityscapes"), (2, "aspp")]
     assert chosen[2].proxy_rank == 3 and not notes
@@ -141,7 +143,7 @@ def test_reference_cells_are_found_by_graph_and_added(tmp_path):
     config2, study2 = make_search(tmp_path, num_branches=5, name="other")
     add(study2, aspp_reordered, 0.9)
     chosen, notes = rerank_lib.select_candidates(
-        study_lib.all_trials(study2), config2.space, 1, include_reference=True
+        trial_store.all_trials(study2), config2.space, 1, include_reference=True
     )
     assert [(c.number, c.reference) for c in chosen] == [(0, "aspp")]
     assert len(notes) == 1 and notes[0].startswith("reference cell published_cityscapes is not among")
@@ -174,7 +176,6 @@ def test_a_folder_without_a_search_is_refused_naming_search_dir(tmp_path):
 def test_eta_is_the_mean_run_time_times_the_runs_left():
     assert rerank_lib.eta_seconds([100.0, 300.0], 3) == 600.0
     assert np.isnan(rerank_lib.eta_seconds([], 2)) and rerank_lib.eta_seconds([5.0], 0) == 0.0
-    assert rerank_lib.format_duration(600.0) == "10 min" and rerank_lib.format_duration(float("nan")) == "?"
 
 
 # --------------------------------------------------------------------------- flags

@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from deeplab_dpc.core.spec import SearchSpace
 from deeplab_dpc.nas import samplers
 from deeplab_dpc.nas import space as space_lib
+from deeplab_dpc.nas import trial_store
 from tests.nas.fakes import score
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -203,12 +204,12 @@ def test_tpe_never_reads_a_prefiltered_proposal(monkeypatch, hidden):
         for _ in range(2):  # two proposals set aside, recorded as the search records them
             trial = study.ask()
             space_lib.suggest_spec(trial, space)
-            trial.set_user_attr(samplers.PRUNED_BY, samplers.PREFILTER)
+            trial.set_user_attr(trial_store.PRUNED_BY, trial_store.PREFILTER)
             study.tell(trial, state=TrialState.PRUNED)
             prefiltered.add(trial.number)
         trial = study.ask()
         study.tell(trial, score(space_lib.suggest_spec(trial, space)))
-    assert all(samplers.is_prefiltered(t) == (t.number in prefiltered) for t in study.trials)
+    assert all(trial_store.is_prefiltered(t) == (t.number in prefiltered) for t in study.trials)
     shown = samplers.without_prefiltered(study).get_trials()
     assert shown == [t for t in study.trials if t.number not in prefiltered]
     if hidden:

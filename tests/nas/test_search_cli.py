@@ -12,8 +12,10 @@ from absl import app, flags
 from optuna.trial import TrialState
 
 from deeplab_dpc import search
-from deeplab_dpc.nas import zero_cost
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas import zero_cost
+from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -108,7 +110,7 @@ def test_proxy_flags_are_checked_by_the_proxy_trainer_naming_the_flag(tmp_path):
 
 def test_a_search_dir_started_with_other_flags_is_refused_naming_the_flag(tmp_path):
     common = [f"--search_dir={tmp_path}", "--objective=tests.nas.fakes:deterministic", "--proxy_steps=300"]
-    study_lib.prepare_search_dir(search.config_from_flags(parse(*common)))
+    prepare_search_dir(search.config_from_flags(parse(*common)))
     with pytest.raises(app.UsageError, match=r"^--strategy='tpe' differs from 'random'"):
         search.run(search.config_from_flags(parse(*common, "--strategy=tpe")))
     with pytest.raises(app.UsageError, match=r"^--proxy_steps=100 differs from 300"):
@@ -146,12 +148,12 @@ def test_prefilter_flags_become_the_search_config_and_bad_ones_are_refused_namin
             search.config_from_flags(parse(*common, *argv))
     # A search continued with other pre-filter settings is refused; its recorded scores may change.
     first = [*common, "--prefilter=synflow", "--prefilter_ratio=3"]
-    study_lib.prepare_search_dir(search.config_from_flags(parse(*first)))
+    prepare_search_dir(search.config_from_flags(parse(*first)))
     with pytest.raises(app.UsageError, match=r"^--prefilter_ratio=2 differs from 3"):
         search.run(search.config_from_flags(parse(*common, "--prefilter=synflow", "--prefilter_ratio=2")))
     with pytest.raises(app.UsageError, match=r"^--prefilter=None differs from 'synflow'"):
         search.run(search.config_from_flags(parse(*common)))
-    study_lib.prepare_search_dir(search.config_from_flags(parse(*first, "--zero_cost_scores=all")))
+    prepare_search_dir(search.config_from_flags(parse(*first, "--zero_cost_scores=all")))
 
 
 def search_command(search_dir, *extra):
@@ -187,7 +189,7 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     first = subprocess.Popen(
         search_command(search_dir), cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT
     )
-    config = study_lib.SearchConfig(search_dir=str(search_dir), num_branches=2)
+    config = SearchConfig(search_dir=str(search_dir), num_branches=2)
     deadline = time.time() + 180
     while not (search_dir / "workers").is_dir() and time.time() < deadline:  # the study exists then
         assert first.poll() is None, (tmp_path / "first.txt").read_text()
@@ -196,7 +198,7 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     # Kill the driver once a trial has finished and another is training.
     running = []
     while time.time() < deadline and first.poll() is None:
-        trials = study_lib.all_trials(study)
+        trials = trial_store.all_trials(study)
         done = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and "graph_hash" in t.user_attrs]
         if done and running:
@@ -208,13 +210,13 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     # What was training when the kill landed (a trial seen running above may have finished since).
     running = [
         t
-        for t in study_lib.all_trials(study_lib.load_study(config))
+        for t in trial_store.all_trials(study_lib.load_study(config))
         if t.state == TrialState.RUNNING and "graph_hash" in t.user_attrs
     ]
     assert running, "the kill landed between trials: " + (tmp_path / "first.txt").read_text()
     # Its workers die with it (no orphan keeps training).
     workers = {
-        t.system_attrs[study_lib.OWNER]["pid"] for t in study_lib.all_trials(study_lib.load_study(config))
+        t.system_attrs[trial_store.OWNER]["pid"] for t in trial_store.all_trials(study_lib.load_study(config))
     }
     end = time.time() + 10
     while any(pid_alive(p) for p in workers) and time.time() < end:
@@ -226,9 +228,9 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
         search_command(search_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300
     )
     assert second.returncode == 0, second.stderr
-    trials = study_lib.all_trials(study_lib.load_study(config))
+    trials = trial_store.all_trials(study_lib.load_study(config))
     assert all(t.state.is_finished() for t in trials)
-    originals = [t for t in trials if study_lib.counts_toward_budget(t)]
+    originals = [t for t in trials if trial_store.counts_toward_budget(t)]
     assert len(originals) == 6 and all(t.state == TrialState.COMPLETE for t in originals)
     trained = log.read_text().split()[::2]
     assert len(set(trained)) == 6 > trained_before
@@ -238,11 +240,11 @@ def test_a_search_killed_with_sigkill_continues_where_it_stopped(tmp_path):
     before, after = trained[:trained_before], trained[trained_before:]
     assert len(after) == len(set(after)) and len(before) == len(set(before))
     assert set(before) & set(after) <= {t.user_attrs["graph_hash"] for t in running}
-    interrupted = [t for t in trials if study_lib.is_interrupted(t)]
+    interrupted = [t for t in trials if trial_store.is_interrupted(t)]
     assert {t.number for t in interrupted} >= {t.number for t in running}
     by_number = {t.number: t for t in trials}
     for t in interrupted:
-        if study_lib.RETRIED_AS not in t.user_attrs:  # killed while proposed (or a duplicate): nothing trained
+        if trial_store.RETRIED_AS not in t.user_attrs:  # killed while proposed (or a duplicate): nothing trained
             assert "nothing to retry" in t.user_attrs["error"] and t.number not in {r.number for r in running}
             continue
         retry = by_number[t.user_attrs["retried_as"]]

@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 from deeplab_dpc.nas import rerank as rerank_lib
 from deeplab_dpc.nas import search_copy
-from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import ConfigMismatch, prepare_search_dir
 from tests.nas import test_rerank
 from tests.nas.test_rerank import FakeTraining, rerank_config, standard_study
 
@@ -47,8 +48,8 @@ def test_a_copy_holds_the_same_trials_and_reranks_with_other_settings(tmp_path, 
     assert copied.search_dir == out and copied.storage == "sqlite:///" + os.path.join(out, "study.db")
     assert dataclasses.replace(copied, search_dir=search.search_dir, storage=search.storage) == search
     copy_study = rerank_lib.open_study(copied)
-    assert [trial_view(t) for t in study_lib.all_trials(copy_study)] == [
-        trial_view(t) for t in study_lib.all_trials(study)
+    assert [trial_view(t) for t in trial_store.all_trials(copy_study)] == [
+        trial_view(t) for t in trial_store.all_trials(study)
     ]
     assert rerank_lib.full_scores(copy_study) == {} and rerank_lib.SETTINGS not in copy_study.user_attrs
 
@@ -82,10 +83,10 @@ def test_a_running_trial_is_copied_as_interrupted_and_uncounted(tmp_path):
     summary = search_copy.copy_search(search.search_dir, str(tmp_path / "copy"))
     assert summary["interrupted"] == [running.number]
     copy_study = rerank_lib.open_study(rerank_lib.load_search_config(str(tmp_path / "copy")))
-    trial = study_lib.all_trials(copy_study)[running.number]
-    assert trial.state == TrialState.FAIL and trial.user_attrs[study_lib.INTERRUPTED]
-    assert not study_lib.counts_toward_budget(trial)
-    assert study_lib.all_trials(study)[running.number].state == TrialState.RUNNING  # the source untouched
+    trial = trial_store.all_trials(copy_study)[running.number]
+    assert trial.state == TrialState.FAIL and trial.user_attrs[trial_store.INTERRUPTED]
+    assert not trial_store.counts_toward_budget(trial)
+    assert trial_store.all_trials(study)[running.number].state == TrialState.RUNNING  # the source untouched
 
 
 def test_an_existing_output_dir_or_the_search_itself_is_refused(tmp_path, monkeypatch):
@@ -119,10 +120,10 @@ def test_a_moved_search_folder_reads_its_own_study_not_the_original(tmp_path):
     assert set(rerank_lib.full_scores(rerank_lib.open_study(config))) == {1}
     assert rerank_lib.full_scores(study) == {}  # the original was not written
     # The search continues in the moved folder (its config is its own, not a changed one).
-    study_lib.prepare_search_dir(dataclasses.replace(search, search_dir=moved, storage=None, max_trials=50))
+    prepare_search_dir(dataclasses.replace(search, search_dir=moved, storage=None, max_trials=50))
     assert rerank_lib.load_search_config(moved).max_trials == 50
-    with pytest.raises(study_lib.ConfigMismatch, match="num_branches"):
-        study_lib.prepare_search_dir(
+    with pytest.raises(ConfigMismatch, match="num_branches"):
+        prepare_search_dir(
             dataclasses.replace(search, search_dir=moved, storage=None, num_branches=3)
         )
 

@@ -6,6 +6,7 @@ Workers run in this process with the fake objectives of ``tests/nas/fakes.py``.
 import datetime
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,15 @@ from optuna.trial import TrialState, create_trial
 from deeplab_dpc.core.spec import SearchSpace
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
+from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas.search_config import (
+    DEFAULT_OBJECTIVE,
+    ConfigMismatch,
+    SearchConfig,
+    prepare_search_dir,
+    resolve_storage,
+)
+from deeplab_dpc.nas.worker import WorkerSetupError, run_worker
 from tests.nas import fakes
 
 
@@ -25,11 +35,11 @@ def make_config(tmp_path, **overrides):
         search_dir=str(tmp_path / "search"), objective="tests.nas.fakes:deterministic", max_trials=8
     )
     values.update(overrides)
-    return study_lib.SearchConfig(**values)
+    return SearchConfig(**values)
 
 
 def start(config):
-    study_lib.prepare_search_dir(config)
+    prepare_search_dir(config)
     return study_lib.load_study(config, create=True)
 
 
@@ -72,11 +82,11 @@ def objective_log(tmp_path, monkeypatch):
         (dict(heartbeat_seconds=10.0, grace_seconds=15.0), r"^grace_seconds must be at least twice"),
         (dict(pruner="asha"), r"^pruner='asha' unknown; valid: \['none', 'median', 'sha', 'hyperband'\]"),
         (
-            dict(pruner="median", objective=study_lib.DEFAULT_OBJECTIVE, proxy={"proxy_steps": 200}),
+            dict(pruner="median", objective=DEFAULT_OBJECTIVE, proxy={"proxy_steps": 200}),
             r"^pruner=median needs intermediate scores: set proxy_eval_interval",
         ),
         (
-            dict(pruner="sha", objective=study_lib.DEFAULT_OBJECTIVE, proxy={"proxy_steps": 200, "eval_interval": 200}),
+            dict(pruner="sha", objective=DEFAULT_OBJECTIVE, proxy={"proxy_steps": 200, "eval_interval": 200}),
             r"^pruner=sha needs intermediate scores",
         ),
         (dict(pruner_reduction_factor=1), r"^pruner_reduction_factor must be an integer >= 2"),
@@ -90,30 +100,30 @@ def test_config_errors_name_the_field(tmp_path, overrides, message):
 
 def test_storage_urls(tmp_path):
     d = str(tmp_path)
-    assert study_lib.resolve_storage(None, d) == f"sqlite:///{d}/study.db"
-    assert study_lib.resolve_storage("runs/j.log", d) == "journal:" + os.path.abspath("runs/j.log")
-    assert study_lib.resolve_storage("journal:x", d) == "journal:" + os.path.abspath("x")
-    assert study_lib.resolve_storage("postgresql://u@h/db", d) == "postgresql://u@h/db"
+    assert resolve_storage(None, d) == f"sqlite:///{d}/study.db"
+    assert resolve_storage("runs/j.log", d) == "journal:" + os.path.abspath("runs/j.log")
+    assert resolve_storage("journal:x", d) == "journal:" + os.path.abspath("x")
+    assert resolve_storage("postgresql://u@h/db", d) == "postgresql://u@h/db"
 
 
 def test_config_round_trips_through_json(tmp_path):
     config = make_config(tmp_path, proxy={"proxy_steps": 300, "batch_size": 8}, max_hours=2.5)
-    path = study_lib.prepare_search_dir(config)
+    path = prepare_search_dir(config)
     with open(path) as f:
-        assert study_lib.SearchConfig.from_dict(json.load(f)) == config
+        assert SearchConfig.from_dict(json.load(f)) == config
 
 
 def test_a_search_dir_refuses_another_config_but_takes_new_budgets(tmp_path):
-    study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))
+    prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))
     # Budgets and how the search runs may change.
-    study_lib.prepare_search_dir(
+    prepare_search_dir(
         make_config(tmp_path, proxy={"proxy_steps": 300}, max_trials=50, max_hours=1.0, num_workers=4)
     )
-    with pytest.raises(study_lib.ConfigMismatch, match=r"^strategy='tpe' differs from 'random'") as e:
-        study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}, strategy="tpe"))
+    with pytest.raises(ConfigMismatch, match=r"^strategy='tpe' differs from 'random'") as e:
+        prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}, strategy="tpe"))
     assert e.value.field == "strategy"
-    with pytest.raises(study_lib.ConfigMismatch, match=r"^proxy.proxy_steps=100 differs from 300") as e:
-        study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 100}))
+    with pytest.raises(ConfigMismatch, match=r"^proxy.proxy_steps=100 differs from 300") as e:
+        prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 100}))
     assert (e.value.field, e.value.key) == ("proxy", "proxy_steps")
     # The file keeps the last accepted config.
     with open(os.path.join(tmp_path, "search", "search_config.json")) as f:
@@ -121,12 +131,12 @@ def test_a_search_dir_refuses_another_config_but_takes_new_budgets(tmp_path):
 
 
 def test_a_search_started_before_a_proxy_field_existed_continues_at_its_default(tmp_path):
-    study_lib.prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))  # no drop_path_keep_prob
-    with pytest.raises(study_lib.ConfigMismatch, match=r"^proxy.drop_path_keep_prob=0.7 differs from None"):
-        study_lib.prepare_search_dir(
+    prepare_search_dir(make_config(tmp_path, proxy={"proxy_steps": 300}))  # no drop_path_keep_prob
+    with pytest.raises(ConfigMismatch, match=r"^proxy.drop_path_keep_prob=0.7 differs from None"):
+        prepare_search_dir(
             make_config(tmp_path, proxy={"proxy_steps": 300, "drop_path_keep_prob": 0.7})
         )
-    study_lib.prepare_search_dir(
+    prepare_search_dir(
         make_config(tmp_path, proxy={"proxy_steps": 300, "drop_path_keep_prob": 1.0})
     )
 
@@ -137,7 +147,7 @@ def test_a_search_started_before_a_proxy_field_existed_continues_at_its_default(
 def test_failing_trials_are_stored_with_their_error_and_the_search_goes_on(tmp_path, objective_log):
     config = make_config(tmp_path, objective="tests.nas.fakes:flaky", max_trials=25, mutation_probability=0.0)
     study = start(config)
-    report = study_lib.run_worker(config, "w")
+    report = run_worker(config, "w")
     trials = study.get_trials()
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert failed, "the test needs cells the fake fails on"
@@ -147,14 +157,14 @@ def test_failing_trials_are_stored_with_their_error_and_the_search_goes_on(tmp_p
         assert "FakeNaN" in t.user_attrs["traceback"]
         assert fakes.fails(space_lib.params_to_spec(t.params, config.space))
     assert report.failed == len(failed) and report.trained == 25 - len(failed)
-    assert study_lib.budget_used(trials) == 25 and report.stopped_because == "max_trials reached"
+    assert trial_store.budget_used(trials) == 25 and report.stopped_because == "max_trials reached"
     assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
 
 
 def test_a_non_finite_score_is_a_failure_not_a_score(tmp_path):
     config = make_config(tmp_path, max_trials=2)
     study = start(config)
-    study_lib.run_worker(config, "w", objective=lambda spec: {"miou": float("nan")})
+    run_worker(config, "w", objective=lambda spec: {"miou": float("nan")})
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     assert "non-finite mIoU" in study.trials[0].user_attrs["error"]
 
@@ -163,10 +173,10 @@ def test_a_duplicate_graph_is_never_trained_twice(tmp_path, objective_log):
     # One branch: 81 cells, so 30 trials propose duplicates (mutations of the best, too).
     config = make_config(tmp_path, num_branches=1, max_trials=30, mutation_probability=0.7, mutation_top_k=2)
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     trials = study.get_trials()
-    duplicates = [t for t in trials if study_lib.is_duplicate(t)]
-    originals = [t for t in trials if not study_lib.is_duplicate(t)]
+    duplicates = [t for t in trials if trial_store.is_duplicate(t)]
+    originals = [t for t in trials if not trial_store.is_duplicate(t)]
     assert len(duplicates) > 3 and len(originals) == 30
     trained = trained_hashes(objective_log)
     assert len(trained) == len(set(trained)) == 30
@@ -176,15 +186,15 @@ def test_a_duplicate_graph_is_never_trained_twice(tmp_path, objective_log):
         original = by_number[t.user_attrs["duplicate_of"]]
         assert t.state == TrialState.COMPLETE and t.value == original.value
         assert t.user_attrs["graph_hash"] == original.user_attrs["graph_hash"]
-        assert not study_lib.is_duplicate(original)
+        assert not trial_store.is_duplicate(original)
 
 
 def test_a_duplicate_of_a_failed_graph_is_failed_without_training(tmp_path, objective_log):
     config = make_config(tmp_path, num_branches=1, max_trials=30, objective="tests.nas.fakes:flaky")
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     trials = study.get_trials()
-    copies = [t for t in trials if study_lib.is_duplicate(t) and t.state == TrialState.FAIL]
+    copies = [t for t in trials if trial_store.is_duplicate(t) and t.state == TrialState.FAIL]
     assert copies
     for t in copies:
         assert t.user_attrs["error"].startswith(
@@ -204,19 +214,19 @@ def test_resolution_rules():
         t.number = number
         return t
 
-    R = study_lib.resolve_duplicate
-    assert R(9, "h", []) == study_lib.Resolution("train")
-    assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5)]) == study_lib.Resolution("copy", 3)
-    assert R(9, "h", [trial(3, TrialState.RUNNING)]) == study_lib.Resolution("wait", 3)
-    assert R(9, "h", [trial(3, TrialState.FAIL, error="x")]) == study_lib.Resolution("copy_failure", 3)
+    R = trial_store.resolve_duplicate
+    assert R(9, "h", []) == trial_store.Resolution("train")
+    assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5)]) == trial_store.Resolution("copy", 3)
+    assert R(9, "h", [trial(3, TrialState.RUNNING)]) == trial_store.Resolution("wait", 3)
+    assert R(9, "h", [trial(3, TrialState.FAIL, error="x")]) == trial_store.Resolution("copy_failure", 3)
     # An interrupted attempt is no result, and its queued retry is not waited for (this worker may be
     # the one that would run it): the new trial trains, the retry will find the graph done.
-    assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="killed")]) == study_lib.Resolution("train")
+    assert R(9, "h", [trial(3, TrialState.FAIL, interrupted="killed")]) == trial_store.Resolution("train")
     assert R(
         9, "h", [trial(3, TrialState.FAIL, interrupted="k"), trial(5, TrialState.WAITING, retry_of=3)]
-    ) == (study_lib.Resolution("train"))
+    ) == (trial_store.Resolution("train"))
     # A duplicate is never an original; a completed result wins over a failure.
-    assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5, duplicate_of=1)]) == study_lib.Resolution("train")
+    assert R(9, "h", [trial(3, TrialState.COMPLETE, 0.5, duplicate_of=1)]) == trial_store.Resolution("train")
     assert (
         R(9, "h", [trial(3, TrialState.FAIL, error="x"), trial(4, TrialState.COMPLETE, 0.4)]).action == "copy"
     )
@@ -225,10 +235,10 @@ def test_resolution_rules():
 def test_reference_cells_run_first_and_are_queued_once(tmp_path):
     config = make_config(tmp_path, enqueue_published=True, max_trials=3)
     study = start(config)
-    with study_lib.FileLock(config.lock_path):
-        assert study_lib.enqueue_reference_cells(study) == [0, 1]
-        assert study_lib.enqueue_reference_cells(study) == []
-    study_lib.run_worker(config, "w")
+    with trial_store.FileLock(config.lock_path):
+        assert trial_store.enqueue_reference_cells(study) == [0, 1]
+        assert trial_store.enqueue_reference_cells(study) == []
+    run_worker(config, "w")
     trials = study.get_trials()
     assert [t.user_attrs.get("reference") for t in trials] == ["published_cityscapes", "aspp", None]
     assert space_lib.params_to_spec(trials[0].params, config.space) == space_lib.published_cell()
@@ -238,7 +248,7 @@ def test_reference_cells_run_first_and_are_queued_once(tmp_path):
 def test_max_hours_stops_starting_trials(tmp_path):
     config = make_config(tmp_path, max_trials=100)
     start(config)
-    report = study_lib.run_worker(config, "w", deadline=time.time() - 1)
+    report = run_worker(config, "w", deadline=time.time() - 1)
     assert report.stopped_because == "max_hours reached" and report.trained == 0
 
 
@@ -261,7 +271,7 @@ def plant_running_trial(study, config, spec, *, owner, heartbeat, retry_of=None)
         params=space_lib.spec_to_params(spec),
         distributions=space_lib.distributions(config.space),
         user_attrs=attrs,
-        system_attrs={study_lib.OWNER: owner, study_lib.HEARTBEAT: heartbeat},
+        system_attrs={trial_store.OWNER: owner, trial_store.HEARTBEAT: heartbeat},
     )
     template.datetime_start = datetime.datetime.fromtimestamp(heartbeat)
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
@@ -272,15 +282,15 @@ def test_a_trial_whose_worker_is_gone_is_retried_once(tmp_path, objective_log):
     config = make_config(tmp_path, max_trials=3)
     study = start(config)
     spec = space_lib.published_cell()
-    owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+    owner = {"host": socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
     number = plant_running_trial(study, config, spec, owner=owner, heartbeat=time.time())
     # A live owner with a fresh heartbeat is left alone.
-    alive = dict(study_lib.owner_record("me"))
+    alive = dict(trial_store.owner_record("me"))
     plant_running_trial(study, config, space_lib.aspp_cell(), owner=alive, heartbeat=time.time())
-    with study_lib.FileLock(config.lock_path):
-        recovered = study_lib.recover_interrupted(study, config.space, config.grace_seconds)
+    with trial_store.FileLock(config.lock_path):
+        recovered = trial_store.recover_interrupted(study, config.space, config.grace_seconds)
         assert recovered == [(number, 2)]
-        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == []
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == []
     interrupted, live, retry = study.get_trials()
     assert interrupted.state == TrialState.FAIL and live.state == TrialState.RUNNING
     assert "worker old (pid" in interrupted.user_attrs["interrupted"]
@@ -288,12 +298,12 @@ def test_a_trial_whose_worker_is_gone_is_retried_once(tmp_path, objective_log):
     assert retry.state == TrialState.WAITING and retry.user_attrs["retry_of"] == number
     # The live one now stops (its owner "finished"); the retry runs first and trains the graph.
     study._storage.set_trial_state_values(live._trial_id, TrialState.COMPLETE, [0.3])
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     retry = study.get_trials()[2]
     assert retry.state == TrialState.COMPLETE and retry.value == pytest.approx(fakes.score(spec))
     assert trained_hashes(objective_log)[0] == spec.canonical_hash()
     # Budget: the interrupted attempt does not count, its retry does.
-    assert study_lib.budget_used(study.get_trials()) == 3
+    assert trial_store.budget_used(study.get_trials()) == 3
 
 
 def test_a_silent_trial_is_interrupted_after_the_grace_period(tmp_path):
@@ -304,8 +314,8 @@ def test_a_silent_trial_is_interrupted_after_the_grace_period(tmp_path):
     silent = plant_running_trial(
         study, config, space_lib.published_cell(), owner=elsewhere, heartbeat=time.time() - 60
     )
-    with study_lib.FileLock(config.lock_path):
-        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(silent, 2)]
+    with trial_store.FileLock(config.lock_path):
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [(silent, 2)]
     trials = study.get_trials()
     assert trials[fresh].state == TrialState.RUNNING
     assert trials[silent].user_attrs["interrupted"].startswith("no heartbeat for 6")
@@ -314,27 +324,27 @@ def test_a_silent_trial_is_interrupted_after_the_grace_period(tmp_path):
 def test_a_retry_interrupted_again_fails_for_good(tmp_path):
     config = make_config(tmp_path)
     study = start(config)
-    owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+    owner = {"host": socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
     number = plant_running_trial(
         study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time(), retry_of=7
     )
-    with study_lib.FileLock(config.lock_path):
-        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(number, None)]
+    with trial_store.FileLock(config.lock_path):
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [(number, None)]
     (trial,) = study.get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["error"].startswith("interrupted again")
-    assert study_lib.counts_toward_budget(trial)  # a failure of its own, not retried
+    assert trial_store.counts_toward_budget(trial)  # a failure of its own, not retried
 
 
 def test_a_queued_trial_killed_before_its_parameters_were_written_is_retried(tmp_path):
     config = make_config(tmp_path, enqueue_published=True)
     study = start(config)
-    with study_lib.FileLock(config.lock_path):
-        study_lib.enqueue_reference_cells(study)
+    with trial_store.FileLock(config.lock_path):
+        trial_store.enqueue_reference_cells(study)
         # A worker popped trial 0 and was killed before suggesting its parameters.
-        trial_id = study_lib._pop_or_create(study, study_lib.all_trials(study))
-        owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
-        study._storage.set_trial_system_attr(trial_id, study_lib.OWNER, owner)
-        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(0, 2)]
+        trial_id = trial_store.pop_or_create(study, trial_store.all_trials(study))
+        owner = {"host": socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+        study._storage.set_trial_system_attr(trial_id, trial_store.OWNER, owner)
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [(0, 2)]
     retry = study.get_trials()[2]
     assert retry.user_attrs["reference"] == "published_cityscapes" and retry.user_attrs["retry_of"] == 0
     assert retry.system_attrs["fixed_params"] == space_lib.spec_to_params(space_lib.published_cell())
@@ -344,21 +354,21 @@ def test_marking_an_interruption_is_idempotent(tmp_path):
     """A recovery killed halfway (retry queued, trial still RUNNING) queues no second retry."""
     config = make_config(tmp_path)
     study = start(config)
-    owner = {"host": study_lib.socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
+    owner = {"host": socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
     number = plant_running_trial(
         study, config, space_lib.published_cell(), owner=owner, heartbeat=time.time()
     )
     frozen = study._storage.get_trial(study.get_trials()[number]._trial_id)
-    study_lib._enqueue(study, frozen.params, {"retry_of": number})  # the first, interrupted recovery
-    with study_lib.FileLock(config.lock_path):
-        assert study_lib.recover_interrupted(study, config.space, config.grace_seconds) == [(number, 1)]
+    trial_store._enqueue(study, frozen.params, {"retry_of": number})  # the first, interrupted recovery
+    with trial_store.FileLock(config.lock_path):
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [(number, 1)]
     assert len(study.get_trials()) == 2
 
 
 def test_journal_storage_runs_a_search(tmp_path, objective_log):
     config = make_config(tmp_path, storage=str(tmp_path / "study.log"), max_trials=4)
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4
     assert config.storage.startswith("journal:")
 
@@ -374,8 +384,8 @@ def test_the_median_pruner_stops_trials_below_the_median_and_they_count_once(tmp
         mutation_probability=0.0,
     )
     study = start(config)
-    report = study_lib.run_worker(config, "w")
-    trials = [t for t in study.get_trials() if not study_lib.is_duplicate(t)]
+    report = run_worker(config, "w")
+    trials = [t for t in study.get_trials() if not trial_store.is_duplicate(t)]
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(trials) == 20 and report.pruned == len(pruned) and report.trained == len(complete)
@@ -390,7 +400,7 @@ def test_the_median_pruner_stops_trials_below_the_median_and_they_count_once(tmp
         assert sorted(t.intermediate_values) == [1, 2, 3] and t.value == pytest.approx(fakes.score(
             space_lib.params_to_spec(t.params, config.space)))
     # Every cell trained once (pruned ones partly); the budget counted each once.
-    assert len(trained_hashes(objective_log)) == 20 == study_lib.budget_used(study.get_trials())
+    assert len(trained_hashes(objective_log)) == 20 == trial_store.budget_used(study.get_trials())
 
 
 def test_a_duplicate_of_a_pruned_graph_is_pruned_without_training(tmp_path, objective_log):
@@ -399,10 +409,10 @@ def test_a_duplicate_of_a_pruned_graph_is_pruned_without_training(tmp_path, obje
         pruner_startup_trials=2,
     )
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     trials = study.get_trials()
     by_number = {t.number: t for t in trials}
-    copies = [t for t in trials if study_lib.is_duplicate(t) and t.state == TrialState.PRUNED]
+    copies = [t for t in trials if trial_store.is_duplicate(t) and t.state == TrialState.PRUNED]
     assert copies
     for t in copies:
         original = by_number[t.user_attrs["duplicate_of"]]
@@ -415,8 +425,8 @@ def test_a_duplicate_of_a_pruned_graph_is_pruned_without_training(tmp_path, obje
 def test_a_pruner_needs_an_objective_that_reports(tmp_path):
     config = make_config(tmp_path, pruner="median")
     start(config)
-    with pytest.raises(study_lib.WorkerSetupError, match="pruner=median needs intermediate scores.*report="):
-        study_lib.run_worker(config, "w")
+    with pytest.raises(WorkerSetupError, match="pruner=median needs intermediate scores.*report="):
+        run_worker(config, "w")
 
 
 @pytest.mark.parametrize("pruner, kind", [("none", "NopPruner"), ("median", "MedianPruner"),
@@ -437,17 +447,17 @@ def test_nsga2_searches_miou_and_cost_as_two_objectives(tmp_path, objective_log)
     )
     assert config.directions == ["maximize", "minimize"]
     study = start(config)
-    study_lib.run_worker(config, "w")
+    run_worker(config, "w")
     trials = study.get_trials()
     by_number = {t.number: t for t in trials}
-    assert sum(not study_lib.is_duplicate(t) for t in trials) == 30
+    assert sum(not trial_store.is_duplicate(t) for t in trials) == 30
     for t in trials:
         spec = space_lib.params_to_spec(t.params, config.space)
         assert t.state == TrialState.COMPLETE
         assert t.values == pytest.approx([fakes.score(spec), fakes.latency(spec)])
-        if study_lib.is_duplicate(t):
+        if trial_store.is_duplicate(t):
             assert t.values == by_number[t.user_attrs["duplicate_of"]].values
-        assert study_lib.trial_score(t) == t.values[0]
+        assert trial_store.trial_score(t) == t.values[0]
     front = {t.number for t in study.best_trials}
     assert len(front) >= 2
     for t in trials:  # no completed cell dominates a cell of the front
