@@ -105,17 +105,18 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_enum(
         "loss_resolution",
         "features4x",
-        ["features4x", "label"],
+        ["features4x", "label", "features"],
         "Labels of the loss: features4x = nearest-sampled to 4x the feature grid (cheap; thin classes lose "
-        "pixels); label = the cached crop (16x the pixels at stride 16).",
+        "pixels); label = the cached crop (16x the pixels at stride 16); features = the feature grid itself "
+        "(no resize in the loss, 16x fewer pixels than features4x).",
         **f,
     )
     flags.DEFINE_enum(
         "eval_resolution",
         "label",
-        ["label", "features4x"],
+        ["label", "features4x", "features"],
         "Labels the score is computed on: label = the crop, as evaluation does; features4x = 16x cheaper, "
-        "noisier.",
+        "noisier; features = the feature grid.",
         **f,
     )
     flags.DEFINE_integer("seed", 0, "Initial weights, batch order and dropout.", **f)

@@ -30,6 +30,9 @@ What each knob costs in fidelity (against end-to-end training of the model):
   logits resized to it as the model resizes them to the image (bilinear,
   align corners): thin classes (poles, signs) lose pixels. ``label`` uses the
   cached labels at the crop size (16x more pixels per step at stride 16).
+  ``features`` samples them to the feature grid itself: no resize in the loss
+  and 16x fewer loss pixels than ``features4x`` (a cheaper proxy, whose ranking
+  BENCHMARKS.md's fidelity table measures).
 * ``eval_resolution``: the same choice for scoring; ``label`` (default) is the
   model's evaluation at the crop size, ``features4x`` is 16x cheaper and noisier.
 * ``batch_norm_momentum``: DeepLab's 0.9997 keeps ~74% of its start after
@@ -65,7 +68,7 @@ import numpy as np
 
 from deeplab_dpc.nas.features import CacheError, FeatureCache, nearest_indices
 
-RESOLUTIONS = ("features4x", "label")
+RESOLUTIONS = ("features4x", "label", "features")
 DISTILLATION_LOSSES = ("kl", "mse")
 FEATURE_DTYPES = ("float16", "float32")
 PAPER_FILTERS = 256
@@ -99,8 +102,8 @@ class ProxyConfig:
             44.1 at 0.2, 44.4 at 0.5: 300 steps at 0.05 leave the cell undertrained.
         weight_decay: DeepLab's weight decay.
         batch_norm_momentum: moving-average momentum of the cell's batch norms.
-        loss_resolution: ``features4x`` or ``label`` (see the module doc).
-        eval_resolution: ``label`` or ``features4x``.
+        loss_resolution: ``features4x``, ``label`` or ``features`` (see the module doc).
+        eval_resolution: ``label``, ``features4x`` or ``features``.
         seed: initial weights, batch order and dropout.
         momentum: SGD momentum.
         learning_power: poly power.
@@ -315,6 +318,8 @@ def label_grid(resolution: str, feature_shape, label_shape) -> tuple[int, int]:
     """The (height, width) of labels at ``resolution``."""
     if resolution == "label":
         return tuple(int(s) for s in label_shape[:2])
+    if resolution == "features":
+        return (int(feature_shape[0]), int(feature_shape[1]))
     return (4 * int(feature_shape[0]), 4 * int(feature_shape[1]))
 
 
@@ -433,14 +438,35 @@ def input_dtype(config: ProxyConfig) -> str:
 
 
 def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int, output_stride: int):
-    """features ``[B, h, w, c]`` -> ``DensePredictionCell`` -> ``Logits``: logits ``[B, h, w, classes]``."""
+    """features ``[B, h, w, c]`` -> ``DensePredictionCell`` -> ``Logits``: logits ``[B, h, w, classes]``.
+
+    Sets Keras' random seed to ``config.seed`` first (``build_proxy_group`` of one cell)."""
+    return build_proxy_group([spec], config, feature_shape, num_classes, output_stride)
+
+
+def build_proxy_group(specs, config: ProxyConfig, feature_shape, num_classes: int, output_stride: int):
+    """Several cells on one input, each with its own weights: outputs ``[logits of cell k]``.
+
+    Keras' random seed is set to ``config.seed`` before each cell is built, so cell k starts from the
+    weights ``build_proxy_model`` gives it alone after the same seeding (tested).
+    """
     import keras  # noqa: PLC0415
 
+    features = keras.Input(tuple(feature_shape), dtype=input_dtype(config), name="features")
+    outputs = []
+    for k, spec in enumerate(specs):
+        keras.utils.set_random_seed(config.seed)
+        suffix = "" if k == 0 else f"_{k}"
+        outputs.append(_proxy_head(features, spec, config, num_classes, output_stride, suffix))
+    return keras.Model(features, outputs if len(outputs) > 1 else outputs[0], name="proxy")
+
+
+def _proxy_head(features, spec, config: ProxyConfig, num_classes: int, output_stride: int, suffix: str):
+    """``features`` -> ``DensePredictionCell`` -> ``Logits`` (their names + ``suffix``): the logits tensor."""
     from deeplab_dpc.core.common import l2_regularizer  # noqa: PLC0415
     from deeplab_dpc.core.dense_prediction_cell import DensePredictionCell  # noqa: PLC0415
     from deeplab_dpc.core.model import Logits  # noqa: PLC0415
 
-    features = keras.Input(tuple(feature_shape), dtype=input_dtype(config), name="features")
     x = DensePredictionCell(
         spec,
         output_stride=output_stride,
@@ -453,9 +479,9 @@ def build_proxy_model(spec, config: ProxyConfig, feature_shape, num_classes: int
         drop_path_keep_prob=config.drop_path_keep_prob,
         drop_path_steps=config.proxy_steps,
         seed=config.seed,
+        name="dense_prediction_cell" + suffix,
     )(features)
-    logits = Logits(num_classes, kernel_regularizer=l2_regularizer(config.weight_decay), name="logits")(x)
-    return keras.Model(features, logits, name="proxy")
+    return Logits(num_classes, kernel_regularizer=l2_regularizer(config.weight_decay), name="logits" + suffix)(x)
 
 
 def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -541,10 +567,12 @@ def evaluate(
     batch_size: int,
     dtype=None,
 ):
-    """The confusion matrix of ``model`` on ``features`` against ``labels`` (at the labels' grid)."""
+    """The confusion matrix of ``model`` on ``features`` against ``labels`` (at the labels' grid); a list
+    of them, one per output, for a model of several cells (``build_proxy_group``)."""
     from deeplab_dpc.evaluation.metrics import ConfusionMatrix  # noqa: PLC0415
 
-    matrix = ConfusionMatrix(num_classes, ignore_label)
+    outputs = len(model.outputs)
+    matrices = [ConfusionMatrix(num_classes, ignore_label) for _ in range(outputs)]
     grid = labels.shape[1:3]
     dtype = dtype or features.dtype
     for start in range(0, len(features), batch_size):
@@ -552,9 +580,11 @@ def evaluate(
         n = len(batch)
         if n < batch_size:  # One compiled shape for every call.
             batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        logits = np.asarray(model.predict_on_batch(batch), np.float32)
-        matrix.update(labels[start : start + n], label_map_function(logits.shape, grid)(logits)[:n])
-    return matrix
+        predictions = model.predict_on_batch(batch)
+        for matrix, logits in zip(matrices, predictions if outputs > 1 else [predictions]):
+            logits = np.asarray(logits, np.float32)
+            matrix.update(labels[start : start + n], label_map_function(logits.shape, grid)(logits)[:n])
+    return matrices if outputs > 1 else matrices[0]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -603,48 +633,60 @@ def train_segment(model, batches, steps: int, on_step: Callable[[int], None] | N
     A plain ``train_on_batch`` loop: ``model.fit`` on a generator prefetches batches it never trains on
     (tf.data's ``from_generator`` and ``prefetch``), so after a segment that ended early the next segment's
     batches depended on timing, and the bridge cost a thread hand-off a step. With ``steps_per_execution``
-    above 1 (a GPU), ``fit`` runs on exactly ``steps`` batches instead, so the order is the same.
+    above 1 (a GPU), ``fit`` runs on exactly ``steps`` batches instead, so the order is the same. A model
+    of several cells (``build_proxy_group``) trains each on the same targets.
 
     Args:
         on_step: called with the segment's step index (from 0) before each step.
 
     Returns:
-        (the mean training loss over the segment, the raw trainable weights when the optimizer keeps an EMA
-        (the model now holds the average, as after ``fit``) else None, (step, loss) of the first
-        non-finite loss or None). A non-finite loss ends the segment at that step.
+        (per output: the mean training loss over the segment; the raw trainable weights when the optimizer
+        keeps an EMA (the model now holds the average, as after ``fit``) else None; per output: (step,
+        loss) of its first non-finite loss, or None). The segment ends early once every output has failed.
     """
     import itertools  # noqa: PLC0415
 
     import keras  # noqa: PLC0415
 
-    ema = bool(getattr(model.optimizer, "use_ema", False))
-    failed = None
+    outputs = len(model.outputs)
+    keys = ["loss"] if outputs == 1 else [f"{name}_loss" for name in model.output_names]
+    targets = (lambda y: y) if outputs == 1 else (lambda y: tuple(y for _ in range(outputs)))
+    failed: list = [None] * outputs
     if (getattr(model, "steps_per_execution", 1) or 1) > 1:
         history = model.fit(
-            itertools.islice(batches, steps), steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False
-        )
-        mean_loss = float(history.history["loss"][-1])
-        if not math.isfinite(mean_loss):
-            failed = (steps, mean_loss)
+            ((x, targets(y)) for x, y in itertools.islice(batches, steps)),
+            steps_per_epoch=steps,
+            epochs=1,
+            verbose=0,
+            shuffle=False,
+        ).history
+        means = [float(history[key][-1]) for key in keys]
+        failed = [None if math.isfinite(m) else (steps, m) for m in means]
     else:
-        total = 0.0
-        done = 0
+        sums = np.zeros(outputs)
+        counts = np.zeros(outputs)
         for step in range(steps):
             if on_step is not None:
                 on_step(step)
             x, y = next(batches)
-            loss = float(model.train_on_batch(x, y, return_dict=True)["loss"])
-            done += 1
-            total += loss
-            if not math.isfinite(loss):
-                failed = (step + 1, loss)
+            logs = model.train_on_batch(x, targets(y), return_dict=True)
+            for k, key in enumerate(keys):
+                if failed[k] is not None:
+                    continue
+                loss = float(logs[key])
+                if math.isfinite(loss):
+                    sums[k] += loss
+                    counts[k] += 1
+                else:
+                    failed[k] = (step + 1, loss)
+            if all(f is not None for f in failed):
                 break
-        mean_loss = total / max(done, 1)
+        means = [float(sums[k] / counts[k]) if counts[k] else float("nan") for k in range(outputs)]
     raw = None
-    if ema:  # As fit ends: keep the raw weights, put the average in.
+    if getattr(model.optimizer, "use_ema", False):  # As fit ends: keep the raw weights, put the average in.
         raw = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
         model.optimizer.finalize_variable_values(model.trainable_variables)
-    return mean_loss, raw, failed
+    return means, raw, failed
 
 
 def measure_latency_ms(model, sample, repeats: int = 10, warmup: int = 2) -> float:
@@ -672,14 +714,21 @@ def compile_proxy_model(spec, config: ProxyConfig, data: ProxyData):
     Clears Keras' global state and seeds it (``config.seed``) first, so equal configs build equal
     weights. Shared by ``run_proxy`` and ``bench/bench_proxy.py``'s bare step.
     """
+    return compile_proxy_group([spec], config, data)
+
+
+def compile_proxy_group(specs, config: ProxyConfig, data: ProxyData):
+    """``compile_proxy_model`` for several cells in one model (``build_proxy_group``): one loss per cell,
+    summed; each cell's gradients, optimizer slots and batch-norm statistics are its own."""
     import keras  # noqa: PLC0415
 
     from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
 
     keras.backend.clear_session()  # Each trial starts from the same global state: equal seeds, equal results.
     keras.utils.set_random_seed(config.seed)
-    model = build_proxy_model(spec, config, data.feature_shape, data.num_classes, data.output_stride)
+    model = build_proxy_group(specs, config, data.feature_shape, data.num_classes, data.output_stride)
     schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
+    losses = [_proxy_loss(config, data) for _ in specs]
     model.compile(
         optimizer=keras.optimizers.SGD(
             schedule,
@@ -687,7 +736,7 @@ def compile_proxy_model(spec, config: ProxyConfig, data: ProxyData):
             use_ema=config.ema_decay is not None,
             ema_momentum=config.ema_decay if config.ema_decay is not None else 0.99,
         ),
-        loss=_proxy_loss(config, data),
+        loss=losses if len(specs) > 1 else losses[0],
         jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
@@ -757,6 +806,30 @@ def run_proxy(
     (``keras.utils.set_random_seed(config.seed)``) first, so equal configs give equal results in one
     process (tested, dropout included); models the caller built before keep working.
     """
+    [outcome] = run_proxy_group([spec], config, features, progress, report)
+    if isinstance(outcome, TrialFailed):
+        raise outcome
+    return outcome
+
+
+def run_proxy_group(
+    specs,
+    config: ProxyConfig,
+    features: ProxyData | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    report: Callable[[int, float], None] | None = None,
+) -> list:
+    """``run_proxy`` for several cells in one program: one model of K cells (``build_proxy_group``) trained
+    on the same batches, each cell with its own weights, optimizer slots, batch-norm statistics, loss and
+    score, as it would train alone (tested within float tolerance).
+
+    Returns, per cell in order, ``run_proxy``'s result, or the ``TrialFailed`` of a cell whose loss became
+    non-finite (the others train on). ``seconds``, ``train_seconds`` and ``eval_seconds`` are each cell's
+    share (the group's over K); ``group_size`` and ``group_seconds`` (the whole call) are added. With K > 1
+    a cell's ``final_loss`` is its own loss term without the weight decay (Keras sums the decay of all
+    cells into one total); alone it includes it, as ``fit`` reports it.
+    ``report`` (a pruner) takes one cell only.
+    """
     start = time.perf_counter()
     import keras  # noqa: PLC0415
 
@@ -764,7 +837,11 @@ def run_proxy(
 
     from deeplab_dpc.core.spec import CellSpec  # noqa: PLC0415
 
-    spec = spec if isinstance(spec, CellSpec) else CellSpec.from_list(spec)
+    specs = [spec if isinstance(spec, CellSpec) else CellSpec.from_list(spec) for spec in specs]
+    if not specs:
+        raise ValueError("run_proxy_group needs at least one cell")
+    if report is not None and len(specs) != 1:
+        raise ValueError(f"report (a pruner's) takes one cell per program, got {len(specs)} cells")
     if features is None:
         features = load_proxy_data(config)
     elif features.key != config.data_key():
@@ -773,7 +850,8 @@ def run_proxy(
             "call load_proxy_data(config) with this config"
         )
     data = features
-    model = compile_proxy_model(spec, config, data)
+    size = len(specs)
+    model = compile_proxy_group(specs, config, data)
     dtype = input_dtype(config)
     batches = training_batches(config, data)
     warm_start_proxy_model(model, config, data)
@@ -781,30 +859,34 @@ def run_proxy(
     total = config.proxy_steps
     interval = config.eval_interval or total
     ends = sorted({*range(interval, total, interval), total})
-    history = []
+    histories: list[list] = [[] for _ in specs]
+    failures: list = [None] * size
+    matrices: list = [None] * size
+    losses = [float("nan")] * size
     train_seconds = eval_seconds = 0.0
     done = 0
-    matrix = None
-    loss = float("nan")
     for end in ends:
         t = time.perf_counter()
         offset = done
-        loss, raw, failed = train_segment(
+        losses, raw, failed = train_segment(
             model,
             batches,
             end - done,
             None if progress is None else lambda step, offset=offset: progress(offset + step, total),
         )
         train_seconds += time.perf_counter() - t
-        if failed is not None:
-            step, value = failed
-            raise TrialFailed(
-                f"the loss became {value} by step {offset + step} (learning_rate={config.learning_rate})",
-                offset + step,
-            )
+        for k, fault in enumerate(failed):
+            if fault is not None and failures[k] is None:
+                step, value = fault
+                failures[k] = TrialFailed(
+                    f"the loss became {value} by step {offset + step} (learning_rate={config.learning_rate})",
+                    offset + step,
+                )
+        if all(f is not None for f in failures):
+            break
         done = end
         t = time.perf_counter()
-        matrix = evaluate(
+        scored = evaluate(
             model,
             data.eval_features,
             data.eval_labels,
@@ -814,18 +896,51 @@ def run_proxy(
             dtype,
         )
         eval_seconds += time.perf_counter() - t
+        for k, matrix in enumerate(scored if size > 1 else [scored]):
+            if failures[k] is None:
+                matrices[k] = matrix
+                histories[k].append({"step": end, "miou": matrix.mean_iou(), "loss": losses[k]})
         if raw is not None and end != total:
             restore_weights(model, raw)  # Scored with the average; training goes on from the raw weights.
-        history.append({"step": end, "miou": matrix.mean_iou(), "loss": loss})
         if report is not None and end != total:
-            report(end, float(matrix.mean_iou()))
-    latency_ms = measure_latency_ms(model, data.eval_features[:1].astype(dtype))
-    if progress is not None:
+            report(end, float(matrices[0].mean_iou()))
+    sample = data.eval_features[:1].astype(dtype)
+    outcomes: list = []
+    for k, spec in enumerate(specs):
+        if failures[k] is not None:
+            outcomes.append(failures[k])
+            continue
+        cell_model = model if size == 1 else keras.Model(model.inputs, model.outputs[k])
+        outcomes.append(
+            {
+                **_cell_result(spec, config, data, matrices[k], histories[k], losses[k]),
+                "latency_ms": measure_latency_ms(cell_model, sample),
+            }
+        )
+    if progress is not None and any(f is None for f in failures):
         progress(total, total)
+    wall = time.perf_counter() - start
+    for outcome in outcomes:
+        if isinstance(outcome, dict):
+            outcome.update(
+                seconds=wall / size,
+                train_seconds=train_seconds / size,
+                eval_seconds=eval_seconds / size,
+                **({"group_size": size, "group_seconds": wall} if size > 1 else {}),
+            )
+    del model
+    keras.backend.clear_session()
+    return outcomes
+
+
+def _cell_result(spec, config: ProxyConfig, data: ProxyData, matrix, history, loss) -> dict:
+    """One cell's result dict (``run_proxy``'s), less its times and latency."""
+    import keras  # noqa: PLC0415
+
     iou = matrix.per_class_iou()
     cost = cell_cost(spec, data.feature_shape, config.proxy_filters)
     cost_256 = cell_cost(spec, data.feature_shape, PAPER_FILTERS)
-    result = {
+    return {
         "miou": float(matrix.mean_iou()),
         "per_class_iou": {
             name: (None if np.isnan(v) else float(v)) for name, v in zip(data.class_names, iou)
@@ -833,13 +948,9 @@ def run_proxy(
         "pixel_accuracy": float(matrix.pixel_accuracy()),
         "params": cost["params"],
         "madds": cost["madds"],
-        "latency_ms": latency_ms,
         "params_256": cost_256["params"],
         "madds_256": cost_256["madds"],
-        "seconds": time.perf_counter() - start,
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "steps": total,
+        "steps": config.proxy_steps,
         "filters": config.proxy_filters,
         "final_loss": loss,
         "history": history,
@@ -848,9 +959,6 @@ def run_proxy(
         "spec": spec.to_list(),
         "config": config.to_dict(),
     }
-    del model
-    keras.backend.clear_session()
-    return result
 
 
 def _proxy_loss(config: ProxyConfig, data: ProxyData):

@@ -185,11 +185,56 @@ def test_the_segment_loss_is_the_mean_of_its_steps_and_a_nan_ends_it():
     targets = [np.full((4, 1), v, "float32") for v in (1.0, 2.0, 3.0)]
     prediction = float(model.predict_on_batch(x)[0, 0])
     losses = [(prediction - t[0, 0]) ** 2 for t in targets]
-    loss, raw, failed = train_segment(model, iter([(x, t) for t in targets]), 3)
+    [loss], raw, [failed] = train_segment(model, iter([(x, t) for t in targets]), 3)
     assert loss == pytest.approx(np.mean(losses), rel=1e-6) and raw is None and failed is None
     bad = iter([(x, targets[0]), (x, np.full((4, 1), np.nan, "float32")), (x, targets[0])])
-    loss, _, failed = train_segment(model, bad, 3)
+    _, _, [failed] = train_segment(model, bad, 3)
     assert failed[0] == 2 and math.isnan(failed[1]) and next(bad)[1] is targets[0]  # stopped at step 2
+
+
+def test_in_a_group_each_output_has_its_own_loss_and_one_that_fails_leaves_the_others_training():
+    import keras
+
+    from deeplab_dpc.nas.proxy import train_segment
+
+    inputs = keras.Input((2,))
+    fine = keras.layers.Dense(1, name="fine")(inputs)
+    huge = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1e30), name="huge")(inputs)
+    model = keras.Model(inputs, [fine, huge])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=["mse", "mse"])
+    x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+    losses, _, failed = train_segment(model, iter([(x, y)] * 3), 3)
+    assert math.isfinite(losses[0]) and failed[0] is None
+    assert failed[1][0] == 1 and not math.isfinite(failed[1][1])  # (1e30 * 2)^2 overflows float32
+
+
+def test_cells_trained_in_one_program_score_as_each_trained_alone(cache_dir):
+    from deeplab_dpc.nas.proxy import run_proxy_group
+
+    cells = [
+        CELL,
+        [{"op": "conv", "kernel": 3, "rate": [2, 2], "input": -1}],
+        [{"op": "pyramid_pooling", "grid_size": [1, 1], "input": -1},
+         {"op": "conv", "kernel": 1, "rate": [1, 1], "input": -1}],
+    ]
+    config = _fast(cache_dir, proxy_steps=30, eval_interval=15, dropout_rate=0.1)
+    data = load_proxy_data(config)
+    alone = [run_proxy(cell, config, features=data) for cell in cells]
+    together = run_proxy_group(cells, config, features=data)
+    for a, b in zip(alone, together):
+        assert b["group_size"] == 3 and b["spec"] == a["spec"] and b["madds"] == a["madds"]
+        assert [h["step"] for h in b["history"]] == [15, 30]
+        # The same weights, batches, dropout masks and updates: the same scores (bitwise here; the
+        # tolerance leaves room for a reduction summed in another order).
+        assert [h["miou"] for h in b["history"]] == pytest.approx([h["miou"] for h in a["history"]], abs=1e-6)
+    # In a group, a cell's loss is its own term, without the weight decay Keras sums over all cells: with
+    # none, the losses agree too.
+    bare = _fast(cache_dir, proxy_steps=30, eval_interval=0, dropout_rate=0.1, weight_decay=0.0)
+    alone = [run_proxy(cell, bare, features=data)["final_loss"] for cell in cells]
+    together = [r["final_loss"] for r in run_proxy_group(cells, bare, features=data)]
+    assert together == pytest.approx(alone, rel=1e-6)
+    with pytest.raises(ValueError, match="one cell per program"):
+        run_proxy_group(cells, config, features=data, report=lambda step, miou: None)
 
 
 def test_scheduled_drop_path_trains_and_changes_the_run_but_not_inference(cache_dir):
@@ -212,6 +257,13 @@ def test_features_loaded_for_another_config_are_refused(cache_dir):
     assert data.train_features.dtype == np.float16
     with pytest.raises(ValueError, match="call load_proxy_data"):
         run_proxy(CELL, _fast(cache_dir, loss_resolution="label"), features=data)
+    # The loss on the feature grid itself: labels nearest-sampled to it, no resize in the loss.
+    grid = _fast(cache_dir, loss_resolution="features", proxy_steps=20, eval_interval=0)
+    on_grid = load_proxy_data(grid)
+    rows, cols = nearest_indices(CROP[0], 6), nearest_indices(CROP[1], 8)
+    full = load_proxy_data(_fast(cache_dir, loss_resolution="label"))
+    np.testing.assert_array_equal(on_grid.train_labels, full.train_labels[:, rows[:, None], cols[None, :]])
+    assert run_proxy(CELL, grid, features=on_grid)["miou"] > 0.3  # chance on this 3-class task is ~0.2
 
 
 def test_features_are_mapped_from_the_cache_and_train_as_features_in_memory_do(cache_dir):
@@ -258,7 +310,7 @@ def test_config_round_trips_through_json():
         (
             "loss_resolution",
             "pixels",
-            "loss_resolution='pixels' is unknown; valid: \\['features4x', 'label'\\]",
+            "loss_resolution='pixels' is unknown; valid: \\['features4x', 'label', 'features'\\]",
         ),
         ("eval_resolution", "x", "eval_resolution='x' is unknown"),
         ("feature_dtype", "bfloat16", "feature_dtype='bfloat16' is unknown"),
