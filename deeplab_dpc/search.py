@@ -130,6 +130,13 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_string("executor", "local", f"Where trials run: one of {list(EXECUTORS)}.", **f)
     flags.DEFINE_integer("num_workers", 1, "Trials running at once (worker processes or Ray tasks).", **f)
+    flags.DEFINE_integer(
+        "cells_per_worker",
+        1,
+        "Trials a worker trains at once in one program, on the same batches, each cell with its own weights "
+        "and score (where small cells cannot fill a GPU); not with --pruner or --prefilter_ratio.",
+        **f,
+    )
     flags.DEFINE_string("ray_address", None, "Ray cluster address (unset: start Ray on this machine).", **f)
     flags.DEFINE_string(
         "objective",
@@ -369,6 +376,7 @@ def _search_config(fv: flags.FlagValues, proxy: dict, SearchConfig):
             enqueue_published=fv.enqueue_published,
             executor=fv.executor,
             num_workers=fv.num_workers,
+            cells_per_worker=fv.cells_per_worker,
             ray_address=fv.ray_address,
             objective=fv.objective,
             proxy=proxy,

@@ -17,6 +17,9 @@ to carry ``objective.zero_cost(spec, names) -> {name: score}`` (names of
 ``nas.zero_cost.SCORES``, higher predicting better): the proxy's is
 ``zero_cost.score_cell`` on the proxy's own model at initialisation and its
 first training batch, sharing the features the objective loaded.
+
+Several cells per program (``--cells_per_worker``) need ``objective.group(specs) -> [result or
+exception per cell]``: the proxy's is ``run_proxy_group`` on the same features.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from deeplab_dpc.core.spec import CellSpec
 def proxy_objective(config) -> Callable[[CellSpec], Mapping[str, Any]]:
     """The proxy trainer with ``config.proxy`` (``ProxyConfig.to_dict()``), features loaded once."""
     try:
-        from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data, run_proxy  # noqa: PLC0415
+        from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data, run_proxy, run_proxy_group  # noqa: PLC0415
     except ImportError as e:
         raise RuntimeError(f"the proxy trainer (deeplab_dpc.nas.proxy) cannot be imported: {e}") from e
     proxy_config = ProxyConfig.from_dict(dict(config.proxy))
@@ -44,5 +47,9 @@ def proxy_objective(config) -> Callable[[CellSpec], Mapping[str, Any]]:
         result = score_cell(spec, proxy_config, features, tuple(names))
         return {name: float(result[name]) for name in names}
 
+    def group(specs: Sequence[CellSpec]) -> list:
+        return run_proxy_group(specs, proxy_config, features=features)
+
     objective.zero_cost = zero_cost
+    objective.group = group
     return objective

@@ -41,7 +41,7 @@ PROXY_FIELDS_ADDED = {
 }
 # Search fields added after searches were already run, with the value that reproduces those searches:
 # a search_config.json without the field continues only at this value.
-SEARCH_FIELDS_ADDED = {"prefilter": None, "prefilter_ratio": 1}
+SEARCH_FIELDS_ADDED = {"prefilter": None, "prefilter_ratio": 1, "cells_per_worker": 1}
 # Optuna's pruners by flag value (``make_pruner``).
 PRUNERS = ("none", "median", "sha", "hyperband")
 # The best cell by proxy score so far (the re-ranked winner is rerank's best_cell.json).
@@ -52,6 +52,7 @@ RESUMABLE_FIELDS = frozenset(
         "max_trials",
         "max_hours",
         "num_workers",
+        "cells_per_worker",  # how trials are packed into programs, not what they score
         "executor",
         "ray_address",
         "heartbeat_seconds",
@@ -109,6 +110,9 @@ class SearchConfig:
         enqueue_published: run the published Cityscapes cell and an ASPP cell first.
         executor: "local" (worker processes) or "ray" (Ray tasks).
         num_workers: workers running trials at once.
+        cells_per_worker: K > 1: each worker trains K trials in one program on the same batches
+            (``proxy.run_proxy_group``: each cell as it would train alone), each recorded as its own
+            trial; where small cells cannot fill a device. Not with a pruner or a pre-filter.
         ray_address: Ray cluster address (None: start a local Ray).
         objective: ``module:function``; the function takes this config and returns the per-process
             objective, ``objective(spec) -> {"miou": ..., "params": ..., "madds": ..., ...}``.
@@ -154,6 +158,7 @@ class SearchConfig:
     enqueue_published: bool = False
     executor: str = "local"
     num_workers: int = 1
+    cells_per_worker: int = 1
     ray_address: str | None = None
     objective: str = DEFAULT_OBJECTIVE
     proxy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -193,7 +198,7 @@ class SearchConfig:
             raise ValueError(f"strategy={self.strategy!r} unknown; valid strategies: {sorted(STRATEGIES)}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor={self.executor!r} unknown; valid executors: {list(EXECUTORS)}")
-        for name in ("max_trials", "num_branches", "num_workers"):
+        for name in ("max_trials", "num_branches", "num_workers", "cells_per_worker"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.max_hours is not None and not self.max_hours > 0:
@@ -212,6 +217,12 @@ class SearchConfig:
             )
         self._check_pruner()
         self._check_zero_cost()
+        if self.cells_per_worker > 1 and (self.pruner != "none" or self.prefilter_ratio > 1):
+            raise ValueError(
+                f"cells_per_worker={self.cells_per_worker} trains several trials in one program: it takes "
+                f"no pruner (got {self.pruner!r}) and no pre-filter (prefilter_ratio={self.prefilter_ratio}); "
+                "set cells_per_worker=1 for those"
+            )
         if self.stage2 is not None:
             from deeplab_dpc.nas.progressive import Stage2Config  # noqa: PLC0415  (NumPy only)
 

@@ -374,20 +374,59 @@ def _train(
     config: SearchConfig,
     scorer: ZeroCostScorer | None = None,
 ) -> None:
-    if scorer is not None:  # at initialisation, before training; those the pre-filter computed are kept
-        own = trial.user_attrs
-        try:
-            _score_zero_cost(
-                trial, spec, scorer, [n for n in config.zero_cost_scores if zero_cost_attr(n) not in own]
-            )
-        except UpdateFinishedTrialError:
-            logger.warning("trial %d was interrupted while it was scored; not trained here", trial.number)
-            return
+    if not _score_before_training(trial, spec, scorer, config):
+        return
     try:
         if config.pruner != "none":
             result = dict(objective(spec, report=_reporter(trial)))
         else:
             result = dict(objective(spec))
+    except optuna.TrialPruned:
+        step = study._storage.get_trial(trial._trial_id).last_step
+        trial.set_user_attr(PRUNED_AT_STEP, step)
+        report.pruned += _finish(study, trial, TrialState.PRUNED)
+        return
+    except Exception as e:  # noqa: BLE001  (any failure of one trial is recorded; the search goes on)
+        _record_failure(study, trial, e, report)
+        return
+    _record(study, trial, spec, result, report, config)
+
+
+def _score_before_training(
+    trial: optuna.Trial, spec: CellSpec, scorer: ZeroCostScorer | None, config: SearchConfig
+) -> bool:
+    """The trial's zero-cost scores at initialisation (those the pre-filter computed are kept); False when
+    the trial was interrupted meanwhile (it is not trained here)."""
+    if scorer is None:
+        return True
+    own = trial.user_attrs
+    try:
+        _score_zero_cost(trial, spec, scorer, [n for n in config.zero_cost_scores if zero_cost_attr(n) not in own])
+    except UpdateFinishedTrialError:
+        logger.warning("trial %d was interrupted while it was scored; not trained here", trial.number)
+        return False
+    return True
+
+
+def _record_failure(study: optuna.Study, trial: optuna.Trial, error: BaseException, report: WorkerReport) -> None:
+    trial.set_user_attr(ERROR, f"{type(error).__name__}: {error}"[:2000])
+    trial.set_user_attr(
+        "traceback", "".join(traceback.format_exception(type(error), error, error.__traceback__))[-4000:]
+    )
+    report.failed += _finish(study, trial, TrialState.FAIL)
+
+
+def _record(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    spec: CellSpec,
+    result: Mapping[str, Any],
+    report: WorkerReport,
+    config: SearchConfig,
+) -> None:
+    """A trained trial's result: its score (a non-finite mIoU or cost fails it), result attrs, stage 2."""
+    result = dict(result)
+    try:
         miou = float(result["miou"])
         if not math.isfinite(miou):
             raise FloatingPointError(f"the objective returned a non-finite mIoU ({miou})")
@@ -397,15 +436,8 @@ def _train(
             score = score_of(
                 result, config.cost_metric, config.cost_target, config.cost_alpha, config.cost_beta
             )
-    except optuna.TrialPruned:
-        step = study._storage.get_trial(trial._trial_id).last_step
-        trial.set_user_attr(PRUNED_AT_STEP, step)
-        report.pruned += _finish(study, trial, TrialState.PRUNED)
-        return
-    except Exception as e:  # noqa: BLE001  (any failure of one trial is recorded; the search goes on)
-        trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}"[:2000])
-        trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
-        report.failed += _finish(study, trial, TrialState.FAIL)
+    except Exception as e:  # noqa: BLE001
+        _record_failure(study, trial, e, report)
         return
     result = _jsonable(result)
     for key, value in result.items():
@@ -507,6 +539,11 @@ def run_worker(
             f"pruner={config.pruner} needs intermediate scores, but objective {config.objective} takes no "
             "report= argument (see deeplab_dpc.nas.objective)"
         )
+    if config.cells_per_worker > 1 and not callable(getattr(objective, "group", None)):
+        raise WorkerSetupError(
+            f"cells_per_worker={config.cells_per_worker} needs an objective that trains several cells in one "
+            f"program (objective.group(specs)); {config.objective} has none"
+        )
     scorer = zero_cost_scorer(objective, config)
     study = load_study(config)
     space = config.space
@@ -523,6 +560,13 @@ def run_worker(
         if duplicates_in_a_row >= MAX_CONSECUTIVE_DUPLICATES:
             report.stopped_because = f"{duplicates_in_a_row} proposals in a row were known graphs"
             break
+        if config.cells_per_worker > 1:
+            counts = _run_group(study, lock, worker, objective, report, config, scorer, poll_seconds)
+            if counts is None:
+                report.stopped_because = "max_trials reached"
+                break
+            duplicates_in_a_row = 0 if counts[0] else duplicates_in_a_row + counts[1]
+            continue
         with lock:
             trials = all_trials(study)
             if budget_used(trials) >= config.max_trials:
@@ -559,47 +603,122 @@ def run_worker(
                 raise
             if chosen is None:
                 continue
-        trial, spec, graph_hash = chosen.trial, chosen.spec, chosen.graph_hash
-        trial_id = trial._trial_id
+        trial_id = chosen.trial._trial_id
         try:
             with Heartbeat(study._storage, trial_id, config.heartbeat_seconds):
-                while resolution.action == "wait":
-                    time.sleep(poll_seconds)
-                    with lock:
-                        resolution = resolve_duplicate(trial.number, graph_hash, all_trials(study))
-                        if resolution.action == "train":
-                            trial.set_user_attr(DUPLICATE_OF, None)  # Its original is gone: it trains itself.
-                        elif resolution.action != "wait":
-                            trial.set_user_attr(DUPLICATE_OF, resolution.of)
-                if resolution.action == "train":
+                if _train_or_settle(study, lock, chosen, resolution, objective, report, config, scorer, poll_seconds):
                     duplicates_in_a_row = 0
-                    _train(study, trial, spec, objective, report, config, scorer)
-                    continue
-                duplicates_in_a_row += 1
-                source = study._storage.get_trial(
-                    study._storage.get_trial_id_from_study_id_trial_number(study._study_id, resolution.of)
-                )
-                if resolution.action == "copy":
-                    _copy_result_attrs(trial, source)
-                    value = source.values if config.multi_objective else source.value
-                    report.duplicates += _finish(study, trial, TrialState.COMPLETE, value)
-                elif resolution.action == "copy_pruned":
-                    for step, value in sorted(source.intermediate_values.items()):
-                        trial.report(value, step)
-                    trial.set_user_attr(PRUNED_AT_STEP, source.user_attrs.get(PRUNED_AT_STEP))
-                    report.duplicates += _finish(study, trial, TrialState.PRUNED)
                 else:
-                    error = source.user_attrs.get(ERROR, "")
-                    trial.set_user_attr(
-                        ERROR, f"same graph as trial {source.number}, which failed: {error}"[:2000]
-                    )
-                    report.duplicates += _finish(study, trial, TrialState.FAIL)
+                    duplicates_in_a_row += 1
         except BaseException:
             # Ctrl-C, SIGTERM (SystemExit) or a bug outside the objective: this attempt is
             # interrupted; it is retried once, now rather than when the next search starts.
-            with contextlib.suppress(Exception), lock:
-                frozen = study._storage.get_trial(trial_id)
-                if frozen.state == TrialState.RUNNING:
-                    mark_interrupted(study, frozen, f"worker {worker} stopped", all_trials(study), space)
+            _interrupt(study, lock, [trial_id], worker, space)
             raise
     return report
+
+
+def _interrupt(study: optuna.Study, lock: FileLock, trial_ids: Sequence[int], worker: str, space) -> None:
+    """Marks this worker's trials that are still RUNNING interrupted (each retried once)."""
+    with contextlib.suppress(Exception), lock:
+        for trial_id in trial_ids:
+            frozen = study._storage.get_trial(trial_id)
+            if frozen.state == TrialState.RUNNING:
+                mark_interrupted(study, frozen, f"worker {worker} stopped", all_trials(study), space)
+
+
+def _train_or_settle(
+    study: optuna.Study,
+    lock: FileLock,
+    proposal: _Proposal,
+    resolution: Resolution,
+    objective: Objective,
+    report: WorkerReport,
+    config: SearchConfig,
+    scorer: ZeroCostScorer | None,
+    poll_seconds: float,
+) -> bool:
+    """Trains the proposal, or, a duplicate, waits for its original and copies its outcome. Returns
+    whether it trained. Call with the trial's heartbeat running."""
+    trial, graph_hash = proposal.trial, proposal.graph_hash
+    while resolution.action == "wait":
+        time.sleep(poll_seconds)
+        with lock:
+            resolution = resolve_duplicate(trial.number, graph_hash, all_trials(study))
+            if resolution.action == "train":
+                trial.set_user_attr(DUPLICATE_OF, None)  # Its original is gone: it trains itself.
+            elif resolution.action != "wait":
+                trial.set_user_attr(DUPLICATE_OF, resolution.of)
+    if resolution.action == "train":
+        _train(study, trial, proposal.spec, objective, report, config, scorer)
+        return True
+    source = study._storage.get_trial(
+        study._storage.get_trial_id_from_study_id_trial_number(study._study_id, resolution.of)
+    )
+    if resolution.action == "copy":
+        _copy_result_attrs(trial, source)
+        value = source.values if config.multi_objective else source.value
+        report.duplicates += _finish(study, trial, TrialState.COMPLETE, value)
+    elif resolution.action == "copy_pruned":
+        for step, value in sorted(source.intermediate_values.items()):
+            trial.report(value, step)
+        trial.set_user_attr(PRUNED_AT_STEP, source.user_attrs.get(PRUNED_AT_STEP))
+        report.duplicates += _finish(study, trial, TrialState.PRUNED)
+    else:
+        error = source.user_attrs.get(ERROR, "")
+        trial.set_user_attr(ERROR, f"same graph as trial {source.number}, which failed: {error}"[:2000])
+        report.duplicates += _finish(study, trial, TrialState.FAIL)
+    return False
+
+
+def _run_group(
+    study: optuna.Study,
+    lock: FileLock,
+    worker: str,
+    objective: Objective,
+    report: WorkerReport,
+    config: SearchConfig,
+    scorer: ZeroCostScorer | None,
+    poll_seconds: float,
+) -> tuple[int, int] | None:
+    """``cells_per_worker`` > 1: claims up to that many trials under the lock and trains those that train
+    in one program (``objective.group``), each recorded as its own trial; the duplicates among them are
+    settled after. Returns (trained, duplicates), or None when the budget is used."""
+    claimed: list[tuple[_Proposal, Resolution]] = []
+    with lock:
+        for _ in range(config.cells_per_worker):
+            trials = all_trials(study)
+            if budget_used(trials) >= config.max_trials:
+                break
+            proposal = _claim(study, pop_or_create(study, trials), worker, config, None)
+            claimed.append((proposal, _resolve(study, proposal)))
+    if not claimed:
+        return None
+    group = [p for p, r in claimed if r.action == "train"]
+    ids = [p.trial._trial_id for p, _ in claimed]
+    try:
+        with _Heartbeats(study._storage, ids, config.heartbeat_seconds):
+            ready = [p for p in group if _score_before_training(p.trial, p.spec, scorer, config)]
+            if ready:
+                try:
+                    outcomes = list(objective.group([p.spec for p in ready]))
+                    if len(outcomes) != len(ready):
+                        raise RuntimeError(f"the objective's group returned {len(outcomes)} results for {len(ready)} cells")
+                except Exception as e:  # noqa: BLE001  (the whole program failed: each of its trials did)
+                    outcomes = [e] * len(ready)
+                for proposal, outcome in zip(ready, outcomes):
+                    if isinstance(outcome, BaseException):
+                        _record_failure(study, proposal.trial, outcome, report)
+                    else:
+                        _record(study, proposal.trial, proposal.spec, outcome, report, config)
+            duplicates = 0
+            for proposal, resolution in claimed:
+                if resolution.action != "train":
+                    trained = _train_or_settle(
+                        study, lock, proposal, resolution, objective, report, config, scorer, poll_seconds
+                    )
+                    duplicates += not trained
+    except BaseException:
+        _interrupt(study, lock, ids, worker, config.space)  # each retried once, as a lone trial is
+        raise
+    return len(group), duplicates

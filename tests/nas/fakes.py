@@ -10,6 +10,9 @@ count how many times each graph was trained across processes and restarts.
   whose first branch is a pyramid pooling; the others as ``deterministic``.
 * ``sleepy``: as ``deterministic`` after ``$FAKE_OBJECTIVE_SLEEP`` seconds
   (default 1), so a kill lands mid-trial.
+* ``grouped``: as ``flaky``, with ``group(specs)`` (``--cells_per_worker``): each cell's result or
+  exception as alone, plus ``group_size``; every call appends its size to ``$FAKE_GROUP_LOG`` (if set).
+  With ``$FAKE_GROUP_INTERRUPT`` set, the group of that call number (from 1) raises KeyboardInterrupt.
 * ``scored``: as ``deterministic``, with a cheap ``zero_cost(spec, names)``
   (``zero_cost_score``) that logs ``<graph hash> <names>`` to
   ``$FAKE_ZERO_COST_LOG`` (if set), then sleeps ``$FAKE_ZERO_COST_SLEEP``
@@ -69,6 +72,30 @@ def flaky(config):
             raise FakeNaN("loss became NaN at step 3")
         return _result(spec)
 
+    return objective
+
+
+def grouped(config):
+    objective = flaky(config)
+    calls = []
+
+    def group(specs):
+        calls.append(len(specs))
+        path = os.environ.get("FAKE_GROUP_LOG")
+        if path:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(f"{len(specs)}\n")
+        if os.environ.get("FAKE_GROUP_INTERRUPT") == str(len(calls)):
+            raise KeyboardInterrupt
+        outcomes = []
+        for spec in specs:
+            try:
+                outcomes.append({**objective(spec), "group_size": len(specs)})
+            except FakeNaN as e:
+                outcomes.append(e)
+        return outcomes
+
+    objective.group = group
     return objective
 
 

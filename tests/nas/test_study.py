@@ -478,3 +478,59 @@ def test_nsga2_searches_miou_and_cost_as_two_objectives(tmp_path, objective_log)
 def test_two_objective_config_errors_name_the_field(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         make_config(tmp_path, **overrides)
+
+
+# --------------------------------------------------------------------------- several cells per program
+
+
+def test_a_worker_trains_several_cells_per_program_each_recorded_as_its_own_trial(
+    tmp_path, objective_log, monkeypatch
+):
+    groups = tmp_path / "groups.log"
+    monkeypatch.setenv("FAKE_GROUP_LOG", str(groups))
+    config = make_config(tmp_path, objective="tests.nas.fakes:grouped", max_trials=11, cells_per_worker=4)
+    study = start(config)
+    report = run_worker(config, "w")
+    trials = study.get_trials()
+    trained = [t for t in trials if not trial_store.is_duplicate(t)]
+    assert trial_store.budget_used(trials) == 11 and report.stopped_because == "max_trials reached"
+    sizes = [int(line) for line in groups.read_text().split()]
+    assert sum(sizes) == len(trained) == 11 and max(sizes) == 4 and sizes[-1] == 11 - 4 * (len(sizes) - 1)
+    for t in trained:  # each as it would score alone, or failed with its own error
+        spec = space_lib.params_to_spec(t.params, config.space)
+        if fakes.fails(spec):
+            assert t.state == TrialState.FAIL and t.user_attrs["error"] == "FakeNaN: loss became NaN at step 3"
+        else:
+            assert t.state == TrialState.COMPLETE and t.value == pytest.approx(fakes.score(spec))
+            assert t.user_attrs["result_group_size"] in sizes
+    assert sorted(trained_hashes(objective_log)) == sorted(t.user_attrs["graph_hash"] for t in trained)
+
+
+def test_a_group_stopped_midway_leaves_each_of_its_trials_to_be_retried_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_GROUP_INTERRUPT", "2")
+    config = make_config(tmp_path, objective="tests.nas.fakes:grouped", max_trials=6, cells_per_worker=3)
+    study = start(config)
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(config, "w")
+    trials = study.get_trials()
+    interrupted = [t for t in trials if "interrupted" in t.user_attrs]
+    retries = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(interrupted) == 3 and all(t.state == TrialState.FAIL for t in interrupted)
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == sorted(t.number for t in interrupted)
+    monkeypatch.delenv("FAKE_GROUP_INTERRUPT")
+    run_worker(config, "w")  # the retries train; the budget counts each once
+    trials = study.get_trials()
+    assert all(t.state in (TrialState.COMPLETE, TrialState.FAIL) for t in trials)
+    assert trial_store.budget_used(trials) == 6
+    assert all(t.state != TrialState.WAITING for t in trials)
+
+
+def test_several_cells_per_program_need_an_objective_that_groups_and_take_no_pruner(tmp_path):
+    config = make_config(tmp_path, cells_per_worker=2)  # tests.nas.fakes:deterministic has no group
+    start(config)
+    with pytest.raises(WorkerSetupError, match="cells_per_worker=2 needs an objective"):
+        run_worker(config, "w")
+    with pytest.raises(ValueError, match="cells_per_worker=2 .* no pruner"):
+        make_config(tmp_path, cells_per_worker=2, pruner="median", proxy={"eval_interval": 10})
+    with pytest.raises(ValueError, match="cells_per_worker must be a positive integer"):
+        make_config(tmp_path, cells_per_worker=0)
