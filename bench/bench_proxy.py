@@ -1,13 +1,15 @@
 r"""A proxy trial's step against a bare step of the same model and against the arithmetic limit.
 
     python bench/bench_proxy.py [--cache_dir=runs/camvid/features] [--filters=64] [--steps=60 --warmup=10]
-        [--profile_steps=10] [--intra_op_threads=0 --inter_op_threads=0]
+        [--profile_steps=10] [--group_sizes=1,2,4,8] [--intra_op_threads=0 --inter_op_threads=0]
+    # on a GPU host (JAX): bench/proxy_gpu.sh (the CamVid budget and the paper's, K = 1, 4, 16, 64)
 
 One run, one model and loss, the same batches (issue 17, section 1). Rows, per ``--filters`` value:
 
 * ``trial``: ``run_proxy`` as a search trial runs it (a step is the wall time between two of its progress
   calls, after ``--warmup`` steps, so building and tracing are left out); its start-up (build, compile,
-  warm start, first traced step) and its evaluation are printed beside.
+  warm start, first traced step) and its evaluation are printed beside, with a ``--project_steps`` trial
+  projected from them (and trials per hour on one worker).
 * ``bare``: the same compiled model (``proxy.compile_proxy_model``) and the same batches, taken out of the
   trial's batch generator before timing, in a plain ``train_on_batch`` loop.
 * ``limit``: the step's FLOPs over this machine's sgemm rate (a float32 matmul timed in the same run, on
@@ -18,13 +20,16 @@ One run, one model and loss, the same batches (issue 17, section 1). Rows, per `
 
 Each row gives milliseconds per step (wall), user and system CPU milliseconds per step (``getrusage``
 over the timed steps: every thread of the process) and the ratio to the bare step and to the limit.
-Then a per-op profile of ``--profile_steps`` bare steps (TensorFlow's profiler, ``framework_op_stats``):
-self time per step by op type and its share of all ops' time, and the top ops (self times are summed over
-threads, so with inter-op parallelism they can add up to more than the step's wall time).
+With ``--group_sizes``, K cells sampled from the search space (seeded) trained in one program
+(``run_proxy_group``, as ``search --cells_per_worker=K``): ms per step of all K, per cell, and projected
+trials per hour against K = 1. Then, on TensorFlow, a per-op profile of ``--profile_steps`` bare steps
+(TensorFlow's profiler, ``framework_op_stats``): self time per step by op type and its share of all ops'
+time, and the top ops (self times are summed over threads, so with inter-op parallelism they can add up
+to more than the step's wall time).
 
 Data: the feature cache at ``--cache_dir`` (its train split's first ``--train_examples``), else random
-features at CamVid's size (23x30x320, labels 360x480, 11 classes: the cost does not depend on the
-values). Prints the command and the machine first; run it with the machine to itself.
+features of ``--features`` with labels of ``--crop`` (11 classes; CamVid's size by default: the cost does
+not depend on the values). Prints the command and the machine first; run it with the machine to itself.
 """
 
 from __future__ import annotations
@@ -64,22 +69,29 @@ def cpu_times() -> tuple[float, float]:
 
 
 def sgemm_gflops(n: int = 1024, repeats: int = 20) -> float:
-    """Float32 matmul rate of this process (TensorFlow, its current threads), GFLOP/s: median of repeats."""
-    import tensorflow as tf
+    """Float32 matmul rate of this process (the Keras backend, compiled, its current threads), GFLOP/s:
+    median of ``repeats``."""
+    import keras
 
-    a = tf.random.normal([n, n])
-    b = tf.random.normal([n, n])
+    a = keras.random.normal((n, n), seed=1)
+    b = keras.random.normal((n, n), seed=2)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
 
-    @tf.function
-    def matmul():
-        return tf.reduce_sum(tf.linalg.matmul(a, b))
+        matmul = tf.function(lambda: tf.reduce_sum(tf.linalg.matmul(a, b)))
+    elif keras.backend.backend() == "jax":
+        import jax
 
+        compiled = jax.jit(lambda x, y: (x @ y).sum())
+        matmul = lambda: compiled(a, b)  # noqa: E731
+    else:
+        matmul = lambda: keras.ops.sum(keras.ops.matmul(a, b))  # noqa: E731
     for _ in range(3):
-        matmul().numpy()
+        keras.ops.convert_to_numpy(matmul())
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        matmul().numpy()
+        keras.ops.convert_to_numpy(matmul())
         times.append(time.perf_counter() - t)
     return 2 * n**3 / statistics.median(times) / 1e9
 
@@ -143,6 +155,43 @@ def time_bare(spec, config, data, warmup: int) -> dict:
     return {"ms": (t1 - t0) / n * 1000, "user_ms": (u1 - u0) / n * 1000, "sys_ms": (s1 - s0) / n * 1000}
 
 
+def time_group(specs, config, data, warmup: int) -> dict:
+    """``run_proxy_group`` of ``specs``: wall ms per step of the group and its whole call."""
+    from deeplab_dpc.nas.proxy import run_proxy_group
+
+    stamps = {}
+
+    def progress(step, total):
+        stamps.setdefault(step, time.perf_counter())
+
+    start = time.perf_counter()
+    outcomes = run_proxy_group(specs, config, features=data, progress=progress)
+    wall = time.perf_counter() - start
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise failed[0]
+    last = config.proxy_steps - 1
+    return {"ms": (stamps[last] - stamps[warmup]) / (last - warmup) * 1000, "call_s": wall,
+            "startup_s": stamps[1] - start, "eval_s": outcomes[0]["eval_seconds"] * len(specs)}
+
+
+def sampled_cells(count: int, seed: int = 0) -> list:
+    """``count`` distinct cells of the default search space (5 branches), drawn with ``seed``."""
+    import random
+
+    from deeplab_dpc.core.spec import SearchSpace
+
+    rng = random.Random(seed)
+    space = SearchSpace(num_branches=5)
+    cells, seen = [], set()
+    while len(cells) < count:
+        spec = space.sample(rng)
+        if spec.canonical_hash() not in seen:
+            seen.add(spec.canonical_hash())
+            cells.append(spec)
+    return cells
+
+
 def op_profile(spec, config, data, warmup: int, steps: int, logdir: str) -> tuple[list[dict], float]:
     """Per-op self time of ``steps`` bare steps: (rows of TensorFlow's framework_op_stats, wall ms per step)."""
     import glob
@@ -196,6 +245,8 @@ def profile_lines(rows: list[dict], steps: int, wall_ms: float, top: int) -> lis
 
 
 def set_threads(intra: int, inter: int) -> None:
+    if not (intra or inter):
+        return
     import tensorflow as tf
 
     if intra:
@@ -204,17 +255,36 @@ def set_threads(intra: int, inter: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
 
 
+def threads_text() -> str:
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return "threads: the backend's"
+    import tensorflow as tf
+
+    return (
+        f"threads intra {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} / inter "
+        f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}"
+    )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache_dir", help="a feature cache (default: random features at CamVid's size)")
+    parser.add_argument("--cache_dir", help="a feature cache (default: random features of --features)")
+    parser.add_argument("--features", default=",".join(map(str, FEATURES)), help="random features: h,w,c")
+    parser.add_argument("--crop", default=",".join(map(str, CROP)), help="random labels: height,width")
     parser.add_argument("--spec", default=SPEC, help="the cell (DeepLab's JSON); default the published one")
     parser.add_argument("--filters", default="64")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=0.2)
     parser.add_argument("--steps", type=int, default=60, help="steps of each timed run (trial and bare)")
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--profile_steps", type=int, default=10, help="0: no profile")
+    parser.add_argument("--project_steps", type=int, default=200, help="steps of the projected trial")
+    parser.add_argument("--profile_steps", type=int, default=10, help="0: no profile (TensorFlow only)")
     parser.add_argument("--top", type=int, default=12, help="rows of each profile table")
+    parser.add_argument(
+        "--group_sizes", default="", help="e.g. 1,2,4,8: also K sampled cells per program (run_proxy_group)"
+    )
     parser.add_argument("--train_examples", type=int, default=96)
     parser.add_argument("--eval_examples", type=int, default=16)
     parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default")
@@ -222,21 +292,24 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.steps <= args.warmup + 1:
         parser.error(f"--steps={args.steps} must exceed --warmup={args.warmup} + 1")
+    features = tuple(int(v) for v in args.features.split(","))
+    crop = tuple(int(v) for v in args.crop.split(","))
+    sizes = [int(k) for k in args.group_sizes.split(",") if k.strip()]
 
     set_threads(args.intra_op_threads, args.inter_op_threads)
     import keras
-    import tensorflow as tf
 
     from deeplab_dpc.core.spec import CellSpec
     from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data
 
+    profiling = args.profile_steps and keras.backend.backend() == "tensorflow"
     spec = CellSpec.load(args.spec)
     tmp = tempfile.mkdtemp(prefix="bench_proxy_")
     try:
         cache_dir = args.cache_dir
         if cache_dir is None:
             cache_dir = os.path.join(tmp, "cache")
-            make_cache(cache_dir, args.train_examples, args.eval_examples)
+            make_cache(cache_dir, args.train_examples, args.eval_examples, features=features, crop=crop)
         base = ProxyConfig(
             cache_dir=cache_dir,
             proxy_steps=args.steps,
@@ -247,37 +320,42 @@ def main(argv=None) -> None:
         )
         data = load_proxy_data(base)
         gflops = sgemm_gflops()
-        results = {}
+        results, groups = {}, {}
         for filters in (int(f) for f in args.filters.split(",")):
             config = ProxyConfig.from_dict(dict(base.to_dict(), proxy_filters=filters))
             trial = time_trial(spec, config, data, args.warmup)
             bare = time_bare(spec, config, data, args.warmup)
             flops = step_flops(spec, data.feature_shape, filters, data.num_classes, args.batch_size)
             profile = None
-            if args.profile_steps:
+            if profiling:
                 profile = op_profile(
                     spec, config, data, args.warmup, args.profile_steps, os.path.join(tmp, f"profile_{filters}")
                 )
             results[filters] = (trial, bare, flops, profile)
+            cells = sampled_cells(max(sizes)) if sizes else []
+            for k in sizes:
+                groups[(filters, k)] = time_group(cells[:k], config, data, args.warmup)
         gflops_end = sgemm_gflops()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
+    project = args.project_steps
     print(f"command: python bench/bench_proxy.py {' '.join(sys.argv[1:] if argv is None else argv)}".rstrip())
     print(
-        f"backend {keras.backend.backend()}, TensorFlow {tf.__version__}, {os.cpu_count()} CPUs, threads "
-        f"intra {tf.config.threading.get_intra_op_parallelism_threads() or 'default'} / inter "
-        f"{tf.config.threading.get_inter_op_parallelism_threads() or 'default'}, load average "
+        f"backend {keras.backend.backend()}, {os.cpu_count()} CPUs, {threads_text()}, load average "
         f"{os.getloadavg()[0]:.1f}; sgemm {gflops:.0f} GFLOP/s (at the end: {gflops_end:.0f}); "
         f"{os.path.basename(args.spec)}, features {list(data.feature_shape)} "
         f"({'cache ' + args.cache_dir if args.cache_dir else 'random'}), batch {args.batch_size}, "
-        f"{args.steps} steps ({args.warmup} warm-up)"
+        f"{args.steps} steps ({args.warmup} warm-up); eval on {len(data.eval_features)} examples"
     )
     for filters, (trial, bare, flops, profile) in results.items():
         limit_ms = flops / (gflops * 1e9) * 1000
+        projected = trial["startup_s"] + trial["eval_s"] + project * trial["ms"] / 1000
         print(
-            f"\n{filters} filters: {flops / 1e9:.2f} GFLOP a step; trial start-up {trial['startup_s']:.1f} s, "
-            f"eval {trial['eval_s']:.1f} s, whole trial {trial['trial_s']:.1f} s (val mIoU {trial['miou']:.3f})"
+            f"\n{filters} filters: {flops / 1e9:.2f} GFLOP a step; trial start-up {trial['startup_s']:.1f} s "
+            f"(build, compile, warm start, first traced step), eval {trial['eval_s']:.1f} s, whole trial "
+            f"{trial['trial_s']:.1f} s; a {project}-step trial: {projected:.1f} s, {3600 / projected:.0f} "
+            "trials/hour on one worker"
         )
         print("\n| step | ms | user CPU ms | system CPU ms | system/user | vs bare | vs limit |")
         print("|---|---|---|---|---|---|---|")
@@ -288,6 +366,18 @@ def main(argv=None) -> None:
                 f"{row['ms'] / limit_ms:.1f}x |"
             )
         print(f"| arithmetic limit | {limit_ms:.1f} | | | | {limit_ms / bare['ms']:.2f}x | 1.0x |")
+        if sizes:
+            print(f"\ncells per program ({filters} filters, sampled cells; a {project}-step trial projected):")
+            print("\n| K | ms per step (all K) | ms per cell-step | start-up s | trials/hour | vs K=1 |")
+            print("|---|---|---|---|---|---|")
+            base_rate = None
+            for k in sizes:
+                g = groups[(filters, k)]
+                seconds = g["startup_s"] + g["eval_s"] + project * g["ms"] / 1000
+                rate = 3600 * k / seconds
+                base_rate = base_rate or (rate if k == 1 else None)
+                ratio = f"{rate / base_rate:.2f}x" if base_rate else "-"
+                print(f"| {k} | {g['ms']:.1f} | {g['ms'] / k:.1f} | {g['startup_s']:.1f} | {rate:.0f} | {ratio} |")
         if profile is not None:
             print()
             print("\n".join(profile_lines(profile[0], args.profile_steps, profile[1], args.top)))

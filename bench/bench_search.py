@@ -82,8 +82,8 @@ class Sampler(threading.Thread):
 
 
 def trial_times(search_dir: str, started: float) -> dict:
-    """From the study: seconds from ``started`` (epoch) to the first trial's start and end, completed trials
-    and their mean seconds."""
+    """From the study: seconds from ``started`` (epoch) to the first trial's start and end, the trials that
+    completed by training (duplicates left out) and their mean seconds."""
     import optuna
     from optuna.trial import TrialState
 
@@ -91,7 +91,14 @@ def trial_times(search_dir: str, started: float) -> dict:
     storage = f"sqlite:///{os.path.join(search_dir, 'study.db')}"
     [summary] = optuna.get_all_study_summaries(storage)
     study = optuna.load_study(study_name=summary.study_name, storage=storage)
-    done = [t for t in study.trials if t.state == TrialState.COMPLETE and t.datetime_start and t.datetime_complete]
+    done = [
+        t
+        for t in study.trials
+        if t.state == TrialState.COMPLETE
+        and t.datetime_start
+        and t.datetime_complete
+        and t.user_attrs.get("duplicate_of") is None  # a duplicate copies a score: it trained nothing
+    ]
     first = min(done, key=lambda t: t.datetime_start)
     return {
         "completed": len(done),

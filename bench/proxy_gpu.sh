@@ -5,7 +5,9 @@
 # the cost does not depend on their values).
 # Here, once: bash bench/camvid_gpu.sh prepare   (Keras wheels for the JAX host into .whl)
 # On the GPU host (the device tool, carry [".whl"]):  bash bench/proxy_gpu.sh [more bench_proxy flags]
-# Prints bench_proxy.py's table: ms/step, the fixed cost per trial and trials/h for one worker.
+# Prints bench_proxy.py's tables twice, at the paper's budget (30K steps, 49x49x320, 256 filters) and at
+# the CamVid flagfile's (200 steps, 23x30x320, 64 filters): ms/step, the fixed cost per trial, trials/h for
+# one worker, and K cells per program (search --cells_per_worker=K) for K = 1, 4, 16, 64 (issue 17, sec. 4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! python3 -c "import keras" 2>/dev/null; then
@@ -13,5 +15,9 @@ if ! python3 -c "import keras" 2>/dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export KERAS_BACKEND=jax PYTHONUNBUFFERED=1
-python3 bench/bench_proxy.py --features=49,49,320 --crop=769,769 --filters="${FILTERS:-256,64}" \
-  --steps=300 --warmup=50 --repeats=1 --train_examples=256 --eval_examples=64 --project_steps=30000 "$@"
+python3 bench/bench_proxy.py --features=49,49,320 --crop=769,769 --filters="${FILTERS:-256}" \
+  --steps=300 --warmup=50 --train_examples=256 --eval_examples=64 --project_steps=30000 --profile_steps=0 \
+  --group_sizes="${GROUP_SIZES:-1,4,16,64}" "$@"
+python3 bench/bench_proxy.py --features=23,30,320 --crop=360,480 --filters=64 \
+  --steps=300 --warmup=50 --train_examples=256 --eval_examples=101 --project_steps=200 --profile_steps=0 \
+  --group_sizes="${GROUP_SIZES:-1,4,16,64}" "$@"
