@@ -277,6 +277,7 @@ def main(argv=None) -> None:
     parser.add_argument("--filters", default="64")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--learning_rate", type=float, default=0.2)
+    parser.add_argument("--loss_resolution", default="features4x", help="the proxy's (features4x, label, features)")
     parser.add_argument("--steps", type=int, default=60, help="steps of each timed run (trial and bare)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--project_steps", type=int, default=200, help="steps of the projected trial")
@@ -315,6 +316,7 @@ def main(argv=None) -> None:
             proxy_steps=args.steps,
             batch_size=args.batch_size,
             learning_rate=args.learning_rate,
+            loss_resolution=args.loss_resolution,
             max_train_examples=args.train_examples,
             max_eval_examples=args.eval_examples,
         )
@@ -346,7 +348,8 @@ def main(argv=None) -> None:
         f"{os.getloadavg()[0]:.1f}; sgemm {gflops:.0f} GFLOP/s (at the end: {gflops_end:.0f}); "
         f"{os.path.basename(args.spec)}, features {list(data.feature_shape)} "
         f"({'cache ' + args.cache_dir if args.cache_dir else 'random'}), batch {args.batch_size}, "
-        f"{args.steps} steps ({args.warmup} warm-up); eval on {len(data.eval_features)} examples"
+        f"{args.steps} steps ({args.warmup} warm-up), loss at {args.loss_resolution}; eval on "
+        f"{len(data.eval_features)} examples"
     )
     for filters, (trial, bare, flops, profile) in results.items():
         limit_ms = flops / (gflops * 1e9) * 1000
