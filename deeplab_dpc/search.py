@@ -64,6 +64,8 @@ PROXY_FLAGS = {
     "proxy_ema_decay": "ema_decay",
     "proxy_initializer": "initializer",
     "proxy_eval_interval": "eval_interval",
+    "proxy_loss_resolution": "loss_resolution",
+    "proxy_eval_resolution": "eval_resolution",
     "proxy_distillation_weight": "distillation_weight",
     "proxy_distillation_loss": "distillation_loss",
     "proxy_distillation_temperature": "distillation_temperature",
@@ -243,6 +245,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "proxy_initializer", None, ["deeplab", "keras"], "Kernel initialisers of the proxy cells.", **f
     )
     flags.DEFINE_float("proxy_ema_decay", None, "Polyak averaging (EMA decay) of proxy trials' weights.", **f)
+    flags.DEFINE_enum(
+        "proxy_loss_resolution",
+        None,
+        ["features4x", "label", "features"],
+        "Labels of a proxy trial's loss (proxy_train's --loss_resolution; default features4x).",
+        **f,
+    )
+    flags.DEFINE_enum(
+        "proxy_eval_resolution",
+        None,
+        ["label", "features4x", "features"],
+        "Labels a proxy trial is scored on (proxy_train's --eval_resolution; default label).",
+        **f,
+    )
     flags.DEFINE_float(
         "proxy_distillation_weight",
         None,

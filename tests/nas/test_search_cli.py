@@ -42,9 +42,12 @@ def test_flags_become_the_search_config(tmp_path):
         "--proxy_steps=300",
         "--proxy_batch_size=8",
         "--proxy_learning_rate=0.05",
+        "--proxy_loss_resolution=features",
+        "--cells_per_worker=3",
         "--cache_dir=/data/features",
     )
     config = search.config_from_flags(fv)
+    assert config.cells_per_worker == 3
     assert (config.strategy, config.max_trials, config.max_hours, config.num_branches) == (
         "evolution",
         7,
@@ -58,6 +61,7 @@ def test_flags_become_the_search_config(tmp_path):
         "proxy_steps": 300,
         "batch_size": 8,
         "learning_rate": 0.05,
+        "loss_resolution": "features",
         "cache_dir": "/data/features",
         "seed": 3,
     }
