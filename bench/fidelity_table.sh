@@ -22,7 +22,7 @@ row() {  # NAME FILE FLAGS...
     --output_json="$OUT/$file.json" "$@" 2>"$LOGS/$file.log" | grep '^| ' | grep -v '^| proxy |' || true
 }
 
-ALL="synflow grad_norm snip naswot zico p200 p100 p600 f32 f128 seeds2 label kl ema"
+ALL="synflow grad_norm snip naswot zico p200 p100 p600 f32 f128 seeds2 label lossf kl ema"
 echo "| proxy | rho [90% CI] | tau [90% CI] | top-5 recall | rho better half | CPU s/cell | cells |"
 echo "|---|---|---|---|---|---|---|"
 for r in ${*:-$ALL}; do
@@ -35,6 +35,8 @@ for r in ${*:-$ALL}; do
     f128) row "proxy 128 filters" proxy_200_128 --proxy_filters=128 --seeds=0 ;;
     seeds2) row "proxy 200 steps, mean of 2 seeds" proxy_200_64 --seeds=0,1 ;;
     label) row "proxy, loss at label resolution" proxy_200_64_label --loss_resolution=label --seeds=0 ;;
+    lossf) row "proxy, loss on the feature grid (26% cheaper step)" proxy_200_64_lossfeatures \
+          --loss_resolution=features --seeds=0 ;;
     kl) row "proxy + distillation (KL, T=2, w=1)" proxy_200_64_kl --distillation_weight=1 \
           --distillation_loss=kl --distillation_temperature=2 --seeds=0 ;;
     ema) row "proxy + EMA 0.99" proxy_200_64_ema --ema_decay=0.99 --seeds=0 ;;
