@@ -22,7 +22,9 @@ def dataset(tmp_path_factory):
     return str(root), descriptor
 
 
-MIOU_THRESHOLD = 0.35  # whole-image val mIoU after the 40-step run below: measured 0.39-0.48 (3 seeds)
+# Whole-image val mIoU after the 40-step run below at its seed 1: 0.50 (2026-12-07). Not a property of any
+# seed: seeds 2 and 3 reach 0.26 and 0.19 (still near one class everywhere), so this holds for seed 1 only.
+MIOU_THRESHOLD = 0.35
 
 
 def _config(dataset, logdir, decoder=False, **kw):
