@@ -46,6 +46,8 @@ class DensePredictionCell(keras.layers.Layer):
         dropout_rate: dropout on the concatenated features (1 - keep_prob).
         weight_decay: DeepLab's weight decay.
         batch_norm_momentum, batch_norm_epsilon: batch norm settings.
+        fused_batch_norm: train the batch norms with ``layers.FusedBatchNormalization`` (the proxy's
+            choice: the same values, one fused op on TensorFlow).
         initializer: "deeplab" (separable convs: truncated normal 0.33 / 0.06)
             or "keras" (glorot_uniform); 1x1 convs are Xavier uniform in both.
         drop_path_keep_prob: the keep probability ScheduledDropPath reaches at
@@ -75,6 +77,7 @@ class DensePredictionCell(keras.layers.Layer):
         drop_path_keep_prob=1.0,
         drop_path_steps=0,
         seed=None,
+        fused_batch_norm=False,
         **kwargs,
     ):
         kwargs.setdefault("name", "dense_prediction_cell")
@@ -92,6 +95,7 @@ class DensePredictionCell(keras.layers.Layer):
         self.drop_path_keep_prob = float(drop_path_keep_prob)
         self.drop_path_steps = int(drop_path_steps)
         self.seed = seed
+        self.fused_batch_norm = bool(fused_batch_norm)
         if not 0.0 < self.drop_path_keep_prob <= 1.0:
             raise ValueError(f"drop_path_keep_prob={self.drop_path_keep_prob} must be in (0, 1]")
         if self.drop_path_keep_prob < 1.0 and self.drop_path_steps < 1:
@@ -105,6 +109,7 @@ class DensePredictionCell(keras.layers.Layer):
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            fused_batch_norm=self.fused_batch_norm,
             dtype=self.dtype_policy,
         )
         self.branch_layers = []
@@ -180,5 +185,6 @@ class DensePredictionCell(keras.layers.Layer):
             drop_path_keep_prob=self.drop_path_keep_prob,
             drop_path_steps=self.drop_path_steps,
             seed=self.seed,
+            fused_batch_norm=self.fused_batch_norm,
         )
         return config

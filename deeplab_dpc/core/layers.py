@@ -88,6 +88,46 @@ class ResizeLike(keras.layers.Layer):
         return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """Keras' ``BatchNormalization``, trained in one fused op where it can be.
+
+    In training, on TensorFlow, for 4-D float32 channels-last inputs without a mask, renorm or
+    synchronisation, the batch statistics, the normalisation and their gradients are TensorFlow's
+    ``FusedBatchNormV3`` (oneDNN on CPU) instead of about ten elementwise ops each way: about 3x
+    faster on the proxy's 8x23x30x64 activations. The moving statistics get the same update
+    (Keras' biased batch variance: the fused op returns the unbiased one, rescaled here). Values
+    and gradients equal Keras' layer within float32 rounding (tested); anything else is Keras'
+    own ``call``.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (
+            training
+            and self.trainable
+            and mask is None
+            and not self.renorm
+            and not self.synchronized
+            and self.scale
+            and self.center
+            and keras.backend.backend() == "tensorflow"
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and keras.backend.standardize_dtype(inputs.dtype) == "float32"
+        ):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf  # noqa: PLC0415  (TensorFlow backend only)
+
+        outputs, mean, unbiased, *_ = tf.compat.v1.nn.fused_batch_norm(
+            inputs, self.gamma, self.beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+        )
+        count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], "float32")
+        variance = unbiased * ((count - 1.0) / tf.maximum(count, 1.0))
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return ops.cast(outputs, self.compute_dtype)
+
+
 class _Block(keras.layers.Layer):
     """Base of the conv blocks: weight decay and batch norm arguments, and their config."""
 
@@ -97,6 +137,7 @@ class _Block(keras.layers.Layer):
         weight_decay=4e-5,
         batch_norm_momentum=BATCH_NORM_MOMENTUM,
         batch_norm_epsilon=BATCH_NORM_EPSILON,
+        fused_batch_norm=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -104,9 +145,11 @@ class _Block(keras.layers.Layer):
         self.weight_decay = float(weight_decay)
         self.batch_norm_momentum = float(batch_norm_momentum)
         self.batch_norm_epsilon = float(batch_norm_epsilon)
+        self.fused_batch_norm = bool(fused_batch_norm)
 
     def _batch_norm(self, name):
-        return keras.layers.BatchNormalization(
+        kind = FusedBatchNormalization if self.fused_batch_norm else keras.layers.BatchNormalization
+        return kind(
             momentum=self.batch_norm_momentum,
             epsilon=self.batch_norm_epsilon,
             name=name,
@@ -131,6 +174,7 @@ class _Block(keras.layers.Layer):
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            fused_batch_norm=self.fused_batch_norm,
         )
         return config
 
@@ -278,6 +322,7 @@ class PyramidPooling(_Block):
             weight_decay=self.weight_decay,
             batch_norm_momentum=self.batch_norm_momentum,
             batch_norm_epsilon=self.batch_norm_epsilon,
+            fused_batch_norm=self.fused_batch_norm,
             name=self.name,
             dtype=self.dtype_policy,
         )

@@ -303,3 +303,58 @@ def test_model_with_every_layer_saves_and_reloads_as_keras(tmp_path):
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(reloaded(x)), expected, atol=1e-5)
+
+
+def test_the_fused_batch_norm_trains_as_keras_batch_norm_does():
+    import tensorflow as tf
+
+    from deeplab_dpc.core.layers import FusedBatchNormalization
+
+    rng = np.random.default_rng(0)
+    x = tf.constant((rng.normal(size=(4, 5, 6, 8)) * 3 + 1).astype("float32"))
+    projection = tf.constant(rng.normal(size=(4, 5, 6, 8)).astype("float32"))
+    fused, plain = FusedBatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        layer.gamma.assign(rng.uniform(0.5, 1.5, 8).astype("float32") if layer is fused else fused.gamma)
+        layer.beta.assign(np.full(8, 0.2, "float32"))
+
+    def step(layer):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) * projection)
+        return [g.numpy() for g in tape.gradient(loss, [x, layer.gamma, layer.beta])], loss.numpy()
+
+    (got, got_loss), (want, want_loss) = step(fused), step(plain)
+    assert got_loss == pytest.approx(want_loss, rel=1e-5)
+    for g, w in zip(got, want):  # float32 rounding of sums over 120 values per channel
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * np.abs(w).max())
+    np.testing.assert_allclose(fused.moving_mean.numpy(), plain.moving_mean.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), plain.moving_variance.numpy(), rtol=1e-5)
+    assert not np.allclose(plain.moving_variance.numpy(), 1.0)  # the update happened (biased variance)
+    np.testing.assert_allclose(fused(x, training=False).numpy(), plain(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
+    half = tf.cast(x, "float16")  # outside the fused case: Keras' own call
+    np.testing.assert_allclose(
+        fused(half, training=True).numpy().astype("float32"),
+        plain(half, training=True).numpy().astype("float32"),
+        atol=1e-2,
+    )
+
+
+def test_only_the_proxy_asks_for_fused_batch_norms():
+    from deeplab_dpc.core.layers import FusedBatchNormalization
+
+    spec = [{"op": "pyramid_pooling", "grid_size": [1, 1], "input": -1},
+            {"op": "conv", "kernel": 3, "rate": [1, 1], "input": 0}]
+
+    def norms(cell):
+        cell.build((None, 6, 8, 16))
+        return [l for l in cell._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+
+    plain = norms(DensePredictionCell(spec, filters=8, concat_channels=8))
+    fused = norms(DensePredictionCell(spec, filters=8, concat_channels=8, fused_batch_norm=True))
+    assert len(plain) == len(fused) == 4  # pooling's conv, separable's two, the projection
+    assert not any(isinstance(l, FusedBatchNormalization) for l in plain)
+    assert all(isinstance(l, FusedBatchNormalization) for l in fused)
+    config = DensePredictionCell(spec, fused_batch_norm=True).get_config()
+    assert DensePredictionCell.from_config(config).fused_batch_norm is True
