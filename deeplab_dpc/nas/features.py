@@ -1056,15 +1056,24 @@ class FeatureCache:
 
     def read_shard(self, entry: dict) -> dict[str, np.ndarray]:
         """One shard's arrays, checked against the manifest (CacheError naming the file otherwise)."""
+        return self._shard(entry, SHARD_KEYS + ((TEACHER_KEY,) if self.has_teacher_logits else ()))
+
+    def _shard(self, entry: dict, keys, mapped=()) -> dict[str, np.ndarray] | None:
+        """``keys`` of one shard, those in ``mapped`` memory-mapped (``map_npz_member``), the others read;
+        each checked against the manifest. None when a member to map is compressed."""
         path = os.path.join(self.cache_dir, entry["file"])
         if not os.path.isfile(path):
             raise CacheError(
                 f"{path} is missing (listed in {self.manifest_file}); rerun cache_features to rewrite it"
             )
-        keys = SHARD_KEYS + ((TEACHER_KEY,) if self.has_teacher_logits else ())
         try:
-            with np.load(path, allow_pickle=False) as z:
-                arrays = {key: z[key] for key in keys}
+            arrays = {key: map_npz_member(path, key) for key in mapped}
+            if any(array is None for array in arrays.values()):
+                return None
+            read = [key for key in keys if key not in arrays]
+            if read:
+                with np.load(path, allow_pickle=False) as z:
+                    arrays.update({key: z[key] for key in read})
         except KeyError as e:
             raise CacheError(f"{path} lacks the array {e} of a feature shard") from None
         except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
@@ -1080,12 +1089,22 @@ class FeatureCache:
         if self.has_teacher_logits:
             expected[TEACHER_KEY] = ((n, *self.teacher_shape), TEACHER_DTYPE)
         for key, (shape, dtype) in expected.items():
-            if arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype):
+            if key in arrays and (arrays[key].shape != shape or arrays[key].dtype != np.dtype(dtype)):
                 raise CacheError(
                     f"{path}: {key} are {arrays[key].dtype} {list(arrays[key].shape)}, the manifest says "
                     f"{dtype} {list(shape)}"
                 )
         return arrays
+
+    def _examples(self, max_examples: int | None, teacher_logits: bool) -> int:
+        """How many examples ``map_all`` / ``load_all`` take; a CacheError if teacher logits are asked of a
+        cache without them."""
+        if teacher_logits and not self.has_teacher_logits:
+            raise CacheError(
+                f"{self.manifest_file} holds no teacher logits: cache the split with "
+                "cache_features --teacher_checkpoint_path"
+            )
+        return self.num_examples if max_examples is None else min(self.num_examples, int(max_examples))
 
     def iter_shards(self) -> Iterator[dict[str, np.ndarray]]:
         """Each shard's ``features``, ``labels``, ``names``, ``flipped`` (and ``teacher_logits`` with a
@@ -1112,52 +1131,22 @@ class FeatureCache:
             CacheError: a shard is missing, corrupt or disagrees with the manifest (the message names the
                 file); ``teacher_logits`` asked of a cache without them.
         """
-        if teacher_logits and not self.has_teacher_logits:
-            raise CacheError(
-                f"{self.manifest_file} holds no teacher logits: cache the split with "
-                "cache_features --teacher_checkpoint_path"
-            )
-        total = self.num_examples if max_examples is None else min(self.num_examples, int(max_examples))
+        total = self._examples(max_examples, teacher_logits)
+        mapped = ("features",) + ((TEACHER_KEY,) if teacher_logits else ())
         features, teachers, labels = [], [], []
         at = 0
         for entry in self.manifest["shards"]:
             if at >= total:
                 break
-            path = os.path.join(self.cache_dir, entry["file"])
-            if not os.path.isfile(path):
-                raise CacheError(
-                    f"{path} is missing (listed in {self.manifest_file}); rerun cache_features to rewrite it"
-                )
-            n = entry["num_examples"]
-            expected = {"features": ((n, *self.feature_shape), self.manifest["feature_dtype"])}
+            arrays = self._shard(entry, mapped + ("labels",), mapped)
+            if arrays is None:
+                return None
+            take = min(entry["num_examples"], total - at)
+            features.append(arrays["features"])
             if teacher_logits:
-                expected[TEACHER_KEY] = ((n, *self.teacher_shape), TEACHER_DTYPE)
-            try:
-                mapped = {key: map_npz_member(path, key) for key in expected}
-                if any(m is None for m in mapped.values()):
-                    return None
-                with np.load(path, allow_pickle=False) as z:
-                    shard_labels = z["labels"]
-            except KeyError as e:
-                raise CacheError(f"{path} lacks the array {e} of a feature shard") from None
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-                raise CacheError(
-                    f"{path} is corrupt ({type(e).__name__}: {e}); "
-                    "delete it and rerun cache_features to rewrite it"
-                ) from None
-            expected["labels"] = ((n, *self.label_shape), self.manifest["label_dtype"])
-            for key, (shape, dtype) in expected.items():
-                array = shard_labels if key == "labels" else mapped[key]
-                if array.shape != shape or array.dtype != np.dtype(dtype):
-                    raise CacheError(
-                        f"{path}: {key} are {array.dtype} {list(array.shape)}, the manifest says "
-                        f"{dtype} {list(shape)}"
-                    )
-            take = min(n, total - at)
-            features.append(mapped["features"])
-            if teacher_logits:
-                teachers.append(mapped[TEACHER_KEY])
-            labels.append(label_fn(shard_labels[:take]) if label_fn is not None else shard_labels[:take])
+                teachers.append(arrays[TEACHER_KEY])
+            shard_labels = arrays["labels"][:take]
+            labels.append(label_fn(shard_labels) if label_fn is not None else shard_labels)
             at += take
         out = (ShardedArray(features, total), np.concatenate(labels))
         return out + (ShardedArray(teachers, total),) if teacher_logits else out
@@ -1186,12 +1175,7 @@ class FeatureCache:
         Raises:
             CacheError: ``teacher_logits`` asked of a cache without them.
         """
-        if teacher_logits and not self.has_teacher_logits:
-            raise CacheError(
-                f"{self.manifest_file} holds no teacher logits: cache the split with "
-                "cache_features --teacher_checkpoint_path"
-            )
-        total = self.num_examples if max_examples is None else min(self.num_examples, int(max_examples))
+        total = self._examples(max_examples, teacher_logits)
         features = np.empty((total, *self.feature_shape), dtype)
         teacher = np.empty((total, *self.teacher_shape), TEACHER_DTYPE) if teacher_logits else None
         labels = None
