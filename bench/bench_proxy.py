@@ -105,9 +105,11 @@ def step_flops(spec, feature_shape, filters: int, num_classes: int, batch_size: 
     return 3 * 2 * madds * batch_size
 
 
-def time_trial(spec, config, data, warmup: int) -> dict:
-    """``run_proxy`` with its steps timed from the progress calls (wall and CPU)."""
-    from deeplab_dpc.nas.proxy import run_proxy
+def time_trial(specs, config, data, warmup: int) -> dict:
+    """``run_proxy_group`` of ``specs`` (one spec: a trial exactly as ``run_proxy`` runs it), its steps
+    timed from the progress calls: wall and CPU ms per step (of all the cells), the start-up (build,
+    compile, warm start, the first traced step), the evaluation of all cells, the whole call."""
+    from deeplab_dpc.nas.proxy import run_proxy_group
 
     stamps = {}
 
@@ -115,19 +117,21 @@ def time_trial(spec, config, data, warmup: int) -> dict:
         stamps.setdefault(step, (time.perf_counter(), *cpu_times()))
 
     start = time.perf_counter()
-    result = run_proxy(spec, config, features=data, progress=progress)
+    outcomes = run_proxy_group(specs, config, features=data, progress=progress)
     wall = time.perf_counter() - start
+    failed = [o for o in outcomes if isinstance(o, Exception)]
+    if failed:
+        raise failed[0]
     last = config.proxy_steps - 1  # the progress call as the last step begins
-    n = last - warmup
-    per = [(stamps[last][i] - stamps[warmup][i]) / n for i in range(3)]
+    per = [(stamps[last][i] - stamps[warmup][i]) / (last - warmup) for i in range(3)]
     return {
         "ms": per[0] * 1000,
         "user_ms": per[1] * 1000,
         "sys_ms": per[2] * 1000,
-        "startup_s": stamps[1][0] - start,  # build, compile, warm start, the first (traced) step
-        "eval_s": result["eval_seconds"],
+        "startup_s": stamps[1][0] - start,
+        "eval_s": outcomes[0]["eval_seconds"] * len(specs),
         "trial_s": wall,
-        "miou": result["miou"],
+        "miou": outcomes[0]["miou"],
     }
 
 
@@ -153,26 +157,6 @@ def time_bare(spec, config, data, warmup: int) -> dict:
     t1, u1, s1 = time.perf_counter(), *cpu_times()
     n = len(batches) - warmup
     return {"ms": (t1 - t0) / n * 1000, "user_ms": (u1 - u0) / n * 1000, "sys_ms": (s1 - s0) / n * 1000}
-
-
-def time_group(specs, config, data, warmup: int) -> dict:
-    """``run_proxy_group`` of ``specs``: wall ms per step of the group and its whole call."""
-    from deeplab_dpc.nas.proxy import run_proxy_group
-
-    stamps = {}
-
-    def progress(step, total):
-        stamps.setdefault(step, time.perf_counter())
-
-    start = time.perf_counter()
-    outcomes = run_proxy_group(specs, config, features=data, progress=progress)
-    wall = time.perf_counter() - start
-    failed = [o for o in outcomes if isinstance(o, Exception)]
-    if failed:
-        raise failed[0]
-    last = config.proxy_steps - 1
-    return {"ms": (stamps[last] - stamps[warmup]) / (last - warmup) * 1000, "call_s": wall,
-            "startup_s": stamps[1] - start, "eval_s": outcomes[0]["eval_seconds"] * len(specs)}
 
 
 def sampled_cells(count: int, seed: int = 0) -> list:
@@ -325,7 +309,7 @@ def main(argv=None) -> None:
         results, groups = {}, {}
         for filters in (int(f) for f in args.filters.split(",")):
             config = ProxyConfig.from_dict(dict(base.to_dict(), proxy_filters=filters))
-            trial = time_trial(spec, config, data, args.warmup)
+            trial = time_trial([spec], config, data, args.warmup)
             bare = time_bare(spec, config, data, args.warmup)
             flops = step_flops(spec, data.feature_shape, filters, data.num_classes, args.batch_size)
             profile = None
@@ -336,7 +320,7 @@ def main(argv=None) -> None:
             results[filters] = (trial, bare, flops, profile)
             cells = sampled_cells(max(sizes)) if sizes else []
             for k in sizes:
-                groups[(filters, k)] = time_group(cells[:k], config, data, args.warmup)
+                groups[(filters, k)] = time_trial(cells[:k], config, data, args.warmup)
         gflops_end = sgemm_gflops()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
