@@ -12,8 +12,9 @@ One run, one model and loss, the same batches (issue 17, section 1). Rows, per `
   projected from them (and trials per hour on one worker).
 * ``bare``: the same compiled model (``proxy.compile_proxy_model``) and the same batches, taken out of the
   trial's batch generator before timing, in a plain ``train_on_batch`` loop.
-* ``limit``: the step's FLOPs over this machine's sgemm rate (a float32 matmul timed in the same run, on
-  the same threads). FLOPs: 2 per multiply-add of the cell and the logits layer (``analysis.stats``'
+* ``limit``: the step's FLOPs over this machine's sgemm rate (a float32 matmul timed at the start and at
+  the end of the run, on the same threads: the higher of the two, what the machine showed it can do; the
+  two differ by up to 20% between runs on a shared VM). FLOPs: 2 per multiply-add of the cell and the logits layer (``analysis.stats``'
   analytical counts, as ``model_stats``) times the batch, times 3 for forward and backward (an upper
   bound: the first layers need no gradient for their input); the resize of the logits to the loss grid
   and batch norm are not counted.
@@ -336,7 +337,7 @@ def main(argv=None) -> None:
         f"{len(data.eval_features)} examples"
     )
     for filters, (trial, bare, flops, profile) in results.items():
-        limit_ms = flops / (gflops * 1e9) * 1000
+        limit_ms = flops / (max(gflops, gflops_end) * 1e9) * 1000
         projected = trial["startup_s"] + trial["eval_s"] + project * trial["ms"] / 1000
         print(
             f"\n{filters} filters: {flops / 1e9:.2f} GFLOP a step; trial start-up {trial['startup_s']:.1f} s "

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 
 def scale_dimension(dim: int, scale: float) -> int:
     """DeepLab's ``utils.scale_dimension`` for Python integers."""
@@ -64,3 +66,19 @@ def dpc_rate_multiplier(output_stride: int) -> int:
             "output_stride 8 or 16 (DeepLab refuses 32 for the dense prediction cell)"
         )
     return 16 // output_stride
+
+
+def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """``[out, in]`` float32 weights of a 1-D bilinear resize with aligned corners (DeepLab's resize)."""
+    matrix = np.zeros((out_size, in_size), np.float32)
+    if out_size == 1 or in_size == 1:
+        matrix[:, 0] = 1.0
+        return matrix
+    position = np.arange(out_size) * ((in_size - 1) / (out_size - 1))
+    low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+    high = np.minimum(low + 1, in_size - 1)
+    weight = (position - low).astype(np.float32)
+    rows = np.arange(out_size)
+    np.add.at(matrix, (rows, low), 1.0 - weight)
+    np.add.at(matrix, (rows, high), weight)
+    return matrix

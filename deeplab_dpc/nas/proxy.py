@@ -66,6 +66,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from deeplab_dpc.core.geometry import interpolation_matrix
 from deeplab_dpc.nas.features import CacheError, FeatureCache, nearest_indices
 
 RESOLUTIONS = ("features4x", "label", "features")
@@ -483,22 +484,6 @@ def _proxy_head(features, spec, config: ProxyConfig, num_classes: int, output_st
         name="dense_prediction_cell" + suffix,
     )(features)
     return Logits(num_classes, kernel_regularizer=l2_regularizer(config.weight_decay), name="logits" + suffix)(x)
-
-
-def interpolation_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """``[out, in]`` weights of a 1-D bilinear resize with aligned corners (DeepLab's resize)."""
-    matrix = np.zeros((out_size, in_size), np.float32)
-    if out_size == 1 or in_size == 1:
-        matrix[:, 0] = 1.0
-        return matrix
-    position = np.arange(out_size) * ((in_size - 1) / (out_size - 1))
-    low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
-    high = np.minimum(low + 1, in_size - 1)
-    weight = (position - low).astype(np.float32)
-    rows = np.arange(out_size)
-    np.add.at(matrix, (rows, low), 1.0 - weight)
-    np.add.at(matrix, (rows, high), weight)
-    return matrix
 
 
 def resized_argmax(logits: np.ndarray, grid) -> np.ndarray:

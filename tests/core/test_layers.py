@@ -93,6 +93,45 @@ def test_resize_matches_tensorflow_align_corners():
         np.testing.assert_allclose(np.asarray(resize_bilinear_align_corners(x, size)), ref, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "shape,size",
+    [((2, 23, 30, 11), (92, 120)), ((1, 4, 5, 3), (13, 17)), ((2, 1, 1, 2), (3, 4)), ((1, 33, 17, 2), (9, 5))],
+)
+def test_resize_by_matrix_product_equals_the_gathers(shape, size, monkeypatch):
+    """Short axes resize as a product with the interpolation matrix, long ones by gathers: the same map."""
+    from deeplab_dpc.core import layers
+
+    x = _rand(*shape, seed=3)
+    by_matrix = np.asarray(resize_bilinear_align_corners(x, size))
+    monkeypatch.setattr(layers, "MATMUL_RESIZE_MAX_INPUT", 0)
+    by_gathers = np.asarray(resize_bilinear_align_corners(x, size))
+    assert by_matrix.shape == (shape[0], *size, shape[3])
+    np.testing.assert_allclose(by_matrix, by_gathers, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="gradients through TensorFlow's tape")
+def test_resize_gradients_by_matrix_product_equal_the_gathers(monkeypatch):
+    import tensorflow as tf
+
+    from deeplab_dpc.core import layers
+
+    x = tf.constant(_rand(2, 23, 30, 11, seed=4))
+    upstream = tf.constant(_rand(2, 92, 120, 11, seed=5))
+
+    def gradient():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = resize_bilinear_align_corners(x, (92, 120))
+            loss = tf.reduce_sum(y * upstream)
+        return tape.gradient(loss, x).numpy()
+
+    by_matrix = gradient()
+    monkeypatch.setattr(layers, "MATMUL_RESIZE_MAX_INPUT", 0)
+    by_gathers = gradient()
+    # Each input pixel's gradient sums about 16 upstream values of size ~1: float32 rounding ~1e-6 each.
+    np.testing.assert_allclose(by_matrix, by_gathers, rtol=1e-5, atol=1e-4)
+
+
 # --------------------------------------------------------------- pooling
 def test_pyramid_pooling_window_and_values():
     x = _rand(2, 33, 33, 3)

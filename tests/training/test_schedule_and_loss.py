@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from deeplab_dpc.training.losses import SegmentationLoss
+from deeplab_dpc.training.losses import SegmentationLoss, pixel_cross_entropy
 from deeplab_dpc.training.schedules import DeepLabSchedule
 
 
@@ -53,6 +53,34 @@ def test_loss_ignores_the_ignore_label_and_averages_the_rest():
     loss = float(SegmentationLoss(3, 255)(labels, logits))
     expected = (_ce([2, 0, 0], 0) + _ce([0, 1, 0], 2) + _ce([1, 1, 1], 1)) / 3
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_pixel_cross_entropy_equals_keras_and_survives_large_logits():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 5, 7, 11)).astype("float32") * 4
+    logits[0, 0, 0] += 1000.0  # exp would overflow without the maximum subtracted
+    labels = rng.integers(0, 11, size=(2, 5, 7)).astype("int32")
+    ours = np.asarray(pixel_cross_entropy(labels, logits, 11))
+    z = logits.astype(np.float64)
+    reference = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+    reference -= np.take_along_axis(z, labels[..., None], -1)[..., 0]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-4)
+    keras_losses = np.asarray(keras.ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))
+    np.testing.assert_allclose(ours, keras_losses, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="gradients through TensorFlow's tape")
+def test_pixel_cross_entropy_gradient_is_softmax_minus_one_hot():
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    logits = tf.constant(rng.normal(size=(2, 5, 7, 11)).astype("float32") * 4)
+    labels = rng.integers(0, 11, size=(2, 5, 7)).astype("int32")
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        loss = tf.reduce_sum(pixel_cross_entropy(labels, logits, 11))
+    expected = tf.nn.softmax(logits).numpy() - np.eye(11, dtype="float32")[labels]
+    np.testing.assert_allclose(tape.gradient(loss, logits).numpy(), expected, atol=1e-6)
 
 
 def test_class_weights_and_top_k():
