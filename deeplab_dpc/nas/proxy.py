@@ -708,6 +708,7 @@ def compile_proxy_group(specs, config: ProxyConfig, data: ProxyData):
     summed; each cell's gradients, optimizer slots and batch-norm statistics are its own."""
     import keras  # noqa: PLC0415
 
+    from deeplab_dpc.training.optimizers import SGD  # noqa: PLC0415
     from deeplab_dpc.training.schedules import DeepLabSchedule  # noqa: PLC0415
 
     keras.backend.clear_session()  # Each trial starts from the same global state: equal seeds, equal results.
@@ -716,7 +717,7 @@ def compile_proxy_group(specs, config: ProxyConfig, data: ProxyData):
     schedule = DeepLabSchedule("poly", config.learning_rate, config.proxy_steps, config.learning_power)
     losses = [_proxy_loss(config, data) for _ in specs]
     model.compile(
-        optimizer=keras.optimizers.SGD(
+        optimizer=SGD(
             schedule,
             momentum=config.momentum,
             use_ema=config.ema_decay is not None,
@@ -726,7 +727,11 @@ def compile_proxy_group(specs, config: ProxyConfig, data: ProxyData):
         jit_compile=_default_jit_compile() if config.jit_compile is None else config.jit_compile,
         steps_per_execution=config.steps_per_execution,
     )
+    # Its slots made now, eagerly: made inside the first traced step they are each initialised in a
+    # tf.cond whose branch graphs TensorFlow never frees (about 70 a trial; see training.optimizers).
+    model.optimizer.build(model.trainable_variables)
     return model
+
 
 
 def training_batches(config: ProxyConfig, data: ProxyData):

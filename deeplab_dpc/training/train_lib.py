@@ -53,6 +53,7 @@ from deeplab_dpc.summaries import write_images, write_scalars
 from deeplab_dpc.training.checkpoints import CheckpointManager, list_checkpoints
 from deeplab_dpc.training.config import TrainConfig, check_resume
 from deeplab_dpc.training.objective import TrainingModel, build_training_model, segmentation_loss
+from deeplab_dpc.training.optimizers import SGD
 from deeplab_dpc.training.schedules import DeepLabSchedule
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def build_and_compile(config: TrainConfig) -> keras.Model:
         # of batch norm statistics (trainable layers only) leaves the backbone's as they were too.
         model.get_layer("backbone").trainable = False
     model.compile(
-        optimizer=keras.optimizers.SGD(make_schedule(config), momentum=config.momentum, **ema_arguments(config)),
+        optimizer=SGD(make_schedule(config), momentum=config.momentum, **ema_arguments(config)),
         loss=None if isinstance(model, TrainingModel) else loss,  # a TrainingModel computes its own
         jit_compile=config.jit_compile,
     )
