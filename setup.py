@@ -29,6 +29,8 @@ setup(
         "cityscapes": ["cityscapesscripts==2.3.0"],
         # deeplab_dpc.search --executor=ray.
         "ray": ["ray==2.60.0"],
+        # pip install -e .[torch]: Keras' PyTorch backend for the proxy (KERAS_BACKEND=torch); see WORKSPACE.md.
+        "torch": ["torch>=2.4"],
     },
     entry_points={
         "console_scripts": [
