@@ -7,7 +7,12 @@ from keras import ops
 
 from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, separable_stddevs
 from deeplab_dpc.core.geometry import dpc_rate_multiplier
-from deeplab_dpc.core.layers import ConvBNReLU, SeparableConvBNReLU, resize_bilinear_align_corners
+from deeplab_dpc.core.layers import (
+    ConvBNReLU,
+    SeparableConvBNReLU,
+    resize_bilinear_align_corners,
+    seeded_dropout,
+)
 
 DEFAULT_ATROUS_RATES = (6, 12, 18)  # at output stride 16
 
@@ -81,7 +86,7 @@ class ASPP(keras.layers.Layer):
             for i, rate in enumerate(self.atrous_rates)
         ]
         self.projection = ConvBNReLU(self.filters, name="concat_projection", **common)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="concat_projection_dropout")
+        self.dropout = seeded_dropout(self.dropout_rate, name="concat_projection_dropout")
 
     def _branches(self):
         return ([self.pool_conv] if self.image_pooling else []) + [self.conv1x1, *self.atrous]

@@ -12,7 +12,7 @@ from keras import ops
 
 from deeplab_dpc.core.common import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, separable_stddevs
 from deeplab_dpc.core.geometry import dpc_rate_multiplier
-from deeplab_dpc.core.layers import ConvBNReLU, PyramidPooling, SeparableConvBNReLU
+from deeplab_dpc.core.layers import ConvBNReLU, PyramidPooling, SeparableConvBNReLU, seeded_dropout
 from deeplab_dpc.core.spec import PYRAMID_POOLING, CellSpec
 
 
@@ -125,7 +125,7 @@ class DensePredictionCell(keras.layers.Layer):
             else:
                 layer = ConvBNReLU(self.filters, name=name, **common)
             self.branch_layers.append(layer)
-        self.dropout = keras.layers.Dropout(self.dropout_rate, name="concat_projection_dropout")
+        self.dropout = seeded_dropout(self.dropout_rate, name="concat_projection_dropout")
         self.projection = ConvBNReLU(self.concat_channels, name="concat_projection", **common)
 
     @property

@@ -9,6 +9,8 @@ scopes with "/" written "_" (``branch0_depthwise``,
 
 from __future__ import annotations
 
+import random
+
 import keras
 from keras import ops
 
@@ -154,6 +156,19 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
         self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
         return ops.cast(outputs, self.compute_dtype)
+
+
+def seeded_dropout(rate, name):
+    """``keras.layers.Dropout(rate)`` whose masks come from its own seed on every backend.
+
+    An unseeded Dropout draws its masks from Keras' layer seed on TensorFlow and JAX, but from
+    torch's global generator on the PyTorch backend (Keras' fast path there), so two cells in one
+    program (the proxy's ``run_proxy_group``) drew each other's masks, not those each draws alone.
+    The seed is drawn as Keras draws an unseeded layer's (Python's ``random``, when the rate is
+    above 0), so on TensorFlow and JAX the masks are the ones an unseeded layer gives.
+    """
+    seed = random.randint(1, int(1e9)) if rate > 0 else None
+    return keras.layers.Dropout(rate, seed=seed, name=name)
 
 
 class _Block(keras.layers.Layer):

@@ -392,6 +392,49 @@ def test_the_proxy_trains_on_jax(cache_dir):
     assert backend == "jax" and miou > 0.45
 
 
+# A trial on the PyTorch backend, then a cell trained alone and second in a program of two (dropout on, no
+# weight decay: a cell's loss in a group leaves out the others' decay).
+TORCH_TRIAL = """
+import json, sys
+from deeplab_dpc.nas.proxy import ProxyConfig, load_proxy_data, run_proxy, run_proxy_group
+
+cache_dir, cell, other = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+config = ProxyConfig(
+    cache_dir=cache_dir, proxy_steps=40, batch_size=8, proxy_filters=16, learning_rate=0.3, eval_interval=10
+)
+data = load_proxy_data(config)
+trial = run_proxy(cell, config, features=data)
+short = ProxyConfig.from_dict(
+    dict(config.to_dict(), proxy_steps=6, eval_interval=0, dropout_rate=0.5, weight_decay=0.0)
+)
+alone = run_proxy(other, short, features=data)["final_loss"]
+together = run_proxy_group([cell, other], short, features=data)[1]["final_loss"]
+losses = [h["loss"] for h in trial["history"]]
+result = dict(backend=trial["backend"], miou=trial["miou"], losses=losses, alone=alone, together=together)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch is not installed (.[torch])")
+def test_the_proxy_trains_on_torch_and_a_cell_in_a_group_trains_as_alone(cache_dir):
+    other = [{"op": "conv", "kernel": 3, "rate": [2, 2], "input": -1}]
+    # One torch thread: the tensors are tiny, and a second thread would wait on a core a job beside the
+    # tests keeps busy.
+    env = dict(os.environ, KERAS_BACKEND="torch", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", TORCH_TRIAL, cache_dir, json.dumps(CELL), json.dumps(other)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "torch"
+    assert 0.45 < result["miou"] <= 1  # chance is 1/3 (TensorFlow: 0.53)
+    losses = result["losses"]  # the mean of each 10 steps
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.8 * losses[0], losses
+    # Its dropout masks are its own: torch's unseeded dropout would draw them from one global generator.
+    assert result["together"] == pytest.approx(result["alone"], rel=1e-6)
+
+
 def test_ema_weights_equal_the_hand_computed_average_and_training_continues_from_the_raw_weights():
     import keras
 
