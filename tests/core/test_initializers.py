@@ -51,6 +51,23 @@ def test_truncation_constant_is_what_keras_draws():
     assert float(np.std(keras.ops.convert_to_numpy(draws))) == pytest.approx(TRUNCATED, abs=0.005)
 
 
+def test_values_beyond_two_stddevs_are_drawn_again(monkeypatch):
+    """Keras' PyTorch backend leaves about 4e-6 of its truncated normal's values beyond the bound: the
+    initialiser it gets there draws those again and keeps the others."""
+    from deeplab_dpc.core.common import RedrawnTruncatedNormal, truncated_normal
+
+    assert isinstance(truncated_normal(0.5), RedrawnTruncatedNormal) == (keras.backend.backend() == "torch")
+    first = np.array([0.1, 3.0, -0.5, -2.5, 1.9, 2.0], "float32")  # as torch's draw: two beyond 2
+    monkeypatch.setattr(
+        keras.initializers.TruncatedNormal, "__call__", lambda self, shape, dtype=None: keras.ops.array(first)
+    )
+    values = keras.ops.convert_to_numpy(RedrawnTruncatedNormal(stddev=1.0, seed=0)((6,)))
+    assert np.abs(values).max() <= 2.0
+    kept = [0, 2, 4, 5]
+    np.testing.assert_array_equal(values[kept], first[kept])
+    assert values[1] != 3.0 and values[3] != -2.5
+
+
 def test_separable_conv_uses_deeplab_stddevs():
     layer = SeparableConvBNReLU(256, kernel_size=3, rate=2, name="branch0")
     layer.build((None, 9, 9, 320))
