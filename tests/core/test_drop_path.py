@@ -44,15 +44,16 @@ def test_identity_at_inference():
         dropping(FEATURES, training=True)
     for a, b in zip(dropping.branch_layers + [dropping.projection], plain.branch_layers + [plain.projection]):
         b.set_weights(a.get_weights())  # weights and batch norm statistics after training
+    numpy = keras.ops.convert_to_numpy
     np.testing.assert_allclose(
-        np.asarray(dropping(FEATURES, training=False)), np.asarray(plain(FEATURES, training=False)), atol=1e-6
+        numpy(dropping(FEATURES, training=False)), numpy(plain(FEATURES, training=False)), atol=1e-6
     )
 
 
 def test_masks_drop_whole_examples_at_the_keep_rate_and_rescale_the_kept():
     layer = cell(drop_path_keep_prob=0.7, drop_path_steps=1, seed=3)
     x = keras.ops.ones((4000, 2, 2, 3))
-    out = np.asarray(layer._drop_path(x, keras.ops.convert_to_tensor(0.7)))
+    out = keras.ops.convert_to_numpy(layer._drop_path(x, keras.ops.convert_to_tensor(0.7)))
     per_example = out.reshape(4000, -1)
     assert np.all((per_example == 0).all(axis=1) | np.isclose(per_example, 1 / 0.7).all(axis=1))
     assert abs((per_example[:, 0] > 0).mean() - 0.7) < 0.03

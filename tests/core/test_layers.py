@@ -37,6 +37,11 @@ MIXED = CellSpec.from_list(
 )
 
 
+def _numpy(x):
+    """A layer's output as NumPy on every backend (``np.asarray`` fails on torch tensors with gradients)."""
+    return keras.ops.convert_to_numpy(x)
+
+
 def _rand(*shape, seed=0):
     return np.random.default_rng(seed).normal(size=shape).astype("float32")
 
@@ -71,15 +76,15 @@ def test_rate_multiplier():
 # ------------------------------------------------------------------ resize
 def test_resize_align_corners_numbers():
     x = np.arange(3, dtype="float32").reshape(1, 3, 1, 1)
-    y = np.asarray(resize_bilinear_align_corners(x, (5, 1)))
+    y = _numpy(resize_bilinear_align_corners(x, (5, 1)))
     np.testing.assert_allclose(y.ravel(), [0, 0.5, 1, 1.5, 2])
     # 2x2 -> 3x3: the centre is the mean of the four corners.
     x = np.array([1, 2, 3, 5], "float32").reshape(1, 2, 2, 1)
-    y = np.asarray(resize_bilinear_align_corners(x, (3, 3)))[0, :, :, 0]
+    y = _numpy(resize_bilinear_align_corners(x, (3, 3)))[0, :, :, 0]
     np.testing.assert_allclose(y, [[1, 1.5, 2], [2, 2.75, 3.5], [3, 4, 5]])
     # Downsampling keeps corners.
     x = _rand(1, 33, 17, 2)
-    y = np.asarray(resize_bilinear_align_corners(x, (9, 5)))
+    y = _numpy(resize_bilinear_align_corners(x, (9, 5)))
     np.testing.assert_allclose(y[0, [0, -1]][:, [0, -1]], x[0, [0, -1]][:, [0, -1]], atol=1e-6)
 
 
@@ -90,7 +95,7 @@ def test_resize_matches_tensorflow_align_corners():
     x = _rand(2, 7, 11, 3)
     for size in [(13, 21), (33, 4), (7, 11), (1, 1)]:
         ref = tf.compat.v1.image.resize_bilinear(x, size, align_corners=True).numpy()
-        np.testing.assert_allclose(np.asarray(resize_bilinear_align_corners(x, size)), ref, atol=1e-5)
+        np.testing.assert_allclose(_numpy(resize_bilinear_align_corners(x, size)), ref, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -102,9 +107,9 @@ def test_resize_by_matrix_product_equals_the_gathers(shape, size, monkeypatch):
     from deeplab_dpc.core import layers
 
     x = _rand(*shape, seed=3)
-    by_matrix = np.asarray(resize_bilinear_align_corners(x, size))
+    by_matrix = _numpy(resize_bilinear_align_corners(x, size))
     monkeypatch.setattr(layers, "MATMUL_RESIZE_MAX_INPUT", 0)
-    by_gathers = np.asarray(resize_bilinear_align_corners(x, size))
+    by_gathers = _numpy(resize_bilinear_align_corners(x, size))
     assert by_matrix.shape == (shape[0], *size, shape[3])
     np.testing.assert_allclose(by_matrix, by_gathers, rtol=1e-5, atol=1e-5)
 
@@ -135,16 +140,16 @@ def test_resize_gradients_by_matrix_product_equal_the_gathers(monkeypatch):
 # --------------------------------------------------------------- pooling
 def test_pyramid_pooling_window_and_values():
     x = _rand(2, 33, 33, 3)
-    dyn = np.asarray(_average_pool_valid_dynamic(x, 33, 33, (4, 4)))
+    dyn = _numpy(_average_pool_valid_dynamic(x, 33, 33, (4, 4)))
     assert dyn.shape == (2, 25, 25, 3)  # 9x9 window, stride 1, VALID
     np.testing.assert_allclose(dyn[1, 3, 5], x[1, 3:12, 5:14].mean(axis=(0, 1)), atol=1e-5)
-    static = np.asarray(keras.ops.average_pool(x, (9, 9), strides=1, padding="valid"))
+    static = _numpy(keras.ops.average_pool(x, (9, 9), strides=1, padding="valid"))
     np.testing.assert_allclose(dyn, static, atol=1e-5)
 
 
 def test_global_pyramid_pooling_is_spatially_constant():
     layer = PyramidPooling(4, grid_size=(1, 1), name="branch0")
-    y = np.asarray(layer(_rand(2, 9, 13, 5)))
+    y = _numpy(layer(_rand(2, 9, 13, 5)))
     assert y.shape == (2, 9, 13, 4)
     np.testing.assert_allclose(y, np.broadcast_to(y[:, :1, :1], y.shape), atol=1e-6)
 
@@ -155,7 +160,7 @@ def test_pyramid_pooling_with_unknown_sizes_matches_static():
 
     layer = PyramidPooling(8, grid_size=(4, 2), name="branch1")
     x = _rand(1, 23, 30, 6)
-    eager = np.asarray(layer(x))
+    eager = _numpy(layer(x))
     graph = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec([None, None, None, 6])])
     np.testing.assert_allclose(graph(x).numpy(), eager, atol=1e-5)
 
@@ -230,11 +235,11 @@ def test_dpc_each_branch_reads_the_input_its_spec_names():
     bn.beta.assign(np.zeros(n * filters, "float32"))
     bn.moving_mean.assign(np.zeros(n * filters, "float32"))
     bn.moving_variance.assign(np.full(n * filters, 1 - bn.epsilon, "float32"))
-    y = np.asarray(cell(x, training=False))
+    y = _numpy(cell(x, training=False))
     got = [y[..., i * filters : (i + 1) * filters] for i in range(n)]
 
     # The spec's wiring, written out by hand: 0 <- x, 1 <- 0, 2 <- x, 3 <- 1, 4 <- 0.
-    L = [lambda t, i=i: np.asarray(cell.branch_layers[i](t, training=False)) for i in range(n)]
+    L = [lambda t, i=i: _numpy(cell.branch_layers[i](t, training=False)) for i in range(n)]
     b0 = L[0](x)
     b1 = L[1](b0)
     b2 = L[2](x)
@@ -256,9 +261,9 @@ def test_dpc_each_branch_reads_the_input_its_spec_names():
 def test_dpc_inference_is_deterministic_and_training_uses_dropout():
     cell = DensePredictionCell(MIXED, filters=8, concat_channels=8, dropout_rate=0.5)
     x = _rand(2, 9, 9, 4)
-    a, b = np.asarray(cell(x)), np.asarray(cell(x))
+    a, b = _numpy(cell(x)), _numpy(cell(x))
     np.testing.assert_array_equal(a, b)
-    t1, t2 = np.asarray(cell(x, training=True)), np.asarray(cell(x, training=True))
+    t1, t2 = _numpy(cell(x, training=True)), _numpy(cell(x, training=True))
     assert not np.allclose(t1, t2)
 
 
@@ -289,7 +294,7 @@ def test_decoder_shapes():
 
 
 def test_normalize_maps_pixels_to_unit_range():
-    y = np.asarray(Normalize()(np.array([[[[0, 127.5, 255]]]], "float32")))
+    y = _numpy(Normalize()(np.array([[[[0, 127.5, 255]]]], "float32")))
     np.testing.assert_allclose(y.ravel(), [-1, 0, 1])
 
 
@@ -307,13 +312,13 @@ LAYERS = [
 def test_layer_config_round_trip_gives_equal_outputs(make):
     layer = make()
     x = _rand(2, 11, 13, 5)
-    y = np.asarray(layer(x))
+    y = _numpy(layer(x))
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
     clone(x)
     clone.set_weights(layer.get_weights())
-    np.testing.assert_allclose(np.asarray(clone(x)), y, atol=1e-6)
+    np.testing.assert_allclose(_numpy(clone(x)), y, atol=1e-6)
 
 
 def test_decoder_config_round_trip():
@@ -337,11 +342,11 @@ def test_model_with_every_layer_saves_and_reloads_as_keras(tmp_path):
         if "moving" in w.path:
             w.assign(np.random.default_rng(1).uniform(0.5, 1.5, w.shape).astype("float32"))
     x = np.random.default_rng(2).uniform(0, 255, (2, 37, 29, 3)).astype("float32")
-    expected = np.asarray(model(x))
+    expected = _numpy(model(x))
     assert expected.shape == (2, 37, 29, 3)
     model.save(tmp_path / "m.keras")
     reloaded = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_allclose(np.asarray(reloaded(x)), expected, atol=1e-5)
+    np.testing.assert_allclose(_numpy(reloaded(x)), expected, atol=1e-5)
 
 
 def test_the_fused_batch_norm_trains_as_keras_batch_norm_does():
