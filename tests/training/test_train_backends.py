@@ -1,4 +1,4 @@
-"""The same training entry runs on JAX without TensorFlow, and under MirroredStrategy.
+"""The same training entry runs on JAX and on PyTorch without TensorFlow, and under MirroredStrategy.
 
 Each runs in a subprocess: the Keras backend and TensorFlow's devices are
 fixed at import time.
@@ -6,6 +6,7 @@ fixed at import time.
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -20,6 +21,7 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     {prelude}
+    import keras
     from deeplab_dpc import synthetic
     from deeplab_dpc.core.model import ModelConfig
     from deeplab_dpc.data.batches import DataConfig
@@ -36,7 +38,8 @@ SCRIPT = textwrap.dedent(
         save_interval_secs=0, num_clones={num_clones},
     )
     summary = train(config, verbose=0)
-    print(json.dumps({{"step": summary["step"], "losses": [r["loss"] for r in summary["history"]],
+    print(json.dumps({{"backend": keras.backend.backend(), "step": summary["step"],
+                      "losses": [r["loss"] for r in summary["history"]],
                       "tf_loaded": "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None}}))
     """
 )
@@ -53,18 +56,36 @@ def _run(tmp_path, env_extra, **fmt):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow  # 2-3 min on 2 cores; the JAX layer, loader and compiled-eval tests stay in the default run
-@pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
-def test_trains_on_jax_with_tensorflow_blocked(tmp_path):
+BLOCKED_TF_ENV = {
+    "jax": {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
+    # One torch thread: the model is tiny, and a second thread would wait on a core a job beside the tests
+    # keeps busy.
+    "torch": {"KERAS_BACKEND": "torch", "OMP_NUM_THREADS": "1"},
+}
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        # 2-3 min on 2 cores; the JAX layer, loader and compiled-eval tests stay in the default run.
+        pytest.param("jax", marks=pytest.mark.slow),
+        "torch",  # ~10 s; an extra (pip install -e .[torch])
+    ],
+)
+def test_trains_with_tensorflow_blocked(tmp_path, backend):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed")
     result = _run(
         tmp_path,
-        {"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"},
-        prelude="sys.modules['tensorflow'] = None  # as on a JAX-only GPU host",
+        BLOCKED_TF_ENV[backend],
+        prelude="sys.modules['tensorflow'] = None  # as on a GPU host with JAX or PyTorch only",
         loader="numpy",
         num_clones=1,
     )
+    assert result["backend"] == backend
     # An epoch of the NumPy loader is at most its length (8 / 4 = 2 steps): 3 log points.
     assert result["step"] == 6 and len(result["losses"]) == 3
+    assert all(math.isfinite(loss) for loss in result["losses"]), result["losses"]
     assert not result["tf_loaded"]
     assert (tmp_path / "run" / "ckpt-00000006.weights.h5").is_file()
 
