@@ -3,6 +3,7 @@ r"""A proxy trial's step against a bare step of the same model and against the a
     python bench/bench_proxy.py [--cache_dir=runs/camvid/features] [--filters=64] [--steps=60 --warmup=10]
         [--profile_steps=10] [--group_sizes=1,2,4,8] [--intra_op_threads=0 --inter_op_threads=0]
     # on a GPU host (JAX): bench/proxy_gpu.sh (the CamVid budget and the paper's, K = 1, 4, 16, 64)
+    # on PyTorch (pip install -e .[torch]): KERAS_BACKEND=torch python bench/bench_proxy.py --profile_steps=0
 
 One run, one model and loss, the same batches (issue 17, section 1). Rows, per ``--filters`` value:
 
@@ -230,7 +231,20 @@ def profile_lines(rows: list[dict], steps: int, wall_ms: float, top: int) -> lis
 
 
 def set_threads(intra: int, inter: int) -> None:
+    """TensorFlow's or torch's thread pools (importing Keras starts neither); other backends keep theirs."""
     if not (intra or inter):
+        return
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if intra:
+            torch.set_num_threads(intra)
+        if inter:
+            torch.set_num_interop_threads(inter)
+        return
+    if keras.backend.backend() != "tensorflow":
         return
     import tensorflow as tf
 
@@ -243,6 +257,10 @@ def set_threads(intra: int, inter: int) -> None:
 def threads_text() -> str:
     import keras
 
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return f"threads intra {torch.get_num_threads()} / inter {torch.get_num_interop_threads()} (torch)"
     if keras.backend.backend() != "tensorflow":
         return "threads: the backend's"
     import tensorflow as tf
@@ -273,8 +291,8 @@ def main(argv=None) -> None:
     )
     parser.add_argument("--train_examples", type=int, default=96)
     parser.add_argument("--eval_examples", type=int, default=16)
-    parser.add_argument("--intra_op_threads", type=int, default=0, help="0: TensorFlow's default")
-    parser.add_argument("--inter_op_threads", type=int, default=0, help="0: TensorFlow's default")
+    parser.add_argument("--intra_op_threads", type=int, default=0, help="0: the backend's default")
+    parser.add_argument("--inter_op_threads", type=int, default=0, help="0: the backend's default")
     args = parser.parse_args(argv)
     if args.steps <= args.warmup + 1:
         parser.error(f"--steps={args.steps} must exceed --warmup={args.warmup} + 1")
