@@ -46,6 +46,27 @@ def test_accumulation_over_batches_equals_one_pass():
     assert whole.matrix.sum() == 4 * 81 - 9
 
 
+def test_confusion_counts_each_labelled_pixel_once_and_skips_the_rest():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 7, (3, 11, 13)).astype(np.uint8)  # 5 and 6: not classes of a 5-class matrix
+    labels[0, :2] = 255  # the ignore label
+    preds = rng.integers(0, 5, (3, 11, 13)).astype(np.int32)
+    expected = np.zeros((5, 5), np.int64)
+    for label, pred in zip(labels.ravel(), preds.ravel()):
+        if label < 5:
+            expected[label, pred] += 1
+    matrix = ConfusionMatrix(5)
+    matrix.update(labels, preds)
+    np.testing.assert_array_equal(matrix.matrix, expected)
+    # A prediction outside the classes is an error only where the pixel is labelled (row 0: ignored).
+    preds[0, 0, 0] = 9
+    matrix.update(labels, preds)
+    np.testing.assert_array_equal(matrix.matrix, 2 * expected)
+    preds[1, 0, 0] = 9
+    with pytest.raises(ValueError, match="predictions outside 0..4"):
+        matrix.update(labels[1:2][:, :1, :1] * 0, preds[1:2][:, :1, :1])
+
+
 def test_metric_errors():
     cm = ConfusionMatrix(3)
     with pytest.raises(ValueError, match="differ in size"):
