@@ -83,6 +83,13 @@ def test_pixel_cross_entropy_gradient_is_softmax_minus_one_hot():
     np.testing.assert_allclose(tape.gradient(loss, logits).numpy(), expected, atol=1e-6)
 
 
+def test_an_ignore_label_inside_the_classes_is_ignored_too():
+    logits = np.array([[[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 3.0], [1.0, 1.0, 1.0]]]], "float32")
+    labels = np.array([[[[0], [2]], [[9], [1]]]], "int32")  # ignore 0; 9 is no class
+    loss = float(SegmentationLoss(3, ignore_label=0)(labels, logits))
+    assert loss == pytest.approx((_ce([0, 1, 0], 2) + _ce([1, 1, 1], 1)) / 2, rel=1e-5)
+
+
 def test_class_weights_and_top_k():
     logits = np.array([[[[2.0, 0.0], [0.0, 2.0], [1.0, 0.0], [0.0, 0.0]]]], "float32")
     labels = np.array([[[[0], [0], [1], [1]]]], "int32")
