@@ -901,7 +901,7 @@ def run_proxy_group(
         if failures[k] is not None:
             outcomes.append(failures[k])
             continue
-        cell_model = model if size == 1 else keras.Model(model.inputs, model.outputs[k])
+        cell_model = model if size == 1 else keras.Model(model.inputs[0], model.outputs[k])
         outcomes.append(
             {
                 **_cell_result(spec, config, data, matrices[k], histories[k], losses[k]),
