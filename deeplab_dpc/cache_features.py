@@ -24,7 +24,6 @@ Only the split the proxy trains on needs them.
 from __future__ import annotations
 
 import json
-import logging
 import sys
 
 from absl import app, flags
@@ -152,7 +151,6 @@ def run(fv: flags.FlagValues) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     manifest = run(flags.FLAGS)
     summary = {
         "split": manifest["split"],

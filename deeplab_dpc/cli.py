@@ -18,6 +18,9 @@ from deeplab_dpc import console
 # through tools.conversion_cli): one place keeps TensorFlow's start-up lines off
 # the console. DEEPLAB_DPC_VERBOSE=1 brings them back (console.py).
 console.quiet_tensorflow()
+# Once app.run has put absl's log handler in place, our log records print plainly, as the search's
+# lines do: `step 25/100 loss ...`, `WARNING: ...` (console.plain_log_lines). Only under app.run.
+app.call_after_init(console.plain_log_lines)
 
 # Flags defined by these helpers belong to the entry point that calls them, so
 # its --help lists them (not only --helpfull).

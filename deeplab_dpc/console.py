@@ -28,6 +28,19 @@ import calls ``quiet_tensorflow()`` once (the conversion tools reach it through
 explicit ``TF_CPP_MIN_LOG_LEVEL=0``: TensorFlow then prints what it always
 prints. No TensorFlow import here: a JAX host without TensorFlow runs this too.
 
+Log records (``plain_log_lines``): ``deeplab_dpc.cli`` hands it to absl's
+``app.call_after_init``, so it acts only in a process that ``app.run`` started,
+once absl has put its handler on the root logger. Our records then print as
+the search's lines do: an INFO record is its message alone (``step 25/100 loss
+0.4113 ...``, not ``I1207 02:53:46.010493 140340254563200 train_lib.py:376]
+step 25/100 ...``) and a warning or error starts with its level (``WARNING:
+...``, ``ERROR: ...``), a word that stands out among plain lines where absl's
+one-letter code is lost in 50 characters of date, thread and file.
+TensorFlow's records keep absl's prefix, and so does every record at
+``--verbosity=1`` or more (debug: where a line comes from matters there) or
+with ``--showprefixforinfo``. Which records show is still absl's
+``--verbosity`` (``--verbosity=-1``: warnings and errors only).
+
 Our own progress lines take two helpers from here: ``progress_verbosity`` (a live
 bar on a terminal, a line in a file) and ``format_duration`` (``10 min``).
 """
@@ -197,7 +210,7 @@ class _TensorFlowInfoFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return True
-        if record.name != "tensorflow" and not _in_tensorflow(record.pathname):
+        if not _from_tensorflow(record):
             return True
         try:
             from absl import logging as absl_logging  # noqa: PLC0415
@@ -205,6 +218,47 @@ class _TensorFlowInfoFilter(logging.Filter):
             return absl_logging.get_verbosity() >= 1
         except ImportError:
             return False
+
+
+def _from_tensorflow(record: logging.LogRecord) -> bool:
+    return record.name == "tensorflow" or record.name.startswith("tensorflow.") or _in_tensorflow(record.pathname)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The entry points' format for log records (see the module doc): the message alone below
+    WARNING, ``WARNING: message`` (``ERROR: ``, ``CRITICAL: ``) from WARNING up, and ``absl_formatter``'s
+    format (absl's prefix) for TensorFlow's records, at ``--verbosity=1`` or more, and with
+    ``--showprefixforinfo``.
+    """
+
+    def __init__(self, absl_formatter: logging.Formatter):
+        super().__init__("%(message)s")
+        self.absl_formatter = absl_formatter
+
+    def format(self, record: logging.LogRecord) -> str:
+        from absl import flags  # noqa: PLC0415
+        from absl import logging as absl_logging  # noqa: PLC0415
+
+        prefix_wanted = "showprefixforinfo" in flags.FLAGS and flags.FLAGS["showprefixforinfo"].value
+        if absl_logging.get_verbosity() >= 1 or prefix_wanted or _from_tensorflow(record):
+            return self.absl_formatter.format(record)
+        message = super().format(record)
+        return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+
+
+def plain_log_lines() -> None:
+    """Gives absl's log handler a ``ConsoleFormatter``; ``--showprefixforinfo`` (absl's flag) now
+    defaults to false. Called by ``absl.app.run`` once absl set up logging (``deeplab_dpc.cli``
+    registers it). Idempotent."""
+    from absl import flags  # noqa: PLC0415
+    from absl import logging as absl_logging  # noqa: PLC0415
+
+    if "showprefixforinfo" in flags.FLAGS:
+        flags.FLAGS.set_default("showprefixforinfo", False)  # A value given on the command line stays.
+    handler = absl_logging.get_absl_handler()
+    current = handler.python_handler.formatter
+    if not isinstance(current, ConsoleFormatter):
+        handler.setFormatter(ConsoleFormatter(current))
 
 
 def _in_tensorflow(path: str) -> bool:

@@ -296,7 +296,6 @@ def run_pipeline(fv) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("tensorflow").setLevel(logging.ERROR)  # SavedModel writer chatter
     summary = run_pipeline(flags.FLAGS)
     _section("Summary")

@@ -13,7 +13,6 @@ repeated, and a repeated one must agree. Results: ``eval_logdir/latest.json``,
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 
@@ -67,7 +66,6 @@ def config_from_flags(fv: flags.FlagValues):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = config_from_flags(flags.FLAGS)
     from deeplab_dpc.evaluation.eval_lib import run_evaluation  # noqa: PLC0415
 

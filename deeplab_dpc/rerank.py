@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
-import logging
 import os
 import sys
 
@@ -136,8 +135,6 @@ def run(config, fv: flags.FlagValues = flags.FLAGS, verbose: int | str = "auto")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger("deeplab_dpc").setLevel(logging.INFO)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = config_from_flags(flags.FLAGS)
     try:
         run(config)

@@ -224,8 +224,6 @@ def train_from_flags(fv: flags.FlagValues, verbose: int | str = "auto") -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.getLogger("deeplab_dpc").setLevel(logging.INFO)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     summary = train_from_flags(flags.FLAGS)
     logging.info("done: step %d, checkpoints in %s", summary["step"], flags.FLAGS.train_logdir)
 

@@ -59,7 +59,6 @@ def config_from_flags(fv: flags.FlagValues):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     config = config_from_flags(flags.FLAGS)
     from deeplab_dpc.evaluation.vis_lib import visualize  # noqa: PLC0415
 

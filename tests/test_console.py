@@ -100,7 +100,48 @@ def test_a_tool_prints_no_tensorflow_startup_lines(tmp_path):
     noise = [line for line in lines if CPP_RECORD.match(line) or re.search(
         r"absl::InitializeLog|oneDNN|cuda|cuInit|cpu_feature_guard|TensorFlow binary", line, re.IGNORECASE)]
     assert not noise, result.stderr
-    assert any("train: 2 examples in 1 shards" in line for line in lines), result.stderr
+    assert any(line.startswith("train: 2 examples in 1 shards") for line in lines), result.stderr  # plain
+
+
+# An entry point in miniature: imports deeplab_dpc.cli first, then logs as the library does.
+ENTRY_POINT = """
+import logging
+from absl import app
+import deeplab_dpc.cli
+
+def main(argv):
+    logging.getLogger("deeplab_dpc.training.train_lib").info("step %d/%d loss %.4f", 25, 100, 0.4113)
+    logging.getLogger("deeplab_dpc.nas.worker").warning("trial %d was interrupted", 3)
+    logging.getLogger("tensorflow").warning("a TensorFlow warning")
+    logging.getLogger("tensorflow").info("a TensorFlow INFO record")
+
+app.run(main)
+"""
+ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")
+
+
+def _run_entry_point(*flags):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-c", ENTRY_POINT, *flags], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr.splitlines()
+
+
+def test_entry_points_print_our_records_plainly_and_mark_warnings():
+    lines = _run_entry_point()
+    assert lines[:2] == ["step 25/100 loss 0.4113", "WARNING: trial 3 was interrupted"]
+    # TensorFlow's records keep absl's prefix (and its INFO records stay hidden).
+    assert len(lines) == 3 and ABSL_PREFIX.match(lines[2]) and lines[2].endswith("] a TensorFlow warning")
+
+
+def test_absl_flags_still_choose_what_shows_and_bring_the_prefix_back():
+    assert _run_entry_point("--verbosity=-1")[0] == "WARNING: trial 3 was interrupted"  # no progress line
+    for flag in ("--verbosity=1", "--showprefixforinfo"):
+        lines = _run_entry_point(flag)
+        assert ABSL_PREFIX.match(lines[0]) and lines[0].endswith("] step 25/100 loss 0.4113"), (flag, lines)
+        assert ABSL_PREFIX.match(lines[1]) and lines[1].startswith("W"), (flag, lines)
 
 
 def test_without_stderr_lines_drops_only_matching_lines(capfd, monkeypatch):
