@@ -29,6 +29,8 @@ setup(
         "cityscapes": ["cityscapesscripts==2.3.0"],
         # deeplab_dpc.search --executor=ray.
         "ray": ["ray==2.60.0"],
+        # python -m deeplab_dpc.serve: the model server (Ray Serve brings FastAPI and Uvicorn).
+        "serve": ["ray[serve]==2.60.0"],
         # pip install -e .[torch]: Keras' PyTorch backend for the proxy (KERAS_BACKEND=torch); see WORKSPACE.md.
         "torch": ["torch>=2.4"],
     },
@@ -46,6 +48,7 @@ setup(
             "deeplab-rerank=deeplab_dpc.rerank:console_main",
             "deeplab-analyze=deeplab_dpc.analyze:console_main",
             "deeplab-copy-search=deeplab_dpc.copy_search:console_main",
+            "deeplab-serve=deeplab_dpc.serve:console_main",
         ]
     },
 )

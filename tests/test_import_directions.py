@@ -46,6 +46,8 @@ FORBIDDEN = (
     ("export", ("training", ENTRY)),
     ("training", ("export", ENTRY)),
     ("analysis", ("data", "runs", "training", "evaluation", "export", ENTRY)),
+    # The model server runs an export: it needs no model code, training, search or checkpoints.
+    ("serving", ("core", "runs", "training", "evaluation", "export", "nas", ENTRY)),
     # Inside the search.
     ("nas.space", ("nas",)),
     ("nas.rank_correlation", ("nas",)),

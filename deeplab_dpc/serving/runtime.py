@@ -1,0 +1,75 @@
+"""What runs the model inside a server replica: a SavedModel from ``export_model`` (TensorFlow) or its
+ONNX conversion (ONNX Runtime), behind one call on a list of images of any sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+import numpy as np
+
+from deeplab_dpc.serving.requests import PREDICTIONS
+
+RUNTIMES = ("savedmodel", "onnx")
+
+
+class ModelError(RuntimeError):
+    """The export cannot be served (missing, not a SavedModel, no ``serving_default``)."""
+
+
+def group_by_size(images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[int]]:
+    """Indices of ``images`` grouped by (height, width), in order: each group is one batched call."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((int(image.shape[0]), int(image.shape[1])), []).append(i)
+    return groups
+
+
+class SavedModelRuntime:
+    """``serving_default`` of a SavedModel: uint8 ``[B, H, W, 3]`` -> ``semantic_predictions`` (+ others)."""
+
+    name = "savedmodel"
+
+    def __init__(self, export_path: str):
+        if not os.path.isfile(os.path.join(export_path, "saved_model.pb")):
+            raise ModelError(f"--export_path={export_path}: no saved_model.pb there (make one with export_model)")
+        import tensorflow as tf  # noqa: PLC0415
+
+        self._tf = tf
+        loaded = tf.saved_model.load(export_path)
+        if "serving_default" not in loaded.signatures:
+            raise ModelError(f"--export_path={export_path}: the SavedModel has no serving_default signature")
+        self._loaded = loaded  # the signature holds its variables through this object
+        self._predict = loaded.signatures["serving_default"]
+        self.metadata = _export_metadata(export_path)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """One dict of named outputs per image; images of one size go through the model as one batch."""
+        results: list = [None] * len(images)
+        for indices in group_by_size(images).values():
+            batch = self._tf.constant(np.stack([images[i] for i in indices]), dtype=self._tf.uint8)
+            outputs = {name: value.numpy() for name, value in self._predict(images=batch).items()}
+            for row, i in enumerate(indices):
+                results[i] = {name: value[row] for name, value in outputs.items()}
+        return results
+
+
+def _export_metadata(export_path: str) -> dict:
+    """What ``export_model`` recorded beside the model (classes, scales), for the status page."""
+    path = os.path.join(export_path, "export_config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        config = json.load(f)
+    return {key: config[key] for key in ("num_classes", "inference_scales", "add_flipped_images") if key in config}
+
+
+def load_runtime(runtime: str, export_path: str):
+    """The runtime named ``runtime`` (``--runtime``) on ``export_path``."""
+    if runtime == "savedmodel":
+        return SavedModelRuntime(export_path)
+    raise ValueError(f"--runtime={runtime!r} is unknown; valid: {list(RUNTIMES)}")
+
+
+__all__ = ["RUNTIMES", "ModelError", "SavedModelRuntime", "group_by_size", "load_runtime", "PREDICTIONS"]
