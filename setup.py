@@ -29,8 +29,9 @@ setup(
         "cityscapes": ["cityscapesscripts==2.3.0"],
         # deeplab_dpc.search --executor=ray.
         "ray": ["ray==2.60.0"],
-        # python -m deeplab_dpc.serve: the model server (Ray Serve brings FastAPI and Uvicorn).
-        "serve": ["ray[serve]==2.60.0"],
+        # python -m deeplab_dpc.serve: the model server (Ray Serve brings FastAPI and Uvicorn), and
+        # export_model --onnx_path / serve --runtime=onnx (tf2onnx 1.17 converts TensorFlow 2.21's graphs).
+        "serve": ["ray[serve]==2.60.0", "tf2onnx==1.17.0", "onnx==1.23.2", "onnxruntime==1.32.0"],
         # pip install -e .[torch]: Keras' PyTorch backend for the proxy (KERAS_BACKEND=torch); see WORKSPACE.md.
         "torch": ["torch>=2.4"],
     },

@@ -4,6 +4,7 @@ Usage (one line):
   python -m deeplab_dpc.export_model --checkpoint_path=/runs/camvid
     --export_path=/models/deeplab/1 [--inference_scales=0.75,1.0,1.25] [--add_flipped_images]
     [--save_probabilities] [--tflite_path=/models/deeplab.tflite --crop_size=513,513]
+    [--onnx_path=/models/deeplab.onnx]
 
 The model is rebuilt from the ``model_config.json`` that training wrote beside
 the checkpoint, so no model flag is repeated here; ``--num_classes`` is only
@@ -82,10 +83,17 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Also write a TFLite model there: float32 input [1, crop_h, crop_w, 3] (0..255), int32 labels out.",
         flag_values=fv,
     )
+    flags.DEFINE_string(
+        "onnx_path",
+        None,
+        "Also write the SavedModel's serving_default as an ONNX model there (tf2onnx; pip install -e .[serve]): "
+        "uint8 images [B, H, W, 3] of any size in, int32 labels out; serve --runtime=onnx serves it.",
+        flag_values=fv,
+    )
     flags.DEFINE_boolean(
         "overwrite",
         False,
-        "Replace an existing --export_path / --tflite_path once the new export is complete.",
+        "Replace an existing --export_path / --tflite_path / --onnx_path once the new export is complete.",
         flag_values=fv,
     )
 
@@ -107,6 +115,7 @@ def config_from_flags(fv: flags.FlagValues):
             add_flipped_images=fv.add_flipped_images,
             save_probabilities=fv.save_probabilities,
             tflite_path=fv.tflite_path,
+            onnx_path=fv.onnx_path,
             overwrite=fv.overwrite,
         )
     except ValueError as e:

@@ -35,7 +35,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_string("host", d.host, "Address the HTTP server listens on (0.0.0.0: every interface).", flag_values=fv)
     flags.DEFINE_integer("port", d.port, "HTTP port.", flag_values=fv)
     flags.DEFINE_string("model_name", d.model_name, "The <name> in /v1/models/<name>:predict.", flag_values=fv)
-    flags.DEFINE_enum("runtime", d.runtime, ["savedmodel"], "What runs the model.", flag_values=fv)
+    flags.DEFINE_enum(
+        "runtime",
+        d.runtime,
+        ["savedmodel", "onnx"],
+        "What runs the model: TensorFlow on a SavedModel, or ONNX Runtime on export_model's --onnx_path file "
+        "(then --export_path is that file).",
+        flag_values=fv,
+    )
     flags.DEFINE_integer("num_replicas", d.num_replicas, "Copies of the model answering requests.", flag_values=fv)
     flags.DEFINE_integer(
         "max_batch_size", d.max_batch_size, "Images batched together by a replica (1: no batching).", flag_values=fv
@@ -54,7 +61,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
     flags.DEFINE_integer("max_body_bytes", d.max_body_bytes, "Request bodies above this are refused (413).", flag_values=fv)
     flags.DEFINE_integer(
-        "replica_threads", d.replica_threads, "TensorFlow threads per replica (0: TensorFlow's default).", flag_values=fv
+        "replica_threads", d.replica_threads, "The runtime's threads per replica (0: its default).", flag_values=fv
     )
     flags.DEFINE_string("ray_address", None, "A running Ray cluster to join (default: start one here).", flag_values=fv)
 
@@ -93,9 +100,11 @@ def main(argv, flag_values: flags.FlagValues = flags.FLAGS):
         import ray  # noqa: F401, PLC0415
     except ImportError:
         raise app.UsageError("serving needs Ray Serve: pip install -e .[serve]") from None
-    if not os.path.isfile(os.path.join(config.export_path, "saved_model.pb")):
-        # Checked here: inside a replica the same error would surface as a failed Ray deployment.
+    # Checked here: inside a replica the same error would surface as a failed Ray deployment.
+    if config.runtime == "savedmodel" and not os.path.isfile(os.path.join(config.export_path, "saved_model.pb")):
         raise app.UsageError(f"--export_path={config.export_path}: no saved_model.pb there (make one with export_model)")
+    if config.runtime == "onnx" and not os.path.isfile(config.export_path):
+        raise app.UsageError(f"--export_path={config.export_path}: no ONNX file there (export_model --onnx_path)")
 
     stopped = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -57,6 +57,7 @@ PROBABILITIES = "semantic_probabilities"
 IMAGES = "images"
 IMAGE_BYTES = "image_bytes"
 SIGNATURES = ("serving_default", "serving_bytes")
+ONNX_OPSET = 17
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +76,8 @@ class ExportConfig:
         add_flipped_images: also average the left-right mirrored images.
         save_probabilities: also output ``semantic_probabilities``.
         tflite_path: also write a TFLite model there (needs ``crop_size``).
+        onnx_path: also write the SavedModel's ``serving_default`` as an ONNX model there (tf2onnx,
+            opset ``ONNX_OPSET``; ``serve --runtime=onnx`` serves it with ONNX Runtime).
         overwrite: replace an existing ``export_path`` (after the new export is complete).
     """
 
@@ -86,6 +89,7 @@ class ExportConfig:
     add_flipped_images: bool = False
     save_probabilities: bool = False
     tflite_path: str | None = None
+    onnx_path: str | None = None
     overwrite: bool = False
 
     def __post_init__(self):
@@ -109,10 +113,10 @@ class ExportConfig:
         if self.tflite_path is not None and self.crop_size is None:
             raise ValueError("tflite_path needs crop_size: a TFLite model has a static input shape")
         export = os.path.abspath(self.export_path)
-        if self.tflite_path is not None and os.path.abspath(self.tflite_path).startswith(export + os.sep):
-            raise ValueError(
-                f"tflite_path={self.tflite_path} must not be inside export_path={self.export_path}"
-            )
+        for name in ("tflite_path", "onnx_path"):
+            path = getattr(self, name)
+            if path is not None and os.path.abspath(path).startswith(export + os.sep):
+                raise ValueError(f"{name}={path} must not be inside export_path={self.export_path}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -243,6 +247,37 @@ def convert_to_tflite(
         return converter.convert()
 
 
+def convert_to_onnx(saved_model_path: str, onnx_path: str, opset: int = ONNX_OPSET) -> None:
+    """The SavedModel's ``serving_default`` as an ONNX model at ``onnx_path`` (tf2onnx), all or nothing.
+
+    Same input (uint8 ``images`` ``[B, H, W, 3]``, any size) and outputs as the signature. Runs tf2onnx's
+    converter in a child process (its graph rewriting logs pages and holds a second copy of the graph),
+    into a temporary file renamed when complete; the SavedModel is left as it is if the conversion fails.
+    """
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    onnx_path = os.path.abspath(onnx_path)
+    os.makedirs(os.path.dirname(onnx_path), exist_ok=True)
+    tmp = temporary_sibling(onnx_path, "tmp")
+    command = [
+        sys.executable, "-m", "tf2onnx.convert", "--saved-model", os.path.abspath(saved_model_path),
+        "--signature_def", "serving_default", "--opset", str(opset), "--output", tmp,
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        if done.returncode != 0 or not os.path.isfile(tmp):
+            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+            raise RuntimeError(
+                f"onnx_path={onnx_path}: tf2onnx could not convert {saved_model_path} (the SavedModel is "
+                f"complete; pip install -e .[serve] brings tf2onnx):\n{tail}"
+            )
+        os.replace(tmp, onnx_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def tflite_interpreter(model_path: str | None = None, model_content: bytes | None = None, num_threads=None):
     """An interpreter for a TFLite model (a file or the bytes ``convert_to_tflite`` returns).
 
@@ -352,8 +387,9 @@ def run_export(config: ExportConfig) -> dict:
             f"({checkpoint_model_config_path(checkpoint_file)}: num_classes={model_config.num_classes})"
         )
     _check_destination(os.path.abspath(config.export_path), config.overwrite, "export_path")
-    if config.tflite_path is not None:
-        _check_destination(config.tflite_path, config.overwrite, "tflite_path")
+    for name in ("tflite_path", "onnx_path"):
+        if getattr(config, name) is not None:
+            _check_destination(getattr(config, name), config.overwrite, name)
     model, _ = load_model_for_inference(checkpoint_file)
     times["load_s"] = time.perf_counter() - start
 
@@ -380,10 +416,15 @@ def run_export(config: ExportConfig) -> dict:
     times["saved_model_s"] = time.perf_counter() - start
     if tflite is not None:
         write_bytes_atomically(config.tflite_path, tflite)
+    if config.onnx_path is not None:
+        start = time.perf_counter()
+        convert_to_onnx(config.export_path, config.onnx_path)
+        times["onnx_s"] = time.perf_counter() - start
     return {
         "checkpoint": checkpoint_file,
         "export_path": os.path.abspath(config.export_path),
         "tflite_path": os.path.abspath(config.tflite_path) if config.tflite_path else None,
+        "onnx_path": os.path.abspath(config.onnx_path) if config.onnx_path else None,
         "num_classes": model_config.num_classes,
         **{k: round(v, 2) for k, v in times.items()},
     }

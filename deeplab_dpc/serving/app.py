@@ -44,7 +44,7 @@ class ServeConfig:
     batch_wait_timeout_ms: float = 5.0
     max_image_pixels: int = 4096 * 4096
     max_body_bytes: int = 64 * 1024 * 1024
-    replica_threads: int = 0  # TensorFlow's intra-op threads per replica (0: its default)
+    replica_threads: int = 0  # the runtime's intra-op threads per replica (0: its default)
 
     def __post_init__(self):
         for name in ("num_replicas", "max_batch_size", "max_image_pixels", "max_body_bytes"):
@@ -93,13 +93,13 @@ def build_app(config: ServeConfig):
     class DeepLabServer:
         def __init__(self, config_dict: dict):
             self.config = ServeConfig(**config_dict)
-            if self.config.replica_threads:
+            if self.config.replica_threads and self.config.runtime == "savedmodel":
                 import tensorflow as tf  # noqa: PLC0415
 
                 tf.config.threading.set_intra_op_parallelism_threads(self.config.replica_threads)
             from deeplab_dpc.serving.runtime import load_runtime  # noqa: PLC0415
 
-            self.runtime = load_runtime(self.config.runtime, self.config.export_path)
+            self.runtime = load_runtime(self.config.runtime, self.config.export_path, self.config.replica_threads)
             self.predict.set_max_batch_size(self.config.max_batch_size)
             self.predict.set_batch_wait_timeout_s(self.config.batch_wait_timeout_ms / 1000.0)
 

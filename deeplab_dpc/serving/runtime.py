@@ -55,6 +55,39 @@ class SavedModelRuntime:
         return results
 
 
+class OnnxRuntime:
+    """An ONNX model from ``export_model --onnx_path`` on ONNX Runtime's CPU provider: the same call.
+
+    ``path`` is the ``.onnx`` file, or a folder holding ``model.onnx``. ``threads``: ONNX Runtime's
+    intra-op threads (0: its default).
+    """
+
+    name = "onnx"
+
+    def __init__(self, path: str, threads: int = 0):
+        if os.path.isdir(path):
+            path = os.path.join(path, "model.onnx")
+        if not os.path.isfile(path):
+            raise ModelError(f"--export_path={path}: no ONNX model there (make one with export_model --onnx_path)")
+        import onnxruntime  # noqa: PLC0415
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self._session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self._outputs = [o.name for o in self._session.get_outputs()]
+        self.metadata = {"onnx_path": os.path.abspath(path)}
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        results: list = [None] * len(images)
+        for indices in group_by_size(images).values():
+            values = self._session.run(self._outputs, {self._input: np.stack([images[i] for i in indices])})
+            for row, i in enumerate(indices):
+                results[i] = {name: value[row] for name, value in zip(self._outputs, values)}
+        return results
+
+
 def _export_metadata(export_path: str) -> dict:
     """What ``export_model`` recorded beside the model (classes, scales), for the status page."""
     path = os.path.join(export_path, "export_config.json")
@@ -65,11 +98,13 @@ def _export_metadata(export_path: str) -> dict:
     return {key: config[key] for key in ("num_classes", "inference_scales", "add_flipped_images") if key in config}
 
 
-def load_runtime(runtime: str, export_path: str):
+def load_runtime(runtime: str, export_path: str, threads: int = 0):
     """The runtime named ``runtime`` (``--runtime``) on ``export_path``."""
     if runtime == "savedmodel":
         return SavedModelRuntime(export_path)
+    if runtime == "onnx":
+        return OnnxRuntime(export_path, threads)
     raise ValueError(f"--runtime={runtime!r} is unknown; valid: {list(RUNTIMES)}")
 
 
-__all__ = ["RUNTIMES", "ModelError", "SavedModelRuntime", "group_by_size", "load_runtime", "PREDICTIONS"]
+__all__ = ["RUNTIMES", "ModelError", "OnnxRuntime", "SavedModelRuntime", "group_by_size", "load_runtime", "PREDICTIONS"]

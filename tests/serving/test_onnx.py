@@ -1,0 +1,69 @@
+"""export_model --onnx_path and the ONNX runtime: its labels are the SavedModel's on CamVid val images."""
+
+import pathlib
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("tf2onnx")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("tensorflow")
+
+from deeplab_dpc.core.model import ModelConfig, build_deeplab  # noqa: E402
+from deeplab_dpc.core.spec import CellSpec  # noqa: E402
+from deeplab_dpc.export import export_lib  # noqa: E402
+from deeplab_dpc.runs import checkpoint_path  # noqa: E402
+from deeplab_dpc.serving.runtime import ModelError, OnnxRuntime, SavedModelRuntime, load_runtime  # noqa: E402
+
+SPEC = pathlib.Path(__file__).resolve().parents[2] / "experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """An 11-class MobileNet-v2 (x0.35) + published DPC with random weights, as SavedModel and ONNX."""
+    root = tmp_path_factory.mktemp("onnx")
+    config = ModelConfig(
+        num_classes=11,
+        model_variant="mobilenet_v2",
+        depth_multiplier=0.35,
+        dense_prediction_cell=CellSpec.load(SPEC),
+        decoder_output_stride=4,
+    )
+    keras.utils.set_random_seed(1)
+    model = build_deeplab(config)
+    (root / "train").mkdir()
+    config.save(root / "train" / "model_config.json")
+    model.save_weights(checkpoint_path(str(root / "train"), 1))
+    summary = export_lib.run_export(
+        export_lib.ExportConfig(
+            checkpoint_path=str(root / "train"), export_path=str(root / "1"), onnx_path=str(root / "model.onnx")
+        )
+    )
+    assert summary["onnx_path"] == str(root / "model.onnx")
+    return str(root / "1"), str(root / "model.onnx")
+
+
+def test_onnx_labels_equal_the_saved_models_on_camvid_val_images(exports, camvid_root):
+    saved_model, onnx = SavedModelRuntime(exports[0]), OnnxRuntime(exports[1])
+    names = sorted((camvid_root / "val").iterdir())[:: 101 // 4][:4]
+    images = [cv2.imread(str(p))[..., ::-1].copy() for p in names]
+    images.append(images[0][:181, :243].copy())  # and another size in the same call
+    expected = saved_model.predict(images)
+    got = onnx.predict(images)
+    for e, g in zip(expected, got):
+        assert g["semantic_predictions"].shape == e["semantic_predictions"].shape
+        assert g["semantic_predictions"].dtype == np.int32
+        agree = np.mean(g["semantic_predictions"] == e["semantic_predictions"])
+        assert agree >= 0.999, agree
+
+
+def test_the_onnx_runtime_refuses_a_missing_model(tmp_path):
+    with pytest.raises(ModelError, match="no ONNX model there"):
+        load_runtime("onnx", str(tmp_path / "model.onnx"))
+
+
+def test_onnx_path_inside_the_export_is_refused():
+    with pytest.raises(ValueError, match="onnx_path=/m/1/model.onnx must not be inside export_path"):
+        export_lib.ExportConfig(checkpoint_path="/c", export_path="/m/1", onnx_path="/m/1/model.onnx")
