@@ -1,4 +1,5 @@
-"""Flag helpers for the entry points: model flags, 'h,w' pairs, errors that name flags.
+"""Flag helpers for the entry points: model flags, 'h,w' pairs, errors that name flags; importing
+it sets up what the console shows (``console``).
 
 Entry points declare flags in a ``define_flags(fv)`` function called by their
 console ``main`` (never at import, so modules import without clashing), turn
@@ -11,6 +12,7 @@ from __future__ import annotations
 import re
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from deeplab_dpc import console
 
@@ -18,9 +20,26 @@ from deeplab_dpc import console
 # through tools.conversion_cli): one place keeps TensorFlow's start-up lines off
 # the console. DEEPLAB_DPC_VERBOSE=1 brings them back (console.py).
 console.quiet_tensorflow()
-# Once app.run has put absl's log handler in place, our log records print plainly, as the search's
-# lines do: `step 25/100 loss ...`, `WARNING: ...` (console.plain_log_lines). Only under app.run.
-app.call_after_init(console.plain_log_lines)
+
+
+def plain_log_lines() -> None:
+    """Gives absl's log handler a ``console.ConsoleFormatter``: our records print plainly, as the search's
+    lines do (``step 25/100 loss ...``, ``WARNING: ...``); ``--showprefixforinfo`` (absl's flag, which
+    brings absl's prefix back) now defaults to false. Idempotent."""
+    if "showprefixforinfo" in flags.FLAGS:
+        flags.FLAGS.set_default("showprefixforinfo", False)  # A value given on the command line stays.
+
+    def prefix_wanted() -> bool:
+        return "showprefixforinfo" in flags.FLAGS and flags.FLAGS["showprefixforinfo"].value
+
+    handler = absl_logging.get_absl_handler()
+    current = handler.python_handler.formatter
+    if not isinstance(current, console.ConsoleFormatter):
+        handler.setFormatter(console.ConsoleFormatter(current, prefix_wanted))
+
+
+# Once app.run has put absl's log handler in place (only then: an import changes nothing else).
+app.call_after_init(plain_log_lines)
 
 # Flags defined by these helpers belong to the entry point that calls them, so
 # its --help lists them (not only --helpfull).

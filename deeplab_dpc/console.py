@@ -28,9 +28,9 @@ import calls ``quiet_tensorflow()`` once (the conversion tools reach it through
 explicit ``TF_CPP_MIN_LOG_LEVEL=0``: TensorFlow then prints what it always
 prints. No TensorFlow import here: a JAX host without TensorFlow runs this too.
 
-Log records (``plain_log_lines``): ``deeplab_dpc.cli`` hands it to absl's
-``app.call_after_init``, so it acts only in a process that ``app.run`` started,
-once absl has put its handler on the root logger. Our records then print as
+Log records (``ConsoleFormatter``): ``deeplab_dpc.cli`` gives absl's handler
+one through ``app.call_after_init``, so only in a process that ``app.run``
+started, once absl has put its handler on the root logger. Our records then print as
 the search's lines do: an INFO record is its message alone (``step 25/100 loss
 0.4113 ...``, not ``I1207 02:53:46.010493 140340254563200 train_lib.py:376]
 step 25/100 ...``) and a warning or error starts with its level (``WARNING:
@@ -227,38 +227,22 @@ def _from_tensorflow(record: logging.LogRecord) -> bool:
 class ConsoleFormatter(logging.Formatter):
     """The entry points' format for log records (see the module doc): the message alone below
     WARNING, ``WARNING: message`` (``ERROR: ``, ``CRITICAL: ``) from WARNING up, and ``absl_formatter``'s
-    format (absl's prefix) for TensorFlow's records, at ``--verbosity=1`` or more, and with
-    ``--showprefixforinfo``.
+    format (absl's prefix) for TensorFlow's records, at ``--verbosity=1`` or more, and whenever
+    ``prefix_wanted()`` (``cli``: ``--showprefixforinfo``).
     """
 
-    def __init__(self, absl_formatter: logging.Formatter):
+    def __init__(self, absl_formatter: logging.Formatter, prefix_wanted: Callable[[], bool] = lambda: False):
         super().__init__("%(message)s")
         self.absl_formatter = absl_formatter
+        self.prefix_wanted = prefix_wanted
 
     def format(self, record: logging.LogRecord) -> str:
-        from absl import flags  # noqa: PLC0415
         from absl import logging as absl_logging  # noqa: PLC0415
 
-        prefix_wanted = "showprefixforinfo" in flags.FLAGS and flags.FLAGS["showprefixforinfo"].value
-        if absl_logging.get_verbosity() >= 1 or prefix_wanted or _from_tensorflow(record):
+        if absl_logging.get_verbosity() >= 1 or self.prefix_wanted() or _from_tensorflow(record):
             return self.absl_formatter.format(record)
         message = super().format(record)
         return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
-
-
-def plain_log_lines() -> None:
-    """Gives absl's log handler a ``ConsoleFormatter``; ``--showprefixforinfo`` (absl's flag) now
-    defaults to false. Called by ``absl.app.run`` once absl set up logging (``deeplab_dpc.cli``
-    registers it). Idempotent."""
-    from absl import flags  # noqa: PLC0415
-    from absl import logging as absl_logging  # noqa: PLC0415
-
-    if "showprefixforinfo" in flags.FLAGS:
-        flags.FLAGS.set_default("showprefixforinfo", False)  # A value given on the command line stays.
-    handler = absl_logging.get_absl_handler()
-    current = handler.python_handler.formatter
-    if not isinstance(current, ConsoleFormatter):
-        handler.setFormatter(ConsoleFormatter(current))
 
 
 def _in_tensorflow(path: str) -> bool:
