@@ -105,7 +105,9 @@ def build_app(config: ServeConfig):
 
         @serve.batch
         async def predict(self, images: list) -> list:
-            return self.runtime.predict(images)
+            # In a thread: the replica's event loop keeps reading and decoding the next requests (and
+            # so filling the next batch) while the model runs.
+            return await asyncio.get_running_loop().run_in_executor(None, self.runtime.predict, images)
 
         def _check_name(self, name: str) -> None:
             if name != self.config.model_name:
