@@ -171,7 +171,7 @@ def run(config: BenchConfig, command: str, out=None, err=None) -> dict:
             cells, config.proxy, config.seeds, config.output_json, score=config.score, scorer=scorer, log=log
         )
     except fidelity.ConfigMismatch as e:
-        flagged = ", ".join(f"--{k}" for k in e.fields)
+        flagged = ", ".join(f"--{proxy_train.FIELD_TO_FLAG.get(k, k)}" for k in e.fields)
         raise app.UsageError(f"--output_json={config.output_json}: {e} (flags: {flagged})") from None
     except fidelity.FidelityError as e:
         raise app.UsageError(f"--output_json={config.output_json}: {e}") from None

@@ -34,12 +34,12 @@ for r in ${*:-$ALL}; do
     f32) row "proxy 32 filters" proxy_200_32 --proxy_filters=32 --seeds=0 ;;
     f128) row "proxy 128 filters" proxy_200_128 --proxy_filters=128 --seeds=0 ;;
     seeds2) row "proxy 200 steps, mean of 2 seeds" proxy_200_64 --seeds=0,1 ;;
-    label) row "proxy, loss at label resolution" proxy_200_64_label --loss_resolution=label --seeds=0 ;;
+    label) row "proxy, loss at label resolution" proxy_200_64_label --proxy_loss_resolution=label --seeds=0 ;;
     lossf) row "proxy, loss on the feature grid (26% cheaper step)" proxy_200_64_lossfeatures \
-          --loss_resolution=features --seeds=0 ;;
-    kl) row "proxy + distillation (KL, T=2, w=1)" proxy_200_64_kl --distillation_weight=1 \
-          --distillation_loss=kl --distillation_temperature=2 --seeds=0 ;;
-    ema) row "proxy + EMA 0.99" proxy_200_64_ema --ema_decay=0.99 --seeds=0 ;;
+          --proxy_loss_resolution=features --seeds=0 ;;
+    kl) row "proxy + distillation (KL, T=2, w=1)" proxy_200_64_kl --proxy_distillation_weight=1 \
+          --proxy_distillation_loss=kl --proxy_distillation_temperature=2 --seeds=0 ;;
+    ema) row "proxy + EMA 0.99" proxy_200_64_ema --proxy_ema_decay=0.99 --seeds=0 ;;
     *) echo "unknown row $r (valid: $ALL)" >&2; exit 2 ;;
   esac
 done

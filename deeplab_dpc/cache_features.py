@@ -16,7 +16,7 @@ are kept, missing or damaged ones are computed again.
 
 ``--teacher_checkpoint_path=RUN`` also caches that run's logits (float16, at 4x
 the feature grid) for the proxy's distillation (``proxy_train
---distillation_weight``); the features' own run is a whole model and may be
+--proxy_distillation_weight``); the features' own run is a whole model and may be
 the teacher (``--teacher_checkpoint_path`` equal to ``--checkpoint_path``).
 Only the split the proxy trains on needs them.
 """
@@ -94,7 +94,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "teacher_checkpoint_path",
         None,
         "A training run (or ckpt-<step>.weights.h5) whose model's logits are cached with the features, "
-        "float16 at 4x the feature grid, for proxy distillation (--distillation_weight). May be "
+        "float16 at 4x the feature grid, for proxy distillation (--proxy_distillation_weight). May be "
         "--checkpoint_path itself (a whole model). Needed on the train split only.",
         **f,
     )

@@ -1,5 +1,5 @@
-"""Flag helpers for the entry points: model flags, 'h,w' pairs, errors that name flags; importing
-it sets up what the console shows (``console``).
+"""Flag helpers for the entry points: model flags, 'h,w' pairs, errors that name flags, renamed
+flags' old names; importing it sets up what the console shows (``console``).
 
 Entry points declare flags in a ``define_flags(fv)`` function called by their
 console ``main`` (never at import, so modules import without clashing), turn
@@ -91,6 +91,57 @@ def define_model_flags(fv: flags.FlagValues, *, with_defaults: bool = True) -> N
         "0.33/0.06) or Keras' glorot_uniform, which trains faster from scratch on short budgets (BENCHMARKS.md).",
         flag_values=fv,
     )
+
+
+def define_old_name(old: str, new: str, fv: flags.FlagValues) -> None:
+    """Keeps a renamed flag's old name working: ``--old=V`` sets ``--new`` (as absl's ``DEFINE_alias``:
+    both names read the same value). Both names given with different values is a flag parsing error
+    (absl exits naming both); the same value under both is accepted. The old name is listed by
+    ``--helpfull`` only, as ``Old name of --new.``"""
+    flag = fv[new]
+    state = {"direct_seen": 0, "direct": None, "old": None}  # the new name's and the old name's last values
+
+    def seen_direct() -> None:  # notes the new name's last value if it was parsed since we last looked
+        direct = flag.present - alias.present  # parses under the new name so far
+        if direct < state["direct_seen"]:  # the flags were unparsed: a new command line
+            state["direct_seen"], state["direct"] = 0, None
+        if direct > state["direct_seen"]:
+            state["direct_seen"], state["direct"] = direct, flag.value
+
+    class OldName(flags.Flag):
+        def parse(self, argument):
+            seen_direct()
+            self._parse(argument)  # a bad value is reported under the name it was given with
+            flag.parse(argument)
+            self.present += 1
+            state["old"] = flag.value
+
+        def _parse_from_default(self, value):
+            return value
+
+        @property
+        def value(self):
+            return flag.value
+
+        @value.setter
+        def value(self, value):
+            flag.value = value
+
+    alias = OldName(flag.parser, flag.serializer, old, flag.default, f"Old name of --{new}.", boolean=flag.boolean)
+
+    def _check(_value=None) -> bool:
+        if not alias.present:
+            return True
+        seen_direct()  # the new name given after the old one
+        if state["direct_seen"] and state["direct"] != state["old"]:
+            raise flags.ValidationError(
+                f"--{new}={state['direct']} and its old name --{old}={state['old']} disagree: give --{new} only"
+            )
+        return True
+
+    # Registered under its own module name: --help lists the entry point's flags, not their old names.
+    flags.DEFINE_flag(alias, fv, module_name="old names of renamed flags")
+    flags.register_validator(new, _check, flag_values=fv)
 
 
 def parse_pair(text, flag: str) -> tuple[int, int]:

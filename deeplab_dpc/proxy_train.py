@@ -2,27 +2,35 @@ r"""Trains one Dense Prediction Cell on cached backbone features and scores it: 
 
     python -m deeplab_dpc.proxy_train --cache_dir=/tmp/camvid_cache \
         --dense_prediction_cell_json=experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json \
-        --proxy_steps=300 --batch_size=8 --proxy_filters=64 --output_json=/tmp/trial.json
+        --proxy_steps=300 --proxy_batch_size=8 --proxy_filters=64 --output_json=/tmp/trial.json
 
-The cache comes from ``python -m deeplab_dpc.cache_features`` (a ``--train_split``
-and an ``--eval_split``). Prints progress with ETA, then the result (val mIoU,
+The cache comes from ``python -m deeplab_dpc.cache_features`` (a ``--proxy_train_split``
+and a ``--proxy_eval_split``). Prints progress with ETA, then the result (val mIoU,
 per-class IoU, the cell's parameters and multiply-adds, seconds); writes it to
 ``--output_json`` with ``"status": "ok"``, or ``"status": "failed"`` and the
 reason when the loss diverges (exit status 1). Runs on any Keras backend
 (``KERAS_BACKEND=jax`` too); what each knob costs in fidelity is in
 ``deeplab_dpc/nas/proxy.py``.
+
+Flag names: each ``ProxyConfig`` field is ``--proxy_<field>`` (``--proxy_learning_rate``,
+``--proxy_batch_size``; ``--proxy_steps`` and ``--proxy_filters`` as they are), the names the search
+gives the same settings, so a line of one command's flagfile means the same in the other. ``--cache_dir``
+and ``--seed`` keep the names every command gives them. The names before (``--learning_rate``,
+``--batch_size``, ...) still work (``--helpfull`` lists them); one given with another value than its new
+name is a flag error.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 from absl import app, flags
 
 from deeplab_dpc import cli
 
-# Every ProxyConfig field is a flag of the same name.
+# Every ProxyConfig field is a flag: FIELD_TO_FLAG.
 PROXY_FIELDS = (
     "cache_dir",
     "train_split",
@@ -53,6 +61,18 @@ PROXY_FIELDS = (
     "distillation_loss",
     "distillation_temperature",
 )
+# The flags every command names alike (the feature cache, the seed).
+SHARED_FLAGS = ("cache_dir", "seed")
+
+
+def flag_name(field: str) -> str:
+    """A ``ProxyConfig`` field's flag in proxy_train and search: ``proxy_<field>`` (once: ``proxy_steps``)."""
+    return field if field in SHARED_FLAGS or field.startswith("proxy_") else f"proxy_{field}"
+
+
+FIELD_TO_FLAG = {field: flag_name(field) for field in PROXY_FIELDS}
+# Names before issue 18 (the field's own), kept working: old name -> flag.
+OLD_NAMES = {field: flag for field, flag in FIELD_TO_FLAG.items() if flag != field}
 SUMMARY_KEYS = (
     "miou",
     "pixel_accuracy",
@@ -74,14 +94,14 @@ SUMMARY_KEYS = (
 def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     f = dict(flag_values=fv)
     flags.DEFINE_string("cache_dir", None, "The feature cache (python -m deeplab_dpc.cache_features).", **f)
-    flags.DEFINE_string("train_split", "train", "Cached split to train on.", **f)
-    flags.DEFINE_string("eval_split", "val", "Cached split to score on.", **f)
+    flags.DEFINE_string("proxy_train_split", "train", "Cached split to train on.", **f)
+    flags.DEFINE_string("proxy_eval_split", "val", "Cached split to score on.", **f)
     flags.DEFINE_string("dense_prediction_cell_json", None, "The cell to train (DeepLab's JSON format).", **f)
     flags.DEFINE_string("output_json", None, "Where the result goes (written atomically).", **f)
     flags.DEFINE_integer(
         "proxy_steps", 300, "Training steps (the paper: 30K; a few hundred rank how fast a cell learns).", **f
     )
-    flags.DEFINE_integer("batch_size", 8, "Examples per step (the paper: 8).", **f)
+    flags.DEFINE_integer("proxy_batch_size", 8, "Examples per step (the paper: 8).", **f)
     flags.DEFINE_integer(
         "proxy_filters",
         64,
@@ -90,20 +110,20 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         **f,
     )
     flags.DEFINE_float(
-        "learning_rate",
+        "proxy_learning_rate",
         0.2,
         "Base rate of the poly schedule (to 0 at --proxy_steps); 0.05 leaves a 300-step cell undertrained.",
         **f,
     )
-    flags.DEFINE_float("weight_decay", 4e-5, "DeepLab's weight decay.", **f)
+    flags.DEFINE_float("proxy_weight_decay", 4e-5, "DeepLab's weight decay.", **f)
     flags.DEFINE_float(
-        "batch_norm_momentum",
+        "proxy_batch_norm_momentum",
         0.99,
         "Batch norm moving-average momentum (DeepLab's 0.9997 barely leaves its start in a short run).",
         **f,
     )
     flags.DEFINE_enum(
-        "loss_resolution",
+        "proxy_loss_resolution",
         "features4x",
         ["features4x", "label", "features"],
         "Labels of the loss: features4x = nearest-sampled to 4x the feature grid (cheap; thin classes lose "
@@ -112,7 +132,7 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         **f,
     )
     flags.DEFINE_enum(
-        "eval_resolution",
+        "proxy_eval_resolution",
         "label",
         ["label", "features4x", "features"],
         "Labels the score is computed on: label = the crop, as evaluation does; features4x = 16x cheaper, "
@@ -120,64 +140,66 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         **f,
     )
     flags.DEFINE_integer("seed", 0, "Initial weights, batch order and dropout.", **f)
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.", **f)
-    flags.DEFINE_float("learning_power", 0.9, "Poly power.", **f)
-    flags.DEFINE_float("dropout_rate", 0.1, "Dropout on the concatenated branches (the model's: 0.1).", **f)
+    flags.DEFINE_float("proxy_momentum", 0.9, "SGD momentum.", **f)
+    flags.DEFINE_float("proxy_learning_power", 0.9, "Poly power.", **f)
+    flags.DEFINE_float("proxy_dropout_rate", 0.1, "Dropout on the concatenated branches (the model's: 0.1).", **f)
     flags.DEFINE_float(
-        "drop_path_keep_prob",
+        "proxy_drop_path_keep_prob",
         1.0,
         "ScheduledDropPath: branch outputs kept with a probability falling linearly from 1 to this over "
         "--proxy_steps (1: off).",
         **f,
     )
     flags.DEFINE_enum(
-        "initializer",
+        "proxy_initializer",
         "deeplab",
         ["deeplab", "keras"],
         "The cell's kernel initialisers: DeepLab's (separable 0.33/0.06) or Keras' glorot_uniform.",
         **f,
     )
     flags.DEFINE_float(
-        "ema_decay", None, "Polyak averaging: score the cell with an EMA of its weights of this decay.", **f
+        "proxy_ema_decay", None, "Polyak averaging: score the cell with an EMA of its weights of this decay.", **f
     )
     flags.DEFINE_integer(
-        "eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f
+        "proxy_eval_interval", 0, "Steps between intermediate val scores (0: only at the end).", **f
     )
     flags.DEFINE_enum(
-        "feature_dtype",
+        "proxy_feature_dtype",
         "float16",
         ["float16", "float32"],
         "Resident features: float16 (as cached; half the memory, computed in float32) or float32.",
         **f,
     )
-    flags.DEFINE_integer("max_train_examples", None, "Train on the first N cached examples only.", **f)
-    flags.DEFINE_integer("max_eval_examples", None, "Score on the first N cached examples only.", **f)
-    flags.DEFINE_integer("eval_batch_size", 16, "Examples per prediction call.", **f)
+    flags.DEFINE_integer("proxy_max_train_examples", None, "Train on the first N cached examples only.", **f)
+    flags.DEFINE_integer("proxy_max_eval_examples", None, "Score on the first N cached examples only.", **f)
+    flags.DEFINE_integer("proxy_eval_batch_size", 16, "Examples per prediction call.", **f)
     flags.DEFINE_enum(
-        "jit_compile",
+        "proxy_jit_compile",
         "auto",
         ["auto", "true", "false"],
         "XLA: auto = on JAX and on TensorFlow with a GPU, off on a TensorFlow CPU (several times slower "
         "there).",
         **f,
     )
-    flags.DEFINE_integer("steps_per_execution", 1, "Training steps per compiled call (raise on a GPU).", **f)
+    flags.DEFINE_integer("proxy_steps_per_execution", 1, "Training steps per compiled call (raise on a GPU).", **f)
     flags.DEFINE_float(
-        "distillation_weight",
+        "proxy_distillation_weight",
         0.0,
         "Weight of a distillation term against teacher logits cached with the features (cache_features "
         "--teacher_checkpoint_path), added to the cross entropy (0: off).",
         **f,
     )
     flags.DEFINE_enum(
-        "distillation_loss",
+        "proxy_distillation_loss",
         "kl",
         ["kl", "mse"],
-        "kl: KL divergence of probabilities softened at --distillation_temperature, times T^2; mse: squared "
-        "difference of the logits.",
+        "kl: KL divergence of probabilities softened at --proxy_distillation_temperature, times T^2; "
+        "mse: squared difference of the logits.",
         **f,
     )
-    flags.DEFINE_float("distillation_temperature", 1.0, "Softening temperature T of the kl term.", **f)
+    flags.DEFINE_float("proxy_distillation_temperature", 1.0, "Softening temperature T of the kl term.", **f)
+    for old, new in OLD_NAMES.items():
+        cli.define_old_name(old, new, fv)
 
 
 def config_from_flags(fv: flags.FlagValues):
@@ -189,12 +211,18 @@ def config_from_flags(fv: flags.FlagValues):
     if not fv.dense_prediction_cell_json:
         raise app.UsageError("--dense_prediction_cell_json is required (the cell to train)")
     spec = cli.load_cell(fv.dense_prediction_cell_json)
-    values = {name: fv[name].value for name in PROXY_FIELDS}
-    values["jit_compile"] = {"auto": None, "true": True, "false": False}[fv.jit_compile]
+    values = {field: fv[flag].value for field, flag in FIELD_TO_FLAG.items()}
+    values["jit_compile"] = {"auto": None, "true": True, "false": False}[values["jit_compile"]]
     try:
         return spec, ProxyConfig(**values)
     except ValueError as e:
-        raise app.UsageError(cli.flag_message(str(e), fv)) from None
+        raise app.UsageError(flag_message(str(e))) from None
+
+
+def flag_message(message: str) -> str:
+    """A ``ProxyConfig`` error (``field=value ...``, ``field must ...``), its field written as the flag."""
+    field = re.match(r"\w*", message).group(0)
+    return f"--{FIELD_TO_FLAG[field]}{message[len(field):]}" if field in FIELD_TO_FLAG else message
 
 
 def run(fv: flags.FlagValues) -> dict:

@@ -227,7 +227,8 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_float(
         "grace_seconds", 120.0, "A running trial silent this long is interrupted and retried.", **f
     )
-    # The proxy trainer's flags, passed through (unset: the proxy trainer's defaults).
+    # The proxy trainer's flags, passed through (unset: the proxy trainer's defaults), named as proxy_train
+    # names them (proxy_train.flag_name: --proxy_<ProxyConfig field>; --cache_dir and --seed as everywhere).
     flags.DEFINE_string("cache_dir", None, "Cached backbone features (from the feature cache).", **f)
     flags.DEFINE_string("proxy_train_split", None, "Split of cached features to train each cell on.", **f)
     flags.DEFINE_string("proxy_eval_split", None, "Split of cached features to score each cell on.", **f)
@@ -249,14 +250,14 @@ def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
         "proxy_loss_resolution",
         None,
         ["features4x", "label", "features"],
-        "Labels of a proxy trial's loss (proxy_train's --loss_resolution; default features4x).",
+        "Labels of a proxy trial's loss (as proxy_train's flag; default features4x).",
         **f,
     )
     flags.DEFINE_enum(
         "proxy_eval_resolution",
         None,
         ["label", "features4x", "features"],
-        "Labels a proxy trial is scored on (proxy_train's --eval_resolution; default label).",
+        "Labels a proxy trial is scored on (as proxy_train's flag; default label).",
         **f,
     )
     flags.DEFINE_float(

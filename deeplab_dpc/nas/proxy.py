@@ -89,7 +89,8 @@ class TrialFailed(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class ProxyConfig:
-    """How a proxy trial trains and scores a cell. Field names are ``proxy_train``'s flag names.
+    """How a proxy trial trains and scores a cell. Each field is proxy_train's flag ``--proxy_<field>``
+    and the search's where it has one (``proxy_train.flag_name``; ``cache_dir``, ``seed``, ``proxy_*``: as is).
 
     Args:
         cache_dir: the feature cache (``cache_features``).

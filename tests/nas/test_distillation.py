@@ -137,7 +137,7 @@ def test_distillation_on_a_cache_without_teacher_logits_names_the_flag_and_the_c
             "proxy_train",
             f"--cache_dir={cache_dir}",
             f"--dense_prediction_cell_json={spec}",
-            "--distillation_weight=0.5",
+            "--proxy_distillation_weight=0.5",
         ]
     )
     with pytest.raises(
@@ -174,9 +174,9 @@ def test_the_distillation_fields_round_trip_through_flags_json_and_the_search(ca
             "proxy_train",
             f"--cache_dir={caches[0]}",
             f"--dense_prediction_cell_json={spec}",
-            "--distillation_weight=0.3",
-            "--distillation_loss=mse",
-            "--distillation_temperature=4",
+            "--proxy_distillation_weight=0.3",
+            "--proxy_distillation_loss=mse",
+            "--proxy_distillation_temperature=4",
         ]
     )
     _, config = proxy_train.config_from_flags(fv)

@@ -87,10 +87,10 @@ def test_a_proxy_trial_learns_the_cached_task_and_writes_its_result(cache_dir, t
         f"--cache_dir={cache_dir}",
         f"--dense_prediction_cell_json={spec_path}",
         "--proxy_steps=40",
-        "--batch_size=8",
+        "--proxy_batch_size=8",
         "--proxy_filters=16",
-        "--learning_rate=0.3",
-        "--eval_interval=20",
+        "--proxy_learning_rate=0.3",
+        "--proxy_eval_interval=20",
         f"--output_json={out}",
     )
     result = proxy_train.run(fv)
@@ -138,7 +138,7 @@ def test_a_diverging_trial_raises_trial_failed_and_the_command_records_it(cache_
         f"--dense_prediction_cell_json={spec_path}",
         "--proxy_steps=20",
         "--proxy_filters=16",
-        "--learning_rate=1e12",
+        "--proxy_learning_rate=1e12",
         f"--output_json={out}",
     )
     result = proxy_train.run(fv)
@@ -340,6 +340,65 @@ def test_command_flag_errors_name_the_flag(cache_dir):
         )
     with pytest.raises(app.UsageError, match="--dense_prediction_cell_json is required"):
         proxy_train.config_from_flags(_flags(f"--cache_dir={cache_dir}"))
+    for given in ("--proxy_batch_size=0", "--batch_size=0"):  # named by the flag's name, not the field's
+        with pytest.raises(app.UsageError, match="^--proxy_batch_size=0 must be a positive integer"):
+            proxy_train.config_from_flags(_flags(f"--cache_dir={cache_dir}", f"--dense_prediction_cell_json={SPEC}", given))
+
+
+SPEC = REPO / "experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"
+# A value other than the default for each flag renamed to --proxy_<field> (issue 18), by its old name.
+RENAMED_VALUES = {
+    "train_split": "other_train", "eval_split": "other_val", "batch_size": "4", "learning_rate": "0.05",
+    "weight_decay": "1e-4", "batch_norm_momentum": "0.9", "loss_resolution": "label",
+    "eval_resolution": "features", "momentum": "0.8", "learning_power": "1.0", "dropout_rate": "0.2",
+    "drop_path_keep_prob": "0.7", "ema_decay": "0.99", "initializer": "keras", "eval_interval": "10",
+    "feature_dtype": "float32", "max_train_examples": "5", "max_eval_examples": "3", "eval_batch_size": "4",
+    "jit_compile": "false", "steps_per_execution": "2", "distillation_weight": "0.5",
+    "distillation_loss": "mse", "distillation_temperature": "2",
+}
+
+
+def test_old_flag_names_give_the_config_their_new_names_give(cache_dir):
+    assert proxy_train.OLD_NAMES == {old: f"proxy_{old}" for old in RENAMED_VALUES}
+    base = (f"--cache_dir={cache_dir}", f"--dense_prediction_cell_json={SPEC}")
+    _, default = proxy_train.config_from_flags(_flags(*base))
+    for old, value in RENAMED_VALUES.items():
+        new = proxy_train.OLD_NAMES[old]
+        _, by_old = proxy_train.config_from_flags(_flags(*base, f"--{old}={value}"))
+        _, by_new = proxy_train.config_from_flags(_flags(*base, f"--{new}={value}"))
+        assert by_old == by_new != default, old
+        _, by_both = proxy_train.config_from_flags(_flags(*base, f"--{new}={value}", f"--{old}={value}"))
+        assert by_both == by_new, old  # the same value under both names is no conflict
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--learning_rate=0.1", "--proxy_learning_rate=0.3"],
+        ["--proxy_learning_rate=0.3", "--learning_rate=0.1"],
+        ["--proxy_learning_rate=0.3", "--learning_rate=0.3", "--learning_rate=0.1"],
+        ["--flagfile={old}", "--proxy_learning_rate=0.3"],  # an old flagfile: override with its name
+    ],
+)
+def test_an_old_name_given_with_another_value_than_its_new_name_is_a_flag_error(args, tmp_path):
+    old_flagfile = tmp_path / "old.flags"
+    old_flagfile.write_text("--learning_rate=0.1\n")
+    with pytest.raises(
+        flags.IllegalFlagValueError, match=r"--proxy_learning_rate=0.3 and its old name --learning_rate=0.1 disagree"
+    ):
+        _flags(*[a.format(old=old_flagfile) for a in args])
+
+
+def test_the_help_lists_the_new_names_and_helpfull_the_old_ones():
+    def help_text(flag):
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        command = [sys.executable, "-m", "deeplab_dpc.proxy_train", flag]
+        return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120).stdout
+
+    short = help_text("--help")
+    assert all(f"\n  --{new}: " in short for new in proxy_train.FIELD_TO_FLAG.values()), short
+    assert not [old for old in proxy_train.OLD_NAMES if f"\n  --{old}: " in short], short
+    assert "\n  --learning_rate: Old name of --proxy_learning_rate.\n" in help_text("--helpfull")
 
 
 def test_labels_are_sampled_where_an_align_corners_resize_samples():

@@ -96,6 +96,17 @@ def test_the_default_objective_needs_the_feature_cache(tmp_path):
         search.config_from_flags(parse(f"--search_dir={tmp_path}"))
 
 
+def test_the_search_names_the_proxy_trainers_flags_as_proxy_train_does():
+    """One rule for both commands: a ProxyConfig field is --proxy_<field> (--cache_dir and --seed as they are)."""
+    from deeplab_dpc import proxy_train
+
+    for flag, field in search.PROXY_FLAGS.items():
+        assert proxy_train.FIELD_TO_FLAG[field] == flag
+    fv = flags.FlagValues()
+    proxy_train.define_flags(fv)
+    assert set(search.PROXY_FLAGS) | {"seed"} <= set(fv)
+
+
 def test_proxy_flags_are_checked_by_the_proxy_trainer_naming_the_flag(tmp_path):
     pytest.importorskip("deeplab_dpc.nas.proxy", reason="the proxy trainer is not in this checkout")
     with pytest.raises(app.UsageError, match="^--cache_dir=/nonexistent/features is not a folder"):
