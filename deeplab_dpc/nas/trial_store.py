@@ -10,7 +10,8 @@ them, for the worker loop (``nas.worker``, which writes them) and for every
 reader (progress, re-ranking, the analysis).
 
 Interruptions. A worker records its owner (host, pid, process start time, worker
-id) on each trial and a heartbeat every ``heartbeat_seconds`` while it runs. A
+id) on each trial it claims, by the write that makes the trial RUNNING
+(``pop_or_create``), and a heartbeat every ``heartbeat_seconds`` while it runs. A
 RUNNING trial whose owner process is gone (same host) or whose heartbeat is
 older than ``grace_seconds`` is interrupted: marked FAIL with user attrs
 ``interrupted`` and ``error``, and enqueued once more with the same parameters
@@ -281,7 +282,10 @@ def last_sign_of_life(trial: FrozenTrial) -> float:
 
 
 def stale_reason(trial: FrozenTrial, grace_seconds: float, now: float | None = None) -> str | None:
-    """Why a RUNNING trial is interrupted (its owner is gone, its heartbeat stopped), or None."""
+    """Why a RUNNING trial is interrupted (its owner is gone, its heartbeat stopped), or None. A
+    RUNNING trial without an owner (claims write one with the state, ``pop_or_create``; a trial
+    created otherwise, e.g. by Optuna's ``ask``) is interrupted once silent for ``grace_seconds``
+    since it started."""
     if trial.state != TrialState.RUNNING:
         return None
     owner = trial.system_attrs.get(OWNER)
@@ -431,14 +435,34 @@ def enqueue_reference_cells(study: optuna.Study) -> list[int]:
     return numbers
 
 
-def pop_or_create(study: optuna.Study, trials: Sequence[FrozenTrial]) -> int:
-    """A queued trial, retries first, set RUNNING; or a new trial. Returns its id."""
+def create_owned(
+    study: optuna.Study, owner: Mapping[str, Any], system_attrs: Mapping[str, Any] | None = None
+) -> int:
+    """A new RUNNING trial of ``owner`` (``owner_record``), owner and ``system_attrs`` written in the
+    one write that creates it; returns its id."""
+    attrs = {**(system_attrs or {}), OWNER: dict(owner)}
+    template = create_trial(state=TrialState.RUNNING, system_attrs=attrs)
+    return study._storage.create_new_trial(study._study_id, template_trial=template)
+
+
+def pop_or_create(study: optuna.Study, trials: Sequence[FrozenTrial], owner: Mapping[str, Any]) -> int:
+    """A queued trial, retries first, set RUNNING; or a new trial (``create_owned``). Returns its id.
+    Call under the claim lock.
+
+    The trial is ``owner``'s (``owner_record``) from the write that makes it RUNNING on: a queued trial
+    gets its owner while still WAITING, then leaves WAITING (a worker killed in between leaves it
+    queued, and the next claim writes its own owner over); a new one is created with it. So no RUNNING
+    trial is without an owner: a worker killed mid-claim leaves a trial that ``recover_interrupted``
+    finds as that worker's (its process gone, or the driver naming the dead worker), rather than one
+    that counts toward ``max_trials`` until ``grace_seconds`` pass without a sign of life.
+    """
     waiting = [t for t in trials if t.state == TrialState.WAITING]
     waiting.sort(key=lambda t: (t.user_attrs.get(RETRY_OF) is None, t.number))
     for trial in waiting:
         try:
+            study._storage.set_trial_system_attr(trial._trial_id, OWNER, dict(owner))
             if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
                 return trial._trial_id
         except UpdateFinishedTrialError:
             continue
-    return study._storage.create_new_trial(study._study_id)
+    return create_owned(study, owner)

@@ -89,7 +89,6 @@ from deeplab_dpc.nas.trial_store import (
     FULL_MIOU,
     GRAPH_HASH,
     HEARTBEAT,
-    OWNER,
     PREFILTER,
     PREFILTER_GROUP,
     PREFILTER_PENDING,
@@ -108,6 +107,7 @@ from deeplab_dpc.nas.trial_store import (
     Resolution,
     all_trials,
     budget_used,
+    create_owned,
     is_duplicate,
     mark_interrupted,
     owner_record,
@@ -271,15 +271,13 @@ class _Proposal:
     score: float | None = None
 
 
-def _claim(
-    study: optuna.Study, trial_id: int, worker: str, config: SearchConfig, group: int | None
-) -> _Proposal:
-    """Makes ``trial_id`` (RUNNING) this worker's and asks the strategy for its cell. Call under the lock.
-    ``group``: the first trial number of the pre-filter's proposals this one belongs to (None: none)."""
+def _claim(study: optuna.Study, trial_id: int, config: SearchConfig, group: int | None) -> _Proposal:
+    """Asks the strategy for the cell of ``trial_id``, RUNNING and this worker's (``pop_or_create``,
+    ``create_owned``). Call under the lock. ``group``: the first trial number of the pre-filter's
+    proposals this one belongs to (None: none)."""
     storage = study._storage
     if group is not None:  # first, so that a worker killed from here on leaves no retry
         storage.set_trial_system_attr(trial_id, PREFILTER_PENDING, group)
-    storage.set_trial_system_attr(trial_id, OWNER, owner_record(worker))
     storage.set_trial_system_attr(trial_id, HEARTBEAT, time.time())
     trial = optuna.Trial(study, trial_id)
     spec = space_lib.suggest_spec(trial, config.space)
@@ -572,17 +570,18 @@ def run_worker(
             if budget_used(trials) >= config.max_trials:
                 report.stopped_because = "max_trials reached"
                 break
-            trial_id = pop_or_create(study, trials)
+            trial_id = pop_or_create(study, trials, owner_record(worker))
             queued = any(t._trial_id == trial_id for t in trials)  # popped, not created
             # Queued trials (retries, reference cells) train as they are, without a pre-filter.
             if config.prefilter_ratio > 1 and not queued:
-                ids = [trial_id] + [
-                    study._storage.create_new_trial(study._study_id) for _ in range(config.prefilter_ratio - 1)
-                ]
                 group = study._storage.get_trial_number_from_id(trial_id)
-                proposals = [_claim(study, i, worker, config, group) for i in ids]
+                ids = [trial_id] + [
+                    create_owned(study, owner_record(worker), {PREFILTER_PENDING: group})
+                    for _ in range(config.prefilter_ratio - 1)
+                ]
+                proposals = [_claim(study, i, config, group) for i in ids]
             else:
-                chosen = _claim(study, trial_id, worker, config, None)
+                chosen = _claim(study, trial_id, config, None)
                 resolution = _resolve(study, chosen)
                 proposals = [chosen]
         if len(proposals) > 1:
@@ -690,7 +689,7 @@ def _run_group(
             trials = all_trials(study)
             if budget_used(trials) >= config.max_trials:
                 break
-            proposal = _claim(study, pop_or_create(study, trials), worker, config, None)
+            proposal = _claim(study, pop_or_create(study, trials, owner_record(worker)), config, None)
             claimed.append((proposal, _resolve(study, proposal)))
     if not claimed:
         return None

@@ -4,6 +4,7 @@ Workers run in this process with the fake objectives of ``tests/nas/fakes.py``.
 """
 
 import datetime
+import itertools
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from deeplab_dpc.core.spec import SearchSpace
 from deeplab_dpc.nas import space as space_lib
 from deeplab_dpc.nas import study as study_lib
 from deeplab_dpc.nas import trial_store
+from deeplab_dpc.nas import worker as worker_lib
 from deeplab_dpc.nas.search_config import (
     DEFAULT_OBJECTIVE,
     ConfigMismatch,
@@ -341,13 +343,114 @@ def test_a_queued_trial_killed_before_its_parameters_were_written_is_retried(tmp
     with trial_store.FileLock(config.lock_path):
         trial_store.enqueue_reference_cells(study)
         # A worker popped trial 0 and was killed before suggesting its parameters.
-        trial_id = trial_store.pop_or_create(study, trial_store.all_trials(study))
         owner = {"host": socket.gethostname(), "pid": dead_pid(), "start": None, "worker": "old"}
-        study._storage.set_trial_system_attr(trial_id, trial_store.OWNER, owner)
+        trial_store.pop_or_create(study, trial_store.all_trials(study), owner)
         assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [(0, 2)]
     retry = study.get_trials()[2]
     assert retry.user_attrs["reference"] == "published_cityscapes" and retry.user_attrs["retry_of"] == 0
     assert retry.system_attrs["fixed_params"] == space_lib.spec_to_params(space_lib.published_cell())
+
+
+class Killed(BaseException):
+    """SIGKILL landing on a storage write: that write and every later one never happen, and no handler
+    runs (a worker's own clean-up is for Ctrl-C and SIGTERM; ``BaseException`` passes through it)."""
+
+
+class DiesAtWrite:
+    """A worker's storage that is killed at its ``n``-th write (``Killed``, then and ever after)."""
+
+    WRITES = {
+        "create_new_trial", "set_trial_state_values", "set_trial_param", "set_trial_user_attr",
+        "set_trial_system_attr", "set_trial_intermediate_value", "set_study_user_attr", "set_study_system_attr",
+    }
+
+    def __init__(self, storage, n):
+        self._storage, self._left, self.n = storage, n, n
+
+    def __getattr__(self, name):
+        attr = getattr(self._storage, name)
+        if name not in self.WRITES:
+            return attr
+
+        def write(*args, **kwargs):
+            self._left -= 1
+            if self._left <= 0:
+                raise Killed(f"at write {self.n}: {name}")
+            return attr(*args, **kwargs)
+
+        return write
+
+
+CLAIMS = {
+    "a new trial": dict(num_branches=2),
+    "a queued trial": dict(enqueue_published=True),
+    "pre-filter proposals": dict(
+        num_branches=2, objective="tests.nas.fakes:scored", prefilter="synflow", prefilter_ratio=2,
+        zero_cost_scores="synflow",
+    ),
+    "a group of cells": dict(
+        num_branches=2, objective="tests.nas.fakes:grouped", cells_per_worker=2, max_trials=2
+    ),
+}
+
+
+@pytest.mark.parametrize("claim", list(CLAIMS))
+def test_a_worker_killed_at_any_write_of_its_claim_leaves_no_trial_running_unowned(tmp_path, monkeypatch, claim):
+    """The worker is killed at its 1st, 2nd, ... storage write, until one lands after training started.
+    Each time every RUNNING trial names the dead worker, so the driver (which knows which worker died)
+    and the next search (which finds its process gone) both recover it at once; the kill used none of
+    the budget, and a new worker uses it all. Before claims wrote the owner with the state, a kill
+    between the two left a RUNNING trial without an owner: neither found it, and it held a slot of
+    ``max_trials`` until ``grace_seconds`` passed."""
+    dead = dead_pid()
+    real_owner_record = worker_lib.owner_record
+    monkeypatch.setattr(
+        worker_lib, "owner_record", lambda worker: {**real_owner_record(worker), "pid": dead, "start": None}
+    )
+    real_load_study = worker_lib.load_study
+    kills = 0
+    for n in itertools.count(1):
+        config = make_config(tmp_path / str(n), **{"max_trials": 1, **CLAIMS[claim]})
+        study = start(config)
+        if config.enqueue_published:
+            with trial_store.FileLock(config.lock_path):
+                trial_store.enqueue_reference_cells(study)
+        killed_log = tmp_path / str(n) / "killed.log"
+        monkeypatch.setenv("FAKE_OBJECTIVE_LOG", str(killed_log))
+
+        def dying_study(config, n=n, **kwargs):
+            killed = real_load_study(config, **kwargs)
+            killed._storage = DiesAtWrite(killed._storage, n)
+            return killed
+
+        monkeypatch.setattr(worker_lib, "load_study", dying_study)
+        try:
+            run_worker(config, "w")
+        except Killed:
+            kills += 1
+        else:
+            pytest.fail(f"write {n} came after the worker finished: the kill never landed")
+        finally:
+            monkeypatch.setattr(worker_lib, "load_study", real_load_study)
+        trained = killed_log.exists()  # the kill landed after training started: the claims are behind
+        trials = trial_store.all_trials(study)
+        running = {t.number for t in trials if t.state == TrialState.RUNNING}
+        of_w = {t.number for t in trials if t.system_attrs.get(trial_store.OWNER, {}).get("worker") == "w"}
+        stale = {t.number for t in trials if trial_store.stale_reason(t, config.grace_seconds) is not None}
+        assert running <= of_w and running == stale, (n, running, of_w, stale)
+        with trial_store.FileLock(config.lock_path):
+            recovered = trial_store.recover_interrupted(study, config.space, config.grace_seconds)
+        assert {number for number, _ in recovered} == running, n
+        if not trained:
+            assert trial_store.budget_used(trial_store.all_trials(study)) == 0, n
+        monkeypatch.setenv("FAKE_OBJECTIVE_LOG", str(tmp_path / str(n) / "after.log"))
+        run_worker(config, "w2")
+        trials = trial_store.all_trials(study)
+        assert not any(t.state == TrialState.RUNNING for t in trials), n
+        assert trial_store.budget_used(trials) == config.max_trials, n
+        if trained:
+            break
+    assert kills >= 5
 
 
 def test_marking_an_interruption_is_idempotent(tmp_path):
