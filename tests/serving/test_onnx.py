@@ -1,9 +1,6 @@
 """export_model --onnx_path and the ONNX runtime: its labels are the SavedModel's on CamVid val images."""
 
-import pathlib
-
 import cv2
-import keras
 import numpy as np
 import pytest
 
@@ -11,38 +8,17 @@ pytest.importorskip("tf2onnx")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("tensorflow")
 
-from deeplab_dpc.core.model import ModelConfig, build_deeplab  # noqa: E402
-from deeplab_dpc.core.spec import CellSpec  # noqa: E402
 from deeplab_dpc.export import export_lib  # noqa: E402
-from deeplab_dpc.runs import checkpoint_path  # noqa: E402
 from deeplab_dpc.serving.runtime import ModelError, OnnxRuntime, SavedModelRuntime, load_runtime  # noqa: E402
-
-SPEC = pathlib.Path(__file__).resolve().parents[2] / "experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"
+from tests.serving.helpers import export_small_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """An 11-class MobileNet-v2 (x0.35) + published DPC with random weights, as SavedModel and ONNX."""
+    """An 11-class small model with random weights, as SavedModel and ONNX."""
     root = tmp_path_factory.mktemp("onnx")
-    config = ModelConfig(
-        num_classes=11,
-        model_variant="mobilenet_v2",
-        depth_multiplier=0.35,
-        dense_prediction_cell=CellSpec.load(SPEC),
-        decoder_output_stride=4,
-    )
-    keras.utils.set_random_seed(1)
-    model = build_deeplab(config)
-    (root / "train").mkdir()
-    config.save(root / "train" / "model_config.json")
-    model.save_weights(checkpoint_path(str(root / "train"), 1))
-    summary = export_lib.run_export(
-        export_lib.ExportConfig(
-            checkpoint_path=str(root / "train"), export_path=str(root / "1"), onnx_path=str(root / "model.onnx")
-        )
-    )
-    assert summary["onnx_path"] == str(root / "model.onnx")
-    return str(root / "1"), str(root / "model.onnx")
+    onnx_path = str(root / "model.onnx")
+    return export_small_model(root, num_classes=11, seed=1, onnx_path=onnx_path), onnx_path
 
 
 def test_onnx_labels_equal_the_saved_models_on_camvid_val_images(exports, camvid_root):

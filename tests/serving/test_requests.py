@@ -15,7 +15,7 @@ from deeplab_dpc.serving.requests import (
     parse_predict,
     predict_response,
 )
-from tests.serving.images import huge_blank_png, png, random_image
+from tests.serving.helpers import huge_blank_png, png, random_image
 
 MAX_PIXELS = 1 << 20
 

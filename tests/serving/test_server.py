@@ -3,29 +3,22 @@ tools/serving_client and with raw HTTP. Nothing mocked; skipped where Ray Serve 
 
 import base64
 import json
-import pathlib
 import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import keras
 import numpy as np
 import pytest
 
 pytest.importorskip("ray.serve")
 tf = pytest.importorskip("tensorflow")
 
-from deeplab_dpc.core.model import ModelConfig, build_deeplab  # noqa: E402
-from deeplab_dpc.core.spec import CellSpec  # noqa: E402
-from deeplab_dpc.export import export_lib  # noqa: E402
-from deeplab_dpc.runs import checkpoint_path  # noqa: E402
 from deeplab_dpc.serving import app as serving_app  # noqa: E402
 from deeplab_dpc.serving.requests import decode_image  # noqa: E402
-from tests.serving.images import huge_blank_png, png, random_image  # noqa: E402
+from tests.serving.helpers import export_small_model, huge_blank_png, png, random_image  # noqa: E402
 from tools import serving_client  # noqa: E402
 
-SPEC = pathlib.Path(__file__).resolve().parents[2] / "experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"
 MAX_BODY = 2 * 1024 * 1024
 MAX_PIXELS = 1 << 20
 
@@ -38,23 +31,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def export_path(tmp_path_factory):
-    """A 4-class MobileNet-v2 (x0.35) + published DPC, random weights, exported with export_model's code."""
-    root = tmp_path_factory.mktemp("serve")
-    config = ModelConfig(
-        num_classes=4,
-        model_variant="mobilenet_v2",
-        depth_multiplier=0.35,
-        dense_prediction_cell=CellSpec.load(SPEC),
-        decoder_output_stride=4,
-    )
-    keras.utils.set_random_seed(0)
-    model = build_deeplab(config)
-    (root / "train").mkdir()
-    config.save(root / "train" / "model_config.json")
-    model.save_weights(checkpoint_path(str(root / "train"), 1))
-    path = root / "export" / "1"
-    export_lib.run_export(export_lib.ExportConfig(checkpoint_path=str(root / "train"), export_path=str(path)))
-    return str(path)
+    """A 4-class small model with random weights, exported with export_model's code."""
+    return export_small_model(tmp_path_factory.mktemp("serve"), num_classes=4, seed=0)
 
 
 @pytest.fixture(scope="module")
