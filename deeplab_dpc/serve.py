@@ -15,6 +15,7 @@ in this process, so replicas can live on other machines.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sys
@@ -73,19 +74,8 @@ def config_from_flags(fv: flags.FlagValues):
     if not fv.export_path:
         raise app.UsageError("--export_path is required (a SavedModel written by export_model)")
     try:
-        return ServeConfig(
-            export_path=fv.export_path,
-            host=fv.host,
-            port=fv.port,
-            model_name=fv.model_name,
-            runtime=fv.runtime,
-            num_replicas=fv.num_replicas,
-            max_batch_size=fv.max_batch_size,
-            batch_wait_timeout_ms=fv.batch_wait_timeout_ms,
-            max_image_pixels=fv.max_image_pixels,
-            max_body_bytes=fv.max_body_bytes,
-            replica_threads=fv.replica_threads,
-        )
+        # Every field is a flag of the same name.
+        return ServeConfig(**{field.name: fv[field.name].value for field in dataclasses.fields(ServeConfig)})
     except ValueError as e:
         raise app.UsageError(cli.flag_message(str(e), fv)) from None
 

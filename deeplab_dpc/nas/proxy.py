@@ -734,7 +734,6 @@ def compile_proxy_group(specs, config: ProxyConfig, data: ProxyData):
     return model
 
 
-
 def training_batches(config: ProxyConfig, data: ProxyData):
     """The endless (features, targets) batches a trial trains on (``_batches`` at ``config.seed``; targets
     carry the teacher's logits when distilling)."""

@@ -24,7 +24,14 @@ import dataclasses
 import json
 from typing import Any
 
-from deeplab_dpc.serving.requests import RequestError, decode_image, label_png, parse_predict, predict_response
+from deeplab_dpc.serving.requests import (
+    PREDICTIONS,
+    RequestError,
+    decode_image,
+    label_png,
+    parse_predict,
+    predict_response,
+)
 from deeplab_dpc.serving.runtime import RUNTIMES
 
 COLOR_FORMATS = ("color", "labels")
@@ -158,8 +165,7 @@ def build_app(config: ServeConfig):
                 body = await _read_body(request, self.config.max_body_bytes)
                 image = decode_image(body, self.config.max_image_pixels, "body")
                 output = await self.predict(image)
-                labels = output["semantic_predictions"]
-                png = label_png(labels, colormap if format == "color" else None)
+                png = label_png(output[PREDICTIONS], colormap if format == "color" else None)
                 return Response(png, media_type="image/png")
 
             return await self._answer(name, handler)

@@ -28,7 +28,6 @@ from typing import Any, Sequence
 import numpy as np
 
 PREDICTIONS = "semantic_predictions"
-PROBABILITIES = "semantic_probabilities"
 SIGNATURES = ("serving_default", "serving_bytes")
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
-
-from deeplab_dpc.serving.requests import PREDICTIONS
 
 RUNTIMES = ("savedmodel", "onnx")
 
@@ -24,6 +22,19 @@ def group_by_size(images: Sequence[np.ndarray]) -> dict[tuple[int, int], list[in
     for i, image in enumerate(images):
         groups.setdefault((int(image.shape[0]), int(image.shape[1])), []).append(i)
     return groups
+
+
+def predict_by_size(
+    images: Sequence[np.ndarray], run_batch: Callable[[np.ndarray], Mapping[str, np.ndarray]]
+) -> list[dict[str, np.ndarray]]:
+    """One dict of named outputs per image, in order; ``run_batch`` gets the images of one size stacked
+    (uint8 ``[B, H, W, 3]``) and returns its outputs as arrays with the batch first."""
+    results: list = [None] * len(images)
+    for indices in group_by_size(images).values():
+        outputs = run_batch(np.stack([images[i] for i in indices]))
+        for row, i in enumerate(indices):
+            results[i] = {name: value[row] for name, value in outputs.items()}
+    return results
 
 
 class SavedModelRuntime:
@@ -46,13 +57,12 @@ class SavedModelRuntime:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
         """One dict of named outputs per image; images of one size go through the model as one batch."""
-        results: list = [None] * len(images)
-        for indices in group_by_size(images).values():
-            batch = self._tf.constant(np.stack([images[i] for i in indices]), dtype=self._tf.uint8)
-            outputs = {name: value.numpy() for name, value in self._predict(images=batch).items()}
-            for row, i in enumerate(indices):
-                results[i] = {name: value[row] for name, value in outputs.items()}
-        return results
+
+        def run_batch(batch):
+            outputs = self._predict(images=self._tf.constant(batch, dtype=self._tf.uint8))
+            return {name: value.numpy() for name, value in outputs.items()}
+
+        return predict_by_size(images, run_batch)
 
 
 class OnnxRuntime:
@@ -80,12 +90,10 @@ class OnnxRuntime:
         self.metadata = {"onnx_path": os.path.abspath(path)}
 
     def predict(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        results: list = [None] * len(images)
-        for indices in group_by_size(images).values():
-            values = self._session.run(self._outputs, {self._input: np.stack([images[i] for i in indices])})
-            for row, i in enumerate(indices):
-                results[i] = {name: value[row] for name, value in zip(self._outputs, values)}
-        return results
+        def run_batch(batch):
+            return dict(zip(self._outputs, self._session.run(self._outputs, {self._input: batch})))
+
+        return predict_by_size(images, run_batch)
 
 
 def _export_metadata(export_path: str) -> dict:
@@ -105,6 +113,3 @@ def load_runtime(runtime: str, export_path: str, threads: int = 0):
     if runtime == "onnx":
         return OnnxRuntime(export_path, threads)
     raise ValueError(f"--runtime={runtime!r} is unknown; valid: {list(RUNTIMES)}")
-
-
-__all__ = ["RUNTIMES", "ModelError", "OnnxRuntime", "SavedModelRuntime", "group_by_size", "load_runtime", "PREDICTIONS"]
