@@ -2,6 +2,7 @@
 hostile ones made without decoding them)."""
 
 import pathlib
+import socket
 import struct
 import zlib
 
@@ -9,6 +10,12 @@ import cv2
 import numpy as np
 
 SPEC = pathlib.Path(__file__).resolve().parents[2] / "experiments/specs/dense_prediction_cell_branch5_top1_cityscapes.json"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def png(image: np.ndarray) -> bytes:

@@ -3,7 +3,6 @@ tools/serving_client and with raw HTTP. Nothing mocked; skipped where Ray Serve 
 
 import base64
 import json
-import socket
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -16,17 +15,11 @@ tf = pytest.importorskip("tensorflow")
 
 from deeplab_dpc.serving import app as serving_app  # noqa: E402
 from deeplab_dpc.serving.requests import decode_image  # noqa: E402
-from tests.serving.helpers import export_small_model, huge_blank_png, png, random_image  # noqa: E402
+from tests.serving.helpers import export_small_model, free_port, huge_blank_png, png, random_image  # noqa: E402
 from tools import serving_client  # noqa: E402
 
 MAX_BODY = 2 * 1024 * 1024
 MAX_PIXELS = 1 << 20
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +39,7 @@ def reference(export_path):
 def server(export_path):
     config = serving_app.ServeConfig(
         export_path=export_path,
-        port=_free_port(),
+        port=free_port(),
         max_batch_size=4,
         batch_wait_timeout_ms=50,
         max_body_bytes=MAX_BODY,
