@@ -6,7 +6,8 @@ r"""Searches Dense Prediction Cells: proxy trials in an Optuna study, on local w
 Flags become one ``SearchConfig`` (written to ``search_dir/search_config.json``)
 and ``nas.executors.run_search`` runs it. Rerunning the same command, even
 after ``kill -9``, continues the search: finished trials are kept, a trial
-that was running is retried once. Only --max_trials, --max_hours,
+that was running is retried (a cell whose worker dies twice while the search
+runs is recorded as failed). Only --max_trials, --max_hours,
 --num_workers, --executor, --ray_address, --zero_cost_scores and the
 heartbeat flags may change between runs. Watch it live with the
 ``optuna-dashboard`` command it prints, and in TensorBoard's HParams tab

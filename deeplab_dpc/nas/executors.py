@@ -154,7 +154,9 @@ class LocalExecutor:
         return worker
 
     def poll(self) -> list[tuple[str, str, str]]:
-        """Workers that ended since the last call: (worker, "ok" | "setup" | "died", detail)."""
+        """Workers that ended since the last call: (worker, how, detail); how is "ok", "setup" (could
+        not build its objective), "killed" (SIGKILL from outside: the OOM killer, an operator) or
+        "died" (any other end: an exception, a crash)."""
         ended = []
         for worker, proc in list(self._procs.items()):
             if proc.is_alive():
@@ -169,7 +171,11 @@ class LocalExecutor:
             else:
                 how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
                 ended.append(
-                    (worker, "died", f"{how}; log {self.log_path(worker)}:\n{_tail(self.log_path(worker))}")
+                    (
+                        worker,
+                        "killed" if code == -signal.SIGKILL else "died",
+                        f"{how}; log {self.log_path(worker)}:\n{_tail(self.log_path(worker))}",
+                    )
                 )
         return ended
 
@@ -238,8 +244,8 @@ class RayExecutor:
                     ended.append((worker, "setup", str(e.cause or e)))
                 else:
                     ended.append((worker, "died", str(e)[-2000:]))
-            except Exception as e:  # noqa: BLE001  (WorkerCrashedError, NodeDiedError, ...)
-                ended.append((worker, "died", f"{type(e).__name__}: {e}"[-2000:]))
+            except Exception as e:  # noqa: BLE001  (WorkerCrashedError, NodeDiedError, ...): lost from outside
+                ended.append((worker, "killed", f"{type(e).__name__}: {e}"[-2000:]))
         return ended
 
     def running(self) -> int:
@@ -333,7 +339,7 @@ def run_search(
             for worker, how, detail in ended:
                 if how == "setup":
                     raise SearchError(f"worker {worker} could not build its objective:\n{detail}")
-                if how == "died":
+                if how in ("died", "killed"):
                     deaths += 1
                     with trial_store.FileLock(config.lock_path):
                         lost = trial_store.recover_interrupted(
@@ -352,8 +358,12 @@ def run_search(
                             + (f"retried as trial {retry}" if retry is not None else "not retried")
                         )
                     # A worker that dies holding no trial crashed outside any trial: a bug or a broken
-                    # environment, which a new worker would meet again.
-                    crashes = 0 if lost else crashes + 1
+                    # environment, which a new worker would meet again. One killed from outside
+                    # (SIGKILL, a lost Ray node) says nothing about that; the limit on deaths holds.
+                    if lost:
+                        crashes = 0
+                    elif how == "died":
+                        crashes += 1
                     if deaths > max_deaths or crashes >= 3:
                         raise SearchError(
                             f"{deaths} workers died ({crashes} holding no trial); the last:\n{detail}"
@@ -369,7 +379,7 @@ def run_search(
                 last_recovery = time.time()
                 trials = trial_store.all_trials(study)
             # Replace workers that died while there is work left.
-            if any(how == "died" for _, how, _ in ended):
+            if any(how in ("died", "killed") for _, how, _ in ended):
                 work_left = trial_store.budget_used(trials) < config.max_trials or any(
                     t.state.name == "WAITING" and t.user_attrs.get(trial_store.RETRY_OF) is not None
                     for t in trials

@@ -15,9 +15,14 @@ id) on each trial it claims, by the write that makes the trial RUNNING
 RUNNING trial whose owner process is gone (same host) or whose heartbeat is
 older than ``grace_seconds`` is interrupted: marked FAIL with user attrs
 ``interrupted`` and ``error``, and enqueued once more with the same parameters
-and user attr ``retry_of``. A retry that is interrupted again stays FAIL
-("interrupted again") and counts as failed. Retries start before any other
-queued or new trial.
+and user attr ``retry_of``. Retries start before any other queued or new trial.
+A trial whose own worker died while its search went on (``worker_deaths``
+counts these along the retries of one cell) is retried once: a cell whose
+training kills its worker twice (out of memory, a crash in a kernel) stays FAIL
+("interrupted again") and counts as failed. An interruption that is not the
+cell's doing does not count: the search stopped (its driver is gone, killed
+or preempted, and its workers with it) or a worker was stopped on purpose
+(SIGTERM, Ctrl-C); such a trial is retried however often it happens.
 
 Everything that decides (budget, claim, recovery) runs under one file lock in
 ``search_dir`` (``fcntl.flock``: released by the kernel when a process dies, even
@@ -52,6 +57,7 @@ GRAPH_HASH = "graph_hash"
 DUPLICATE_OF = "duplicate_of"
 RETRY_OF = "retry_of"
 RETRIED_AS = "retried_as"
+WORKER_DEATHS = "worker_deaths"  # how often this cell's training lost its worker while the search ran
 PRUNED_AT_STEP = "pruned_at_step"
 INTERRUPTED = "interrupted"
 ERROR = "error"
@@ -102,11 +108,11 @@ def open_storage(url: str, *, create_tables: bool = True) -> optuna.storages.Bas
     """An Optuna storage for ``url`` (see ``search_config.resolve_storage``). A SQLite file (on a local
     disk: WAL needs one) is opened as ``_sqlite_connector`` says."""
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock  # noqa: PLC0415
+        from optuna.storages.journal import JournalFileBackend  # noqa: PLC0415
 
         path = url[len("journal:") :]
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        backend = JournalFileBackend(path, lock_obj=JournalFileOpenLock(path))
+        backend = JournalFileBackend(path, lock_obj=JournalLock(path))
         return optuna.storages.JournalStorage(backend)
     engine_kwargs = None
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -149,6 +155,27 @@ class FileLock:
         fd, self._fd = self._fd, None
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+class JournalLock:
+    """The journal file's writer lock (Optuna's lock interface: ``acquire``, ``release``) as a
+    ``FileLock``: a writer killed mid-append (SIGKILL) frees it at once, where Optuna's own lock file
+    stays behind and stalls every other writer until its 30 s grace period ends, then is taken from
+    whoever holds it. One ``FileLock`` per holding thread, so threads of a process exclude each other."""
+
+    def __init__(self, journal_path: str):
+        self.path = journal_path + ".flock"
+        self._held = threading.local()
+
+    def acquire(self) -> bool:
+        lock = FileLock(self.path)
+        lock.__enter__()
+        self._held.lock = lock
+        return True
+
+    def release(self) -> None:
+        lock, self._held.lock = self._held.lock, None
+        lock.__exit__(None, None, None)
 
 
 # --------------------------------------------------------------------------- trial classification
@@ -275,6 +302,16 @@ def owner_alive(owner: Mapping[str, Any] | None) -> bool | None:
     return True
 
 
+def search_stopped(owner: Mapping[str, Any] | None) -> bool:
+    """Whether the driver that started this owner's worker is gone (True only when that can be told
+    from here: a driver of this host). Worker ids are ``<driver host>:<driver pid>:<name>``."""
+    driver = str((owner or {}).get("worker", "")).rsplit(":", 1)[0]
+    host, _, pid = driver.rpartition(":")
+    if not host or not pid.isdigit():
+        return False
+    return owner_alive({"host": host, "pid": int(pid)}) is False
+
+
 def last_sign_of_life(trial: FrozenTrial) -> float:
     beat = trial.system_attrs.get(HEARTBEAT)
     started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
@@ -343,14 +380,22 @@ def _enqueue(study: optuna.Study, params: Mapping[str, Any], user_attrs: Mapping
 
 
 def mark_interrupted(
-    study: optuna.Study, trial: FrozenTrial, reason: str, trials: Sequence[FrozenTrial], space: SearchSpace
+    study: optuna.Study,
+    trial: FrozenTrial,
+    reason: str,
+    trials: Sequence[FrozenTrial],
+    space: SearchSpace,
+    *,
+    worker_died: bool = True,
 ) -> int | None:
-    """Marks a RUNNING trial FAIL as interrupted and queues its one retry. Call under the claim lock.
+    """Marks a RUNNING trial FAIL as interrupted and queues its retry. Call under the claim lock.
 
+    ``worker_died``: its worker died while the search went on (counts toward the cell's one
+    retry); False when the search stopped or the worker was stopped on purpose (does not).
     Idempotent: a crash halfway leaves a state the next call finishes without a second retry.
-    Returns the retry's number (None when there is none: a retry interrupted again, a duplicate, or
-    a trial killed before it had all its parameters). ``UpdateFinishedTrialError`` if the trial
-    finished meanwhile.
+    Returns the retry's number (None when there is none: a cell whose worker died twice, a
+    duplicate, or a trial killed before it had all its parameters). ``UpdateFinishedTrialError``
+    if the trial finished meanwhile.
     """
     names = set(space_lib.distributions(space))
     params = dict(trial.params)
@@ -358,8 +403,12 @@ def mark_interrupted(
         params = {**trial.system_attrs.get("fixed_params", {}), **params}
     complete_params = set(params) == names
     retry_number = None
-    if trial.user_attrs.get(RETRY_OF) is not None:
-        _set_attr(study, trial, ERROR, f"interrupted again ({reason}); a retry is not retried")
+    # A retry made before worker_deaths was recorded had lost its worker once.
+    deaths = int(trial.user_attrs.get(WORKER_DEATHS, 1 if trial.user_attrs.get(RETRY_OF) is not None else 0))
+    if worker_died and deaths >= 1:  # a failure of its own: not INTERRUPTED, it counts toward the budget
+        _set_attr(
+            study, trial, ERROR, f"interrupted again ({reason}); its worker died twice, a retry is not retried"
+        )
     elif prefilter_pending(trial) is not None:
         _set_attr(study, trial, INTERRUPTED, reason)
         _set_attr(
@@ -374,7 +423,7 @@ def mark_interrupted(
         if existing:
             retry_number = existing[0]
         else:
-            attrs = {RETRY_OF: trial.number}
+            attrs = {RETRY_OF: trial.number, WORKER_DEATHS: deaths + int(worker_died)}
             keys = (SPEC, GRAPH_HASH, PROPOSAL, "parent", REFERENCE, PREFILTER_GROUP)
             for key in keys + tuple(zero_cost_attr(name) for name in zero_cost_lib.SCORES):
                 if key in trial.user_attrs:
@@ -395,7 +444,9 @@ def recover_interrupted(
     reason: str | None = None,
 ) -> list[tuple[int, int | None]]:
     """Interrupts RUNNING trials whose owner is gone or silent (or, with ``worker``, every RUNNING
-    trial of that worker, known to be dead). Call under the claim lock.
+    trial of that worker, known to have died while its search ran). Call under the claim lock.
+    A trial whose search stopped (its worker's driver is gone) is retried without counting
+    against the cell (``mark_interrupted``'s ``worker_died``).
 
     Returns (trial number, retry number or None) for each trial interrupted.
     """
@@ -404,15 +455,20 @@ def recover_interrupted(
     for trial in trials:
         if trial.state != TrialState.RUNNING:
             continue
+        owner = trial.system_attrs.get(OWNER) or {}
+        stopped = False
         if worker is not None:
-            owner = trial.system_attrs.get(OWNER) or {}
             why = reason if owner.get("worker") == worker else None
         else:
             why = stale_reason(trial, grace_seconds)
+            stopped = why is not None and search_stopped(owner)
+            if stopped:
+                why += "; its search stopped"
         if why is None:
             continue
         try:
-            done.append((trial.number, mark_interrupted(study, trial, why, trials, space)))
+            retry = mark_interrupted(study, trial, why, trials, space, worker_died=not stopped)
+            done.append((trial.number, retry))
         except UpdateFinishedTrialError:
             continue  # It finished after all.
     return done

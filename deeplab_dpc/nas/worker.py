@@ -611,19 +611,22 @@ def run_worker(
                     duplicates_in_a_row += 1
         except BaseException:
             # Ctrl-C, SIGTERM (SystemExit) or a bug outside the objective: this attempt is
-            # interrupted; it is retried once, now rather than when the next search starts.
+            # interrupted, not the cell's doing; it is retried, now rather than when the next search starts.
             _interrupt(study, lock, [trial_id], worker, space)
             raise
     return report
 
 
 def _interrupt(study: optuna.Study, lock: FileLock, trial_ids: Sequence[int], worker: str, space) -> None:
-    """Marks this worker's trials that are still RUNNING interrupted (each retried once)."""
+    """Marks this worker's trials that are still RUNNING interrupted: it was stopped on purpose
+    (SIGTERM, Ctrl-C), which does not count against the cells (each is retried)."""
     with contextlib.suppress(Exception), lock:
         for trial_id in trial_ids:
             frozen = study._storage.get_trial(trial_id)
             if frozen.state == TrialState.RUNNING:
-                mark_interrupted(study, frozen, f"worker {worker} stopped", all_trials(study), space)
+                mark_interrupted(
+                    study, frozen, f"worker {worker} stopped", all_trials(study), space, worker_died=False
+                )
 
 
 def _train_or_settle(
@@ -718,6 +721,6 @@ def _run_group(
                     )
                     duplicates += not trained
     except BaseException:
-        _interrupt(study, lock, ids, worker, config.space)  # each retried once, as a lone trial is
+        _interrupt(study, lock, ids, worker, config.space)  # each retried, as a lone trial is
         raise
     return len(group), duplicates

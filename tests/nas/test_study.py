@@ -337,6 +337,49 @@ def test_a_retry_interrupted_again_fails_for_good(tmp_path):
     assert trial_store.counts_toward_budget(trial)  # a failure of its own, not retried
 
 
+def test_a_search_that_stops_again_and_again_retries_its_cells_without_counting_it_against_them(tmp_path):
+    # Workers are named <driver host>:<driver pid>:<name>. A worker gone with its driver (the search was
+    # killed or preempted) is not the cell's doing: the retry is retried, the count of worker deaths kept.
+    config = make_config(tmp_path)
+    study = start(config)
+    host = socket.gethostname()
+    spec = space_lib.published_cell()
+
+    def owner(driver_pid):
+        return {"host": host, "pid": dead_pid(), "start": None, "worker": f"{host}:{driver_pid}:local-0"}
+
+    first = plant_running_trial(study, config, spec, owner=owner(dead_pid()), heartbeat=time.time())
+    with trial_store.FileLock(config.lock_path):
+        [(_, retry)] = trial_store.recover_interrupted(study, config.space, config.grace_seconds)
+    trials = study.get_trials()
+    assert trials[first].user_attrs["interrupted"].endswith("is gone; its search stopped")
+    assert trials[retry].user_attrs["retry_of"] == first and trials[retry].user_attrs["worker_deaths"] == 0
+    # The retry is claimed, then the search is killed again: retried again.
+    study._storage.set_trial_state_values(trials[retry]._trial_id, TrialState.RUNNING)
+    study._storage.set_trial_system_attr(trials[retry]._trial_id, trial_store.OWNER, owner(dead_pid()))
+    with trial_store.FileLock(config.lock_path):
+        [(number, again)] = trial_store.recover_interrupted(study, config.space, config.grace_seconds)
+    assert number == retry and again is not None
+    trials = study.get_trials()
+    assert trials[again].user_attrs["retry_of"] == retry and trials[again].system_attrs["fixed_params"] == trials[first].params
+    # Now its worker dies while the driver (this process) runs: the first death of this cell, retried.
+    study._storage.set_trial_state_values(trials[again]._trial_id, TrialState.RUNNING)
+    study._storage.set_trial_system_attr(trials[again]._trial_id, trial_store.OWNER, owner(os.getpid()))
+    with trial_store.FileLock(config.lock_path):
+        [(_, third)] = trial_store.recover_interrupted(study, config.space, config.grace_seconds)
+    trials = study.get_trials()
+    assert not trials[again].user_attrs["interrupted"].endswith("its search stopped")
+    assert trials[third].user_attrs["worker_deaths"] == 1
+    # Its worker dies once more while the search runs: a failure of the cell's own, counted, not retried.
+    study._storage.set_trial_state_values(trials[third]._trial_id, TrialState.RUNNING)
+    study._storage.set_trial_system_attr(trials[third]._trial_id, trial_store.OWNER, owner(os.getpid()))
+    with trial_store.FileLock(config.lock_path):
+        assert trial_store.recover_interrupted(study, config.space, config.grace_seconds) == [(third, None)]
+    trials = study.get_trials()
+    assert trials[third].state == TrialState.FAIL and "worker died twice" in trials[third].user_attrs["error"]
+    assert [t.number for t in trials if trial_store.counts_toward_budget(t)] == [third]
+
+
 def test_a_queued_trial_killed_before_its_parameters_were_written_is_retried(tmp_path):
     config = make_config(tmp_path, enqueue_published=True)
     study = start(config)
