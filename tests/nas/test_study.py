@@ -519,6 +519,46 @@ def test_journal_storage_runs_a_search(tmp_path, objective_log):
     assert config.storage.startswith("journal:")
 
 
+
+def test_the_journals_lock_is_freed_when_its_holder_is_killed_and_excludes_threads(tmp_path):
+    import fcntl  # noqa: PLC0415
+
+    journal = str(tmp_path / "study.log")
+    lock = trial_store.JournalLock(journal)
+
+    def free_now():
+        fd = os.open(lock.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+    # A writer process takes the lock and is killed while it holds it (SIGKILL mid-append).
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from deeplab_dpc.nas.trial_store import JournalLock; "
+            f"JournalLock({journal!r}).acquire(); print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    assert not free_now()
+    holder.kill()
+    holder.wait()
+    assert free_now()  # at once: no lock file left behind to wait out
+    # Two threads of one process exclude each other (each holds its own open file).
+    lock.acquire()
+    assert not free_now()
+    lock.release()
+    assert free_now()
+
+
 # --------------------------------------------------------------------------- pruning
 
 
