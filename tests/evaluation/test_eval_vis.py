@@ -4,6 +4,7 @@ import json
 import os
 
 import cv2
+import keras
 import numpy as np
 import pytest
 from absl import app, flags
@@ -24,6 +25,7 @@ def run(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("run")
     config = ModelConfig(num_classes=3, context="aspp", depth_multiplier=0.35, decoder_output_stride=4)
     config.save(logdir / "model_config.json")
+    keras.utils.set_random_seed(0)  # one model every run: its scores below are the same each time
     model = build_deeplab(config)
     calibrate_batch_norm(model, np.random.default_rng(0).uniform(0, 255, (4, 48, 64, 3)).astype("float32"))
     model.save_weights(checkpoint_path(str(logdir), 7))
@@ -89,11 +91,14 @@ def test_eval_with_scales_and_flips_equals_a_confusion_matrix_of_that_inference(
         multi.update(label, labels)
         single.update(label, plain)
         changed += int((labels != plain).sum())
-    assert results["miou"] == pytest.approx(multi.mean_iou(), abs=1e-9)
+    # As above, eval's compiled graph (its batch, its kernels) and these eager calls may break a
+    # near-tie argmax differently: a flipped pixel moves the mIoU by about 1e-4 (a class's union
+    # is thousands of the 9216 pixels); 1e-3 allows a few, far below what the scales change (0.015).
+    assert results["miou"] == pytest.approx(multi.mean_iou(), abs=1e-3)
     assert results["num_pixels"] == 3 * 48 * 64
     # The scales and flips were used: they change predictions, and the single-scale mIoU is not the result.
     assert changed > 0
-    assert results["miou"] != pytest.approx(single.mean_iou(), abs=1e-6)
+    assert results["miou"] != pytest.approx(single.mean_iou(), abs=1e-2)
 
 
 def test_model_flags_are_read_from_the_run_and_contradictions_refused(run):
