@@ -33,19 +33,17 @@ def run(storage: str, workers: int, max_trials: int, sleep: float, root: str) ->
     from deeplab_dpc.nas import study as study_lib  # noqa: PLC0415
     from deeplab_dpc.nas import trial_store  # noqa: PLC0415
     from deeplab_dpc.nas.search_config import SearchConfig  # noqa: PLC0415
+    from tests.nas import fakes  # noqa: PLC0415
 
     search_dir = os.path.join(root, f"{storage}_{workers}")
     url = f"journal:{search_dir}/journal.log" if storage == "journal" else None
-    command = [
-        sys.executable,
-        "-m",
-        "deeplab_dpc.search",
-        f"--search_dir={search_dir}",
-        "--objective=tests.nas.fakes:sleepy",
+    command = fakes.search_command(
+        search_dir,
         f"--max_trials={max_trials}",
         f"--num_workers={workers}",
         "--num_branches=5",
-    ] + ([f"--storage={url}"] if url else [])
+        *([f"--storage={url}"] if url else []),
+    )
     env = dict(os.environ, FAKE_OBJECTIVE_SLEEP=str(sleep), PYTHONPATH=REPO)
     start = time.time()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 
 
@@ -176,3 +177,17 @@ def scored(config):
 
     objective.zero_cost = zero_cost
     return objective
+
+
+def search_command(search_dir, *flags: str) -> list[str]:
+    """``python -m deeplab_dpc.search`` on ``search_dir`` with the ``sleepy`` objective, plus ``flags``
+    (``--max_trials=6``, ...): how the tests and benchmarks run a whole search as a user does (set
+    ``PYTHONPATH`` to the repository so the workers find this module)."""
+    return [
+        sys.executable,
+        "-m",
+        "deeplab_dpc.search",
+        f"--search_dir={search_dir}",
+        "--objective=tests.nas.fakes:sleepy",
+        *flags,
+    ]

@@ -29,7 +29,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
@@ -38,26 +37,9 @@ from optuna.trial import TrialState
 from deeplab_dpc.nas import study as study_lib
 from deeplab_dpc.nas import trial_store
 from deeplab_dpc.nas.search_config import SearchConfig
+from tests.nas import fakes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def search_command(search_dir, storage, max_trials):
-    command = [
-        sys.executable,
-        "-m",
-        "deeplab_dpc.search",
-        f"--search_dir={search_dir}",
-        "--objective=tests.nas.fakes:sleepy",
-        f"--max_trials={max_trials}",
-        "--num_workers=8",
-        "--num_branches=3",
-        "--heartbeat_seconds=1",
-        "--grace_seconds=10",
-    ]
-    if storage:
-        command.append(f"--storage={storage}")
-    return command
 
 
 def worker_pids(driver_pid):
@@ -87,8 +69,8 @@ def unleash_the_monkey(command, env, log_dir, *, seconds, seed, driver_share=0.2
     def start():
         nonlocal starts
         starts += 1
-        out = open(log_dir / f"driver_{starts}.txt", "w")
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with open(log_dir / f"driver_{starts}.txt", "w") as out:
+            return subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
     driver = start()
     end = time.time() + seconds
@@ -169,7 +151,7 @@ def check_every_trial_done_once(config, trained_log, killed_workers):
             continue
         assert by_number[retry].user_attrs[trial_store.RETRY_OF] == t.number
         assert params(by_number[retry]) == params(t)
-    trained = collections.Counter(line.split()[0] for line in open(trained_log) if line.strip())
+    trained = collections.Counter(line.split()[0] for line in trained_log.read_text().splitlines() if line.strip())
     # Every completed cell trained; a cell trains again only after an attempt at it was interrupted.
     completed = {t.user_attrs["graph_hash"] for t in counted if t.state == TrialState.COMPLETE}
     assert completed <= set(trained)
@@ -186,7 +168,15 @@ def run_chaos(tmp_path, storage, *, max_trials, seconds, seed):
     env = dict(os.environ, FAKE_OBJECTIVE_LOG=str(trained_log), FAKE_OBJECTIVE_SLEEP="2", PYTHONPATH=REPO)
     if storage == "journal":
         storage = f"journal:{tmp_path / 'journal.log'}"
-    command = search_command(search_dir, storage, max_trials)
+    command = fakes.search_command(
+        search_dir,
+        f"--max_trials={max_trials}",
+        "--num_workers=8",
+        "--num_branches=3",
+        "--heartbeat_seconds=1",
+        "--grace_seconds=10",
+        *([f"--storage={storage}"] if storage else []),
+    )
     killed_workers, drivers_killed = unleash_the_monkey(command, env, tmp_path, seconds=seconds, seed=seed)
     # Then the search once more, untouched, to its end.
     last = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

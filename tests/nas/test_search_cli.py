@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -16,6 +15,7 @@ from deeplab_dpc.nas import study as study_lib
 from deeplab_dpc.nas import trial_store
 from deeplab_dpc.nas import zero_cost
 from deeplab_dpc.nas.search_config import SearchConfig, prepare_search_dir
+from tests.nas import fakes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -172,19 +172,15 @@ def test_prefilter_flags_become_the_search_config_and_bad_ones_are_refused_namin
 
 
 def search_command(search_dir, *extra):
-    return [
-        sys.executable,
-        "-m",
-        "deeplab_dpc.search",
-        f"--search_dir={search_dir}",
-        "--objective=tests.nas.fakes:sleepy",
+    return fakes.search_command(
+        search_dir,
         "--max_trials=6",
         "--num_workers=2",
         "--num_branches=2",
         "--heartbeat_seconds=1",
         "--grace_seconds=4",
         *extra,
-    ]
+    )
 
 
 def pid_alive(pid):
