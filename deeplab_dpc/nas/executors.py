@@ -324,8 +324,7 @@ def run_search(
         )
     if enqueued:
         report.message(f"queued the published Cityscapes cell and an ASPP cell as trials {enqueued}")
-    driver_id = f"{socket.gethostname()}:{os.getpid()}"
-    executor = EXECUTORS[config.executor](config, driver_id, deadline)
+    executor = EXECUTORS[config.executor](config, trial_store.driver_id(), deadline)
     max_deaths = (
         max_worker_deaths if max_worker_deaths is not None else 2 * config.max_trials + config.num_workers
     )

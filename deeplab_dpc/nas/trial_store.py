@@ -302,9 +302,15 @@ def owner_alive(owner: Mapping[str, Any] | None) -> bool | None:
     return True
 
 
+def driver_id() -> str:
+    """This process as a search's driver: ``<host>:<pid>``, the prefix of its workers' ids
+    (``<driver id>:<name>``), from which ``search_stopped`` tells whether it is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def search_stopped(owner: Mapping[str, Any] | None) -> bool:
     """Whether the driver that started this owner's worker is gone (True only when that can be told
-    from here: a driver of this host). Worker ids are ``<driver host>:<driver pid>:<name>``."""
+    from here: a driver of this host). Worker ids are ``<driver_id()>:<name>``."""
     driver = str((owner or {}).get("worker", "")).rsplit(":", 1)[0]
     host, _, pid = driver.rpartition(":")
     if not host or not pid.isdigit():
