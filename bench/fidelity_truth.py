@@ -16,6 +16,9 @@ The flags are ``deeplab_dpc.train``'s (the protocol: a flagfile such as
   search's winner, for the payoff comparison against the references under the same protocol);
 * ``--seeds``: one run per seed;
 * ``--runs_dir``: one run folder per (cell, steps, seed);
+* ``--reuse_runs_from``: another record made under the same protocol; its runs
+  of the selected cells, budget and seeds are copied rather than trained again
+  (the payoff's references reuse the fidelity set's runs);
 * ``--output_json``: the record (``bench/data/camvid_fidelity.json``), one
   entry per finished run, written atomically after each; ``--chosen_steps``
   records the budget the ground truth is read at.
@@ -58,6 +61,11 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_list("seeds", ["1", "2"], "One run per seed.")
 flags.DEFINE_string("runs_dir", "runs/camvid/fidelity", "Run folders: <runs_dir>/<cell>/steps<N>_seed<S>.")
+flags.DEFINE_string(
+    "reuse_runs_from", None,
+    "Another record under the same protocol (bench/data/camvid_fidelity.json): its runs of the selected cells, "
+    "budget and seeds are copied in rather than trained again.",
+)
 flags.DEFINE_string("output_json", "bench/data/camvid_fidelity.json", "The record of finished runs.")
 flags.DEFINE_integer("chosen_steps", None, "Record this budget as the one the ground truth is read at.")
 flags.DEFINE_boolean("report_only", False, "Print the tables of the record and train nothing.")
@@ -102,7 +110,7 @@ def main(argv):
             record = ground_truth.run_ground_truth(
                 template, cells, fv.names or [c.name for c in cells], [int(s) for s in fv.seeds],
                 fv.output_json, fv.runs_dir, fv.cells, "python bench/fidelity_truth.py " + " ".join(sys.argv[1:]),
-                say=lambda line: print(line, flush=True),
+                say=lambda line: print(line, flush=True), reuse_from=fv.reuse_runs_from,
             )
         except fidelity.FidelityError as e:
             raise app.UsageError(cli.flag_message(str(e), fv)) from None

@@ -122,6 +122,7 @@ def run_ground_truth(
     say: Callable[[str], None] = print,
     train_fn: Callable | None = None,
     evaluate_fn: Callable | None = None,
+    reuse_from: str | None = None,
 ) -> dict[str, Any]:
     """Trains and scores every (name, seed) without a run in ``output_json`` at the template's budget.
 
@@ -134,6 +135,10 @@ def run_ground_truth(
         cells_file, command: written into the record (where the cells come from, how it was made).
         say: progress lines.
         train_fn, evaluate_fn: ``train_lib.train`` and ``full_training.evaluate_run`` (tests pass fakes).
+        reuse_from: another record made under the same protocol (the fidelity set's ground truth): its runs
+            of these names, budget and seeds (a cell of the set only where its graph hash matches) are
+            copied into ``output_json`` instead of trained again. A record under another protocol is
+            refused (``ProtocolMismatch``), never silently mixed in.
 
     Returns:
         The record as written.
@@ -152,6 +157,9 @@ def run_ground_truth(
     protocol = protocol_of(template)
     check_protocol(read_record(output_json), protocol, output_json)
     steps = template.training_number_of_steps
+    if reuse_from:
+        copied = reuse_runs(reuse_from, output_json, protocol, by_name, names, steps, seeds, cells_file)
+        say(f"{copied} runs reused from {reuse_from} (same protocol)")
     todo = pending(read_record(output_json), names, steps, seeds)
     total = len(names) * len(seeds)
     say(f"{total - len(todo)} of {total} runs recorded; {len(todo)} to train at {steps} steps")
@@ -188,6 +196,41 @@ def run_ground_truth(
         say(f"[{i}/{len(todo)}] {name} seed {seed}: val mIoU {100 * run['miou']:.2f} in "
             f"{format_duration(run['seconds'])}")
     return read_record(output_json)
+
+
+def reuse_runs(
+    source: str,
+    output_json: str,
+    protocol: Mapping[str, Any],
+    by_name: Mapping[str, Cell],
+    names: Sequence[str],
+    steps: int,
+    seeds: Sequence[int],
+    cells_file: str,
+) -> int:
+    """Copies ``source``'s runs of ``names`` at ``steps`` and ``seeds`` missing from ``output_json``
+    into it (written atomically); the number copied. A cell's run is taken only if its graph hash is
+    the cell's (the same name may be another cell in another set)."""
+    record_from = read_record(source)
+    if not record_from.get("runs"):
+        raise FidelityError(f"{source}: no runs to reuse")
+    check_protocol(record_from, protocol, source)
+    record = read_record(output_json)
+    done = {_key(r) for r in record.get("runs", [])}
+
+    def wanted(run: Mapping[str, Any]) -> bool:
+        name = run["cell"]
+        if name not in names or run["steps"] != steps or run["seed"] not in seeds or _key(run) in done:
+            return False
+        cell = by_name.get(name)
+        return run.get("graph_hash") == (cell.graph_hash if cell else None)
+
+    copied = [dict(r) for r in record_from["runs"] if wanted(r)]
+    if copied:
+        record.update(cells_file=cells_file, protocol=dict(protocol))
+        record["runs"] = list(record.get("runs", [])) + copied
+        write_json(output_json, record)
+    return len(copied)
 
 
 # --------------------------------------------------------------------------- is the order the cells'?

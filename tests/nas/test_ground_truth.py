@@ -153,3 +153,43 @@ def test_budget_rho_compares_means_of_common_cells():
     rho, n = ground_truth.budget_rho(scores, 300, 900)
     assert n == 3 and rho == pytest.approx(-1.0)
     assert math.isnan(ground_truth.budget_rho(scores, 300, 600)[0])
+
+
+def test_runs_of_the_same_protocol_are_reused_not_retrained(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    _run(source, _Fakes(), template=_template(tmp_path), seeds=(1, 2))  # 6 runs in source/truth.json
+    fakes = _Fakes()
+    record = ground_truth.run_ground_truth(
+        _template(tmp_path), CELLS, ["aspp", ground_truth.CONTINUED], [1, 2, 3], str(tmp_path / "payoff.json"),
+        str(tmp_path / "runs"), "cells.json", "cmd", say=lambda line: None,
+        train_fn=fakes.train, evaluate_fn=fakes.evaluate, reuse_from=str(source / "truth.json"),
+    )
+    # Seeds 1 and 2 of both names come from the source; only seed 3 trains.
+    assert [(c.seed, c.model.context) for c in fakes.trained] == [(3, "dpc"), (3, "aspp")]
+    assert sorted((r["cell"], r["seed"]) for r in record["runs"]) == [
+        ("aspp", 1), ("aspp", 2), ("aspp", 3),
+        (ground_truth.CONTINUED, 1), (ground_truth.CONTINUED, 2), (ground_truth.CONTINUED, 3),
+    ]
+    # A cell of another graph under the same name is not taken for this one.
+    other = [fidelity.Cell("aspp", "reference", published_cell(), published_cell().canonical_hash())]
+    fakes = _Fakes()
+    ground_truth.run_ground_truth(
+        _template(tmp_path), other, ["aspp"], [1], str(tmp_path / "other.json"), str(tmp_path / "runs"),
+        "cells.json", "cmd", say=lambda line: None, train_fn=fakes.train, evaluate_fn=fakes.evaluate,
+        reuse_from=str(source / "truth.json"),
+    )
+    assert len(fakes.trained) == 1
+
+
+def test_reuse_from_another_protocol_is_refused_naming_the_field(tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    _run(source, _Fakes(), template=_template(tmp_path), seeds=(1,))
+    with pytest.raises(ground_truth.ProtocolMismatch, match=r"truth\.json.*base_learning_rate: 0\.01 -> 0\.001"):
+        ground_truth.run_ground_truth(
+            _template(tmp_path, base_learning_rate=0.001), CELLS, ["aspp"], [1], str(tmp_path / "payoff.json"),
+            str(tmp_path / "runs"), "cells.json", "cmd", say=lambda line: None,
+            train_fn=_Fakes().train, evaluate_fn=_Fakes().evaluate, reuse_from=str(source / "truth.json"),
+        )
+    assert not (tmp_path / "payoff.json").exists()
