@@ -16,9 +16,10 @@ The flags are ``deeplab_dpc.train``'s (the protocol: a flagfile such as
   search's winner, for the payoff comparison against the references under the same protocol);
 * ``--seeds``: one run per seed;
 * ``--runs_dir``: one run folder per (cell, steps, seed);
-* ``--reuse_runs_from``: another record made under the same protocol; its runs
-  of the selected cells, budget and seeds are copied rather than trained again
-  (the payoff's references reuse the fidelity set's runs);
+* ``--reuse_runs_from``: other records made under the same protocol; their
+  runs of the selected cells (matched by graph hash: a winner may have another
+  name there), budget and seeds are copied rather than trained again (the
+  payoff's references reuse the fidelity set's runs);
 * ``--output_json``: the record (``bench/data/camvid_fidelity.json``), one
   entry per finished run, written atomically after each; ``--chosen_steps``
   records the budget the ground truth is read at.
@@ -61,10 +62,10 @@ flags.DEFINE_multi_string(
 )
 flags.DEFINE_list("seeds", ["1", "2"], "One run per seed.")
 flags.DEFINE_string("runs_dir", "runs/camvid/fidelity", "Run folders: <runs_dir>/<cell>/steps<N>_seed<S>.")
-flags.DEFINE_string(
-    "reuse_runs_from", None,
-    "Another record under the same protocol (bench/data/camvid_fidelity.json): its runs of the selected cells, "
-    "budget and seeds are copied in rather than trained again.",
+flags.DEFINE_list(
+    "reuse_runs_from", [],
+    "Other records under the same protocol (bench/data/camvid_fidelity.json): their runs of the selected cells "
+    "(matched by graph hash), budget and seeds are copied in rather than trained again.",
 )
 flags.DEFINE_string("output_json", "bench/data/camvid_fidelity.json", "The record of finished runs.")
 flags.DEFINE_integer("chosen_steps", None, "Record this budget as the one the ground truth is read at.")

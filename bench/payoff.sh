@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Does the search pay off on CamVid? Every step of issue 16's payoff measurement, each resumable:
-#   bash bench/payoff.sh search|rerank|fresh|scratch|report
+#   bash bench/payoff.sh search|save|rerank|fresh|scratch|report
 # search   an evolution search of 200 trained trials with the proxy of experiments/camvid/search.flags
 #          (PREFILTER="--prefilter=synflow --prefilter_ratio=4" adds the zero-cost pre-filter);
-#          about 2-4 h on 2 cores.
-# rerank   its top 5 distinct cells fine-tuned under the ground-truth protocol (rerank.flags: the
-#          backbone frozen, as experiments/camvid/fidelity_truth.flags, 900 steps); the winner is copied to
-#          experiments/camvid/searched_cell.json. About 6.5 min a cell.
+#          about 2-4 h on 2 cores. Its study is copied to bench/data/payoff_search/ when it ends
+#          (`save` copies it at any time, also while it runs); a fresh checkout resumes from that copy.
+# rerank   its top 5 distinct cells (bench/payoff_top.py -> bench/data/payoff_top/) fine-tuned under the
+#          ground truth's protocol and seeds (experiments/camvid/fidelity_truth.flags: the backbone frozen,
+#          900 steps, seeds 1 and 2; bench/data/camvid_payoff_rerank.json, resumable, a cell already in the
+#          ground truth reused); the best mean is copied to experiments/camvid/searched_cell.json. About
+#          6.5 min a run alone, 10 runs.
 # fresh    the winner, the published cell and the ASPP-equivalent cell (fresh heads) and the backbone's
 #          own ASPP head (continued), 3 seeds each, same protocol: bench/data/camvid_payoff.json (the
 #          references' runs already in the ground truth, bench/data/camvid_fidelity.json, are reused).
@@ -21,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export TF_CPP_MIN_LOG_LEVEL=3
 SEARCH=${SEARCH:-runs/camvid/search_evolution200}
+SAVED=${SAVED:-bench/data/payoff_search}  # the search's study, committed: a later session resumes from it
 DATA=${DATA:-runs/camvid/tfrecord}
 BACKBONE=${BACKBONE:-../shared/data/camvid_backbone}
 WINNER=experiments/camvid/searched_cell.json
@@ -31,7 +35,8 @@ fresh() {  # extra flags...
   python bench/fidelity_truth.py --flagfile=experiments/camvid/fidelity_truth.flags --dataset_dir="$DATA" \
     --tf_initial_checkpoint="$BACKBONE" --cell_json=searched="$WINNER" --runs_dir=runs/camvid/payoff \
     --names=searched,published_cityscapes,aspp,aspp_head_continued --seeds=1,2,3 \
-    --output_json=bench/data/camvid_payoff.json --reuse_runs_from=bench/data/camvid_fidelity.json "$@"
+    --output_json=bench/data/camvid_payoff.json \
+    --reuse_runs_from=bench/data/camvid_fidelity.json,bench/data/camvid_payoff_rerank.json "$@"
 }
 
 scratch_recorded() {  # NAME SEED HASH: is this run in $SCRATCH_JSON already?
@@ -61,14 +66,49 @@ print(f"{name} seed {seed}: val mIoU {100 * result['miou']:.2f} (recorded in {pa
 PY
 }
 
+restore_search() {  # a fresh checkout: the search folder again from the committed copy (it is relocatable)
+  if [ ! -f "$SEARCH/search_config.json" ] && [ -f "$SAVED/search_config.json" ]; then
+    mkdir -p "$SEARCH" && cp "$SAVED"/* "$SEARCH"/ && echo "restored $SEARCH from $SAVED"
+  fi
+}
+
+save_search() {  # the study (a consistent SQLite snapshot, even while the search runs), config and best cell
+  mkdir -p "$SAVED"
+  python - "$SEARCH" "$SAVED" <<'PY'
+import os, shutil, sqlite3, sys
+search, saved = sys.argv[1], sys.argv[2]
+tmp = os.path.join(saved, "study.db.tmp")
+source, target = sqlite3.connect(os.path.join(search, "study.db")), sqlite3.connect(tmp)
+source.backup(target)
+target.close(); source.close()
+os.replace(tmp, os.path.join(saved, "study.db"))
+for name in ("search_config.json", "best_proxy_cell.json"):
+    if os.path.exists(os.path.join(search, name)):
+        shutil.copyfile(os.path.join(search, name), os.path.join(saved, name + ".tmp"))
+        os.replace(os.path.join(saved, name + ".tmp"), os.path.join(saved, name))
+print(f"saved {search} -> {saved}")
+PY
+}
+
 case ${1:-} in
   search)
+    restore_search
     python -m deeplab_dpc.search --flagfile=experiments/camvid/search.flags --search_dir="$SEARCH" \
-      --strategy=evolution --max_trials=200 ${PREFILTER:-} ;;
+      --strategy=evolution --max_trials=200 ${PREFILTER:-}
+    save_search ;;
+  save) save_search ;;
   rerank)
-    python -m deeplab_dpc.rerank --flagfile=experiments/camvid/rerank.flags --search_dir="$SEARCH" \
-      --dataset_dir="$DATA" --top_k=5 --spread_k=0 --noinclude_reference
-    cp "$SEARCH/best_cell.json" "$WINNER" && echo "winner: $WINNER" ;;
+    restore_search
+    # The top 5 distinct cells by proxy score under the ground truth's own protocol and seeds (900 steps,
+    # seeds 1 and 2; recorded in bench/data, resumable), the winner the best mean of the two.
+    python bench/payoff_top.py --search_dir="$SEARCH" --top_k=5 --output_dir=bench/data/payoff_top
+    cells=(); for f in bench/data/payoff_top/rank*.json; do n=$(basename "$f" .json); cells+=(--cell_json="$n=$f"); done
+    python bench/fidelity_truth.py --flagfile=experiments/camvid/fidelity_truth.flags --dataset_dir="$DATA" \
+      --tf_initial_checkpoint="$BACKBONE" "${cells[@]}" --names=rank1,rank2,rank3,rank4,rank5 --seeds=1,2 \
+      --runs_dir=runs/camvid/payoff_rerank --output_json=bench/data/camvid_payoff_rerank.json \
+      --reuse_runs_from=bench/data/camvid_fidelity.json
+    python bench/payoff_top.py --pick_winner=bench/data/camvid_payoff_rerank.json --output_dir=bench/data/payoff_top \
+      --winner="$WINNER" ;;
   fresh) fresh ;;
   scratch)
     mkdir -p runs/camvid/scratch
@@ -98,5 +138,5 @@ case ${1:-} in
 import json
 for r in json.load(open('$SCRATCH_JSON'))['runs']:
     print(f\"from scratch: {r['model']} seed {r['seed']} ({r['graph_hash']}): val mIoU {100 * r['miou']:.2f}\")" ;;
-  *) echo "usage: bash bench/payoff.sh search|rerank|fresh|scratch|report" >&2; exit 2 ;;
+  *) echo "usage: bash bench/payoff.sh search|save|rerank|fresh|scratch|report" >&2; exit 2 ;;
 esac

@@ -122,7 +122,7 @@ def run_ground_truth(
     say: Callable[[str], None] = print,
     train_fn: Callable | None = None,
     evaluate_fn: Callable | None = None,
-    reuse_from: str | None = None,
+    reuse_from: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Trains and scores every (name, seed) without a run in ``output_json`` at the template's budget.
 
@@ -135,10 +135,10 @@ def run_ground_truth(
         cells_file, command: written into the record (where the cells come from, how it was made).
         say: progress lines.
         train_fn, evaluate_fn: ``train_lib.train`` and ``full_training.evaluate_run`` (tests pass fakes).
-        reuse_from: another record made under the same protocol (the fidelity set's ground truth): its runs
-            of these names, budget and seeds (a cell of the set only where its graph hash matches) are
-            copied into ``output_json`` instead of trained again. A record under another protocol is
-            refused (``ProtocolMismatch``), never silently mixed in.
+        reuse_from: other records made under the same protocol (the fidelity set's ground truth): their
+            runs of these cells (by graph hash), budget and seeds are copied into ``output_json`` instead of
+            trained again. A record under another protocol is refused (``ProtocolMismatch``), never
+            silently mixed in.
 
     Returns:
         The record as written.
@@ -159,7 +159,7 @@ def run_ground_truth(
     steps = template.training_number_of_steps
     if reuse_from:
         copied = reuse_runs(reuse_from, output_json, protocol, by_name, names, steps, seeds, cells_file)
-        say(f"{copied} runs reused from {reuse_from} (same protocol)")
+        say(f"{copied} runs reused from {', '.join(reuse_from)} (same protocol)")
     todo = pending(read_record(output_json), names, steps, seeds)
     total = len(names) * len(seeds)
     say(f"{total - len(todo)} of {total} runs recorded; {len(todo)} to train at {steps} steps")
@@ -199,7 +199,7 @@ def run_ground_truth(
 
 
 def reuse_runs(
-    source: str,
+    sources: Sequence[str],
     output_json: str,
     protocol: Mapping[str, Any],
     by_name: Mapping[str, Cell],
@@ -208,24 +208,28 @@ def reuse_runs(
     seeds: Sequence[int],
     cells_file: str,
 ) -> int:
-    """Copies ``source``'s runs of ``names`` at ``steps`` and ``seeds`` missing from ``output_json``
-    into it (written atomically); the number copied. A cell's run is taken only if its graph hash is
-    the cell's (the same name may be another cell in another set)."""
-    record_from = read_record(source)
-    if not record_from.get("runs"):
-        raise FidelityError(f"{source}: no runs to reuse")
-    check_protocol(record_from, protocol, source)
+    """Copies the runs of ``sources`` (records of the same protocol) that ``output_json`` lacks: for
+    each of ``names`` at ``steps`` and ``seeds``, a run of the same graph (by hash: the same cell may
+    have another name there, such as a search's winner that was its rank 2) or, for ``CONTINUED``, of
+    that name. Written atomically under the name asked for; returns the number copied."""
     record = read_record(output_json)
     done = {_key(r) for r in record.get("runs", [])}
-
-    def wanted(run: Mapping[str, Any]) -> bool:
-        name = run["cell"]
-        if name not in names or run["steps"] != steps or run["seed"] not in seeds or _key(run) in done:
-            return False
-        cell = by_name.get(name)
-        return run.get("graph_hash") == (cell.graph_hash if cell else None)
-
-    copied = [dict(r) for r in record_from["runs"] if wanted(r)]
+    copied: list[dict[str, Any]] = []
+    for source in sources:
+        record_from = read_record(source)
+        if not record_from.get("runs"):
+            raise FidelityError(f"{source}: no runs to reuse")
+        check_protocol(record_from, protocol, source)
+        for name in names:
+            cell = by_name.get(name)
+            for run in record_from["runs"]:
+                same = run.get("graph_hash") == cell.graph_hash if cell else (
+                    run["cell"] == name and run.get("graph_hash") is None
+                )
+                key = (name, run["steps"], run["seed"])
+                if same and run["steps"] == steps and run["seed"] in seeds and key not in done:
+                    copied.append({**run, "cell": name, "reused_from": f"{source}: {run['cell']}"})
+                    done.add(key)
     if copied:
         record.update(cells_file=cells_file, protocol=dict(protocol))
         record["runs"] = list(record.get("runs", [])) + copied

@@ -10,7 +10,8 @@ import pytest
 from deeplab_dpc.core.model import ModelConfig
 from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.nas import fidelity, ground_truth
-from deeplab_dpc.nas.space import aspp_cell, published_cell
+from deeplab_dpc.core.spec import SearchSpace
+from deeplab_dpc.nas.space import aspp_cell, params_to_spec, published_cell, spec_to_params
 from deeplab_dpc.training.config import TrainConfig
 
 CELLS = [
@@ -163,7 +164,7 @@ def test_runs_of_the_same_protocol_are_reused_not_retrained(tmp_path):
     record = ground_truth.run_ground_truth(
         _template(tmp_path), CELLS, ["aspp", ground_truth.CONTINUED], [1, 2, 3], str(tmp_path / "payoff.json"),
         str(tmp_path / "runs"), "cells.json", "cmd", say=lambda line: None,
-        train_fn=fakes.train, evaluate_fn=fakes.evaluate, reuse_from=str(source / "truth.json"),
+        train_fn=fakes.train, evaluate_fn=fakes.evaluate, reuse_from=[str(source / "truth.json")],
     )
     # Seeds 1 and 2 of both names come from the source; only seed 3 trains.
     assert [(c.seed, c.model.context) for c in fakes.trained] == [(3, "dpc"), (3, "aspp")]
@@ -171,15 +172,25 @@ def test_runs_of_the_same_protocol_are_reused_not_retrained(tmp_path):
         ("aspp", 1), ("aspp", 2), ("aspp", 3),
         (ground_truth.CONTINUED, 1), (ground_truth.CONTINUED, 2), (ground_truth.CONTINUED, 3),
     ]
-    # A cell of another graph under the same name is not taken for this one.
-    other = [fidelity.Cell("aspp", "reference", published_cell(), published_cell().canonical_hash())]
+    assert record["runs"][0]["reused_from"].endswith("truth.json: aspp")
+    # Cells are matched by graph, not name: "winner" is the source's "published" under another name,
+    # and "aspp" here is another graph than the source's "aspp", so it trains.
+    params = {**spec_to_params(aspp_cell()), "b0_op": "sep3x3_r1x1"}
+    another = params_to_spec(params, SearchSpace(num_branches=5))
+    other = [
+        fidelity.Cell("winner", "search", published_cell(), published_cell().canonical_hash()),
+        fidelity.Cell("aspp", "reference", another, another.canonical_hash()),
+    ]
     fakes = _Fakes()
-    ground_truth.run_ground_truth(
-        _template(tmp_path), other, ["aspp"], [1], str(tmp_path / "other.json"), str(tmp_path / "runs"),
+    record = ground_truth.run_ground_truth(
+        _template(tmp_path), other, ["winner", "aspp"], [1], str(tmp_path / "other.json"), str(tmp_path / "runs"),
         "cells.json", "cmd", say=lambda line: None, train_fn=fakes.train, evaluate_fn=fakes.evaluate,
-        reuse_from=str(source / "truth.json"),
+        reuse_from=[str(source / "truth.json")],
     )
-    assert len(fakes.trained) == 1
+    assert [c.model.dense_prediction_cell for c in fakes.trained] == [other[1].spec]
+    assert {r["cell"]: r.get("reused_from", "").rsplit(": ", 1)[-1] for r in record["runs"]} == {
+        "winner": "published", "aspp": ""
+    }
 
 
 def test_reuse_from_another_protocol_is_refused_naming_the_field(tmp_path):
@@ -190,6 +201,6 @@ def test_reuse_from_another_protocol_is_refused_naming_the_field(tmp_path):
         ground_truth.run_ground_truth(
             _template(tmp_path, base_learning_rate=0.001), CELLS, ["aspp"], [1], str(tmp_path / "payoff.json"),
             str(tmp_path / "runs"), "cells.json", "cmd", say=lambda line: None,
-            train_fn=_Fakes().train, evaluate_fn=_Fakes().evaluate, reuse_from=str(source / "truth.json"),
+            train_fn=_Fakes().train, evaluate_fn=_Fakes().evaluate, reuse_from=[str(source / "truth.json")],
         )
     assert not (tmp_path / "payoff.json").exists()
