@@ -22,7 +22,7 @@ row() {  # NAME FILE FLAGS...
     --output_json="$OUT/$file.json" "$@" 2>"$LOGS/$file.log" | grep '^| ' | grep -v '^| proxy |' || true
 }
 
-ALL="synflow grad_norm snip naswot zico p200 p100 p600 f32 f128 seeds2 label lossf kl ema p50 p100s2 lr05"
+ALL="synflow grad_norm snip naswot zico p200 p100 p600 f32 f128 seeds2 label lossf kl ema p50 p100s2 lr05 p100f128 p100f256"
 echo "| proxy | rho [90% CI] | tau [90% CI] | top-5 recall | rho better half | CPU s/cell | cells |"
 echo "|---|---|---|---|---|---|---|"
 for r in ${*:-$ALL}; do
@@ -43,6 +43,9 @@ for r in ${*:-$ALL}; do
     p50) row "proxy 50 steps" proxy_50_64 --proxy_steps=50 --seeds=0 ;;
     p100s2) row "proxy 100 steps, mean of 2 seeds" proxy_100_64 --proxy_steps=100 --seeds=0,1 ;;
     lr05) row "proxy 200 steps, lr 0.05" proxy_200_64_lr0.05 --proxy_learning_rate=0.05 --seeds=0 ;;
+    p100f128) row "proxy 100 steps, 128 filters" proxy_100_128 --proxy_steps=100 --proxy_filters=128 --seeds=0 ;;
+    p100f256) row "proxy 100 steps, 256 filters (the paper's width)" proxy_100_256 --proxy_steps=100 \
+          --proxy_filters=256 --seeds=0 ;;
     *) echo "unknown row $r (valid: $ALL)" >&2; exit 2 ;;
   esac
 done
