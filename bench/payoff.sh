@@ -66,39 +66,17 @@ print(f"{name} seed {seed}: val mIoU {100 * result['miou']:.2f} (recorded in {pa
 PY
 }
 
-restore_search() {  # a fresh checkout: the search folder again from the committed copy (it is relocatable)
-  if [ ! -f "$SEARCH/search_config.json" ] && [ -f "$SAVED/search_config.json" ]; then
-    mkdir -p "$SEARCH" && cp "$SAVED"/* "$SEARCH"/ && echo "restored $SEARCH from $SAVED"
-  fi
-}
-
-save_search() {  # the study (a consistent SQLite snapshot, even while the search runs), config and best cell
-  mkdir -p "$SAVED"
-  python - "$SEARCH" "$SAVED" <<'PY'
-import os, shutil, sqlite3, sys
-search, saved = sys.argv[1], sys.argv[2]
-tmp = os.path.join(saved, "study.db.tmp")
-source, target = sqlite3.connect(os.path.join(search, "study.db")), sqlite3.connect(tmp)
-source.backup(target)
-target.close(); source.close()
-os.replace(tmp, os.path.join(saved, "study.db"))
-for name in ("search_config.json", "best_proxy_cell.json"):
-    if os.path.exists(os.path.join(search, name)):
-        shutil.copyfile(os.path.join(search, name), os.path.join(saved, name + ".tmp"))
-        os.replace(os.path.join(saved, name + ".tmp"), os.path.join(saved, name))
-print(f"saved {search} -> {saved}")
-PY
-}
+. bench/carry_search.sh
 
 case ${1:-} in
   search)
-    restore_search
+    restore_search "$SEARCH" "$SAVED"
     python -m deeplab_dpc.search --flagfile=experiments/camvid/search.flags --search_dir="$SEARCH" \
       --strategy=evolution --max_trials=200 ${PREFILTER:-}
-    save_search ;;
-  save) save_search ;;
+    save_search "$SEARCH" "$SAVED" ;;
+  save) save_search "$SEARCH" "$SAVED" ;;
   rerank)
-    restore_search
+    restore_search "$SEARCH" "$SAVED"
     # The top 5 distinct cells by proxy score under the ground truth's own protocol and seeds (900 steps,
     # seeds 1 and 2; recorded in bench/data, resumable), the winner the best mean of the two.
     python bench/payoff_top.py --search_dir="$SEARCH" --top_k=5 --output_dir=bench/data/payoff_top
