@@ -79,10 +79,11 @@ case ${1:-} in
     restore_search "$SEARCH" "$SAVED"
     # The top 5 distinct cells by proxy score under the ground truth's own protocol and seeds (900 steps,
     # seeds 1 and 2; recorded in bench/data, resumable), the winner the best mean of the two.
-    python bench/payoff_top.py --search_dir="$SEARCH" --top_k=5 --output_dir=bench/data/payoff_top
-    cells=(); for f in bench/data/payoff_top/rank*.json; do n=$(basename "$f" .json); cells+=(--cell_json="$n=$f"); done
+    top=$(python bench/payoff_top.py --search_dir="$SEARCH" --top_k=5 --output_dir=bench/data/payoff_top)
+    echo "$top"
+    read -ra cells <<< "$(tail -n 1 <<< "$top")"  # --names=rank1,... --cell_json=rank1=PATH ...
     python bench/fidelity_truth.py --flagfile=experiments/camvid/fidelity_truth.flags --dataset_dir="$DATA" \
-      --tf_initial_checkpoint="$BACKBONE" "${cells[@]}" --names=rank1,rank2,rank3,rank4,rank5 --seeds=1,2 \
+      --tf_initial_checkpoint="$BACKBONE" "${cells[@]}" --seeds=1,2 \
       --runs_dir=runs/camvid/payoff_rerank --output_json=bench/data/camvid_payoff_rerank.json \
       --reuse_runs_from=bench/data/camvid_fidelity.json
     python bench/payoff_top.py --pick_winner=bench/data/camvid_payoff_rerank.json --output_dir=bench/data/payoff_top \

@@ -5,18 +5,19 @@ r"""A search's best distinct cells by proxy score, as DeepLab JSON files for the
 
 writes ``rank1.json`` ... ``rank<k>.json`` (each a cell as ``train --dense_prediction_cell_json`` and
 ``bench/fidelity_truth.py --cell_json=rank1=...`` take it) and ``top.json`` (rank, trial number, proxy
-mIoU, graph hash, file of each), each atomically, and prints the ``--cell_json`` flags and ``--names``
-for ``bench/fidelity_truth.py``. ``bench/payoff.sh rerank`` uses it: the top cells are re-ranked under
+mIoU, graph hash, file of each), each atomically, and prints, as its last line, the ``--names`` and
+``--cell_json`` flags for ``bench/fidelity_truth.py``. ``bench/payoff.sh rerank`` uses it: the top cells are re-ranked under
 the fidelity set's protocol (900 steps, seeds 1 and 2) and recorded in ``bench/data``, so that the
 winner is chosen by the same measurement as the ground truth and the runs survive the session.
 
-``--pick_winner=RECORD`` instead reads a fidelity_truth record of those runs and copies the cell with
+``--pick_winner=RECORD`` instead reads a fidelity_truth record of the runs of ``top.json``'s cells and copies the cell with
 the best mean over its seeds to ``--winner`` (``experiments/camvid/searched_cell.json``), printing the
 table it chose from.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -64,9 +65,12 @@ def pick_winner(record_path: str, top_dir: str, steps: int, winner: str) -> tupl
     returns (name, [(name, mean, seeds)] best first). Every cell must have as many runs as the most
     complete one (ValueError naming those that lack some): a winner is never chosen from part of them."""
     scores = ground_truth.scores_by_budget(ground_truth.read_record(record_path)).get(steps, {})
-    names = [f"rank{i}" for i in range(1, 100) if os.path.exists(os.path.join(top_dir, f"rank{i}.json"))]
-    if not names:
-        raise ValueError(f"{top_dir}: no rank<i>.json (run this with --search_dir first)")
+    top = os.path.join(top_dir, "top.json")
+    if not os.path.exists(top):
+        raise ValueError(f"{top}: no such file (run this with --search_dir first)")
+    with open(top, encoding="utf-8") as f:
+        files = {c["name"]: c["file"] for c in json.load(f)["cells"]}
+    names = list(files)
     seeds = max(len(scores.get(n, {})) for n in names)
     incomplete = [n for n in names if len(scores.get(n, {})) < max(seeds, 1)]
     if incomplete:
@@ -76,7 +80,7 @@ def pick_winner(record_path: str, top_dir: str, steps: int, winner: str) -> tupl
     table = sorted(((n, sum(scores[n].values()) / seeds, seeds) for n in names), key=lambda row: -row[1])
     name = table[0][0]
     tmp = winner + ".tmp"
-    shutil.copyfile(os.path.join(top_dir, name + ".json"), tmp)
+    shutil.copyfile(files[name], tmp)
     os.replace(tmp, winner)
     return name, table
 
@@ -99,8 +103,9 @@ def main(argv):
         raise app.UsageError(str(e)) from None
     for e in entries:
         print(f"  {e['name']}: trial {e['trial']}, proxy mIoU {100 * e['proxy_miou']:.2f}, {e['file']}")
-    print("--names=" + ",".join(e["name"] for e in entries))
-    print(" ".join(f"--cell_json={e['name']}={e['file']}" for e in entries))
+    # Last line: bench/fidelity_truth.py's flags for these cells (bench/payoff.sh reads it).
+    print(" ".join(["--names=" + ",".join(e["name"] for e in entries)]
+                   + [f"--cell_json={e['name']}={e['file']}" for e in entries]))
 
 
 if __name__ == "__main__":

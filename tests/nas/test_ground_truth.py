@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from deeplab_dpc.core.model import ModelConfig
+from deeplab_dpc.core.spec import SearchSpace
 from deeplab_dpc.data.batches import DataConfig
 from deeplab_dpc.nas import fidelity, ground_truth
-from deeplab_dpc.core.spec import SearchSpace
 from deeplab_dpc.nas.space import aspp_cell, params_to_spec, published_cell, spec_to_params
 from deeplab_dpc.training.config import TrainConfig
 
