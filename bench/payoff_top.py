@@ -31,12 +31,15 @@ from deeplab_dpc.fileio import write_json  # noqa: E402
 from deeplab_dpc.nas import ground_truth  # noqa: E402
 from deeplab_dpc.nas import rerank as rerank_lib  # noqa: E402
 
-flags.DEFINE_string("search_dir", None, "The search whose best cells to write.")
-flags.DEFINE_integer("top_k", 5, "How many distinct cells, best proxy score first.")
-flags.DEFINE_string("output_dir", "bench/data/payoff_top", "Where rank<i>.json and top.json go.")
-flags.DEFINE_string("pick_winner", None, "A fidelity_truth record of the top cells' runs: copy the best to --winner.")
-flags.DEFINE_string("winner", "experiments/camvid/searched_cell.json", "Where --pick_winner copies the winner.")
-flags.DEFINE_integer("steps", 900, "With --pick_winner: the budget whose runs choose.")
+
+def define_flags() -> None:
+    """The command's flags, registered only when it runs (the tests import the module's functions)."""
+    flags.DEFINE_string("search_dir", None, "The search whose best cells to write.")
+    flags.DEFINE_integer("top_k", 5, "How many distinct cells, best proxy score first.")
+    flags.DEFINE_string("output_dir", "bench/data/payoff_top", "Where rank<i>.json and top.json go.")
+    flags.DEFINE_string("pick_winner", None, "A fidelity_truth record of the top cells' runs: copy the best to --winner.")
+    flags.DEFINE_string("winner", "experiments/camvid/searched_cell.json", "Where --pick_winner copies the winner.")
+    flags.DEFINE_integer("steps", 900, "With --pick_winner: the budget whose runs choose.")
 
 
 def write_top(search_dir: str, top_k: int, output_dir: str) -> list[dict]:
@@ -109,4 +112,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -22,35 +22,37 @@ def dataset(tmp_path_factory):
     return str(root), descriptor
 
 
-# Whole-image val mIoU after the 40-step run below at its seed 1: 0.50 (2026-12-07). Not a property of any
-# seed: seeds 2 and 3 reach 0.26 and 0.19 (still near one class everywhere), so this holds for seed 1 only.
-MIOU_THRESHOLD = 0.35
+# Whole-image val mIoU after the 100-step run below: seeds 1-5 reach 0.86, 0.87, 0.90, 0.86, 0.76 (2026-12-08).
+# At 40 steps the same seeds landed anywhere in 0.26-0.53 and moved with the machine's float rounding (CI's
+# seed 1 scored 0.26 where this machine's scored 0.49): 40 steps stop mid-descent, 100 are past it. One class
+# everywhere scores < 1/3.
+MIOU_THRESHOLD = 0.5
 
 
 def _config(dataset, logdir, decoder=False, **kw):
     model = ModelConfig(
         num_classes=3, context="aspp", depth_multiplier=0.35, dropout_rate=0.0,
         decoder_output_stride=4 if decoder else None,
-        initializer="keras",  # from scratch in 40 steps, as CamVid's from-scratch recipes (WORKSPACE.md)
+        initializer="keras",  # from scratch in 100 steps, as CamVid's from-scratch recipes (WORKSPACE.md)
     )
     return tiny_train_config(dataset, logdir, model, **kw)
 
 
 def test_short_training_lowers_the_loss_and_writes_configs(dataset, tmp_path):
     config = _config(
-        dataset, tmp_path, decoder=True, training_number_of_steps=40,
-        eval_split="val", eval_interval_steps=40, eval_crop_size=(64, 80),
+        dataset, tmp_path, decoder=True, training_number_of_steps=100,
+        eval_split="val", eval_interval_steps=100, eval_crop_size=(64, 80),
     )
     summary = train_lib.train(config, verbose=0)
     losses = [r["loss"] for r in summary["history"]]
-    assert summary["step"] == 40 and [r["step"] for r in summary["history"]] == list(range(5, 45, 5))
+    assert summary["step"] == 100 and [r["step"] for r in summary["history"]] == list(range(5, 105, 5))
     assert losses[-1] < 0.6 * losses[0]
-    # 40 steps learn more than one class (one class everywhere scores < 1/3).
+    # 100 steps learn every class, not one class everywhere.
     assert summary["history"][-1]["val_miou"] > MIOU_THRESHOLD
     assert (tmp_path / "model_config.json").is_file() and (tmp_path / "train_config.json").is_file()
     reloaded = TrainConfig.from_dict(__import__("json").loads((tmp_path / "train_config.json").read_text()))
     assert reloaded == config
-    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))][-1] == 40
+    assert [s for s, _ in checkpoints.list_checkpoints(str(tmp_path))][-1] == 100
     assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
 
 
