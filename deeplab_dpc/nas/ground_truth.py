@@ -300,7 +300,8 @@ def budget_rho(scores: Mapping[int, Mapping[str, Mapping[int, float]]], a: int, 
 
 
 def report_lines(record: Mapping[str, Any]) -> list[str]:
-    """Per budget each cell's seeds and mean (best first), the seed study, and rho between budgets."""
+    """Per budget each cell's seeds, mean and sample standard deviation (ddof 1, from 2 seeds on; best mean
+    first), the seed study, and rho between budgets."""
     lines = []
     with_control = scores_by_budget(record, exclude=())
     scores = scores_by_budget(record)
@@ -309,7 +310,9 @@ def report_lines(record: Mapping[str, Any]) -> list[str]:
         means = {c: float(np.mean(list(s.values()))) for c, s in cells.items()}
         for cell in sorted(cells, key=lambda c: -means[c]):
             per = " ".join(f"s{k}={100 * v:.2f}" for k, v in sorted(cells[cell].items()))
-            lines.append(f"  {cell:28s} {per:24s} mean {100 * means[cell]:.2f}")
+            runs = list(cells[cell].values())
+            sd = f" ± {100 * np.std(runs, ddof=1):.2f}" if len(runs) >= 2 else ""
+            lines.append(f"  {cell:28s} {per:33s} mean {100 * means[cell]:.2f}{sd}")
         study = seed_study(scores.get(steps, {}))
         if study:
             lines.append(

@@ -204,3 +204,15 @@ def test_reuse_from_another_protocol_is_refused_naming_the_field(tmp_path):
             train_fn=_Fakes().train, evaluate_fn=_Fakes().evaluate, reuse_from=[str(source / "truth.json")],
         )
     assert not (tmp_path / "payoff.json").exists()
+
+
+def test_report_gives_each_cells_mean_and_sample_standard_deviation_best_first():
+    runs = [("aspp", 1, 0.49), ("aspp", 2, 0.50), ("aspp", 3, 0.48), ("searched", 1, 0.51), ("searched", 2, 0.52),
+            ("lone", 1, 0.30)]
+    record = {"runs": [{"cell": c, "steps": 900, "seed": s, "miou": m} for c, s, m in runs]}
+    lines = ground_truth.report_lines(record)
+    assert lines[0] == "900 steps: val mIoU per seed and mean"
+    # searched: mean 51.50, s.d. sqrt(0.5) = 0.71; aspp: mean 49.00, s.d. 1.00 (ddof 1); one run has no s.d.
+    assert [line.split()[0] for line in lines[1:4]] == ["searched", "aspp", "lone"]
+    assert lines[1].endswith("mean 51.50 ± 0.71") and lines[2].endswith("mean 49.00 ± 1.00")
+    assert lines[3].endswith("mean 30.00")
