@@ -14,7 +14,7 @@
 #          own ASPP head (continued), 3 seeds each, same protocol: bench/data/camvid_payoff.json (the
 #          references' runs already in the ground truth, bench/data/camvid_fidelity.json, are reused).
 # scratch  the winner and ASPP trained from scratch as the shared backbone was (3,500 steps of batch 4 at
-#          240x320, about an hour each on 2 cores), seeds 1-3 (ASPP's seed 1 is the shared backbone,
+#          240x320, about 22 min each alone on 2 cores), seeds 1-3 (ASPP's seed 1 is the shared backbone,
 #          51.78), each scored on val at 360x480 and recorded in bench/data/camvid_scratch.json (a
 #          recorded run is skipped; a cut-short one resumes from its checkpoint). SCRATCH_RUNS="aspp 2,aspp 3"
 #          picks runs (ASPP's need no winner and can start any time).
