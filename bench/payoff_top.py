@@ -6,20 +6,20 @@ r"""A search's best distinct cells by proxy score, as DeepLab JSON files for the
 writes ``rank1.json`` ... ``rank<k>.json`` (each a cell as ``train --dense_prediction_cell_json`` and
 ``bench/fidelity_truth.py --cell_json=rank1=...`` take it) and ``top.json`` (rank, trial number, proxy
 mIoU, graph hash, file of each), each atomically, and prints, as its last line, the ``--names`` and
-``--cell_json`` flags for ``bench/fidelity_truth.py``. ``bench/payoff.sh rerank`` uses it: the top cells are re-ranked under
-the fidelity set's protocol (900 steps, seeds 1 and 2) and recorded in ``bench/data``, so that the
-winner is chosen by the same measurement as the ground truth and the runs survive the session.
+``--cell_json`` flags for ``bench/fidelity_truth.py``. ``bench/payoff.sh rerank`` uses it: the top cells
+are re-ranked under the fidelity set's protocol (900 steps, seeds 1 and 2) and recorded in
+``bench/data``, so that the winner is chosen by the same measurement as the ground truth and the runs
+survive the session.
 
-``--pick_winner=RECORD`` instead reads a fidelity_truth record of the runs of ``top.json``'s cells and copies the cell with
-the best mean over its seeds to ``--winner`` (``experiments/camvid/searched_cell.json``), printing the
-table it chose from.
+``--pick_winner=RECORD`` instead reads a fidelity_truth record of the runs of ``top.json``'s cells and
+copies the cell with the best mean over its seeds to ``--winner``
+(``experiments/camvid/searched_cell.json``, atomically), printing the table it chose from.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 from absl import app, flags
@@ -27,7 +27,7 @@ from absl import app, flags
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from deeplab_dpc import cli  # noqa: E402,F401  (first: it quiets TensorFlow's start-up)
-from deeplab_dpc.fileio import write_json  # noqa: E402
+from deeplab_dpc.fileio import write_bytes_atomically, write_json  # noqa: E402
 from deeplab_dpc.nas import ground_truth  # noqa: E402
 from deeplab_dpc.nas import rerank as rerank_lib  # noqa: E402
 
@@ -37,7 +37,9 @@ def define_flags() -> None:
     flags.DEFINE_string("search_dir", None, "The search whose best cells to write.")
     flags.DEFINE_integer("top_k", 5, "How many distinct cells, best proxy score first.")
     flags.DEFINE_string("output_dir", "bench/data/payoff_top", "Where rank<i>.json and top.json go.")
-    flags.DEFINE_string("pick_winner", None, "A fidelity_truth record of the top cells' runs: copy the best to --winner.")
+    flags.DEFINE_string(
+        "pick_winner", None, "A fidelity_truth record of the top cells' runs: copy the best to --winner."
+    )
     flags.DEFINE_string("winner", "experiments/camvid/searched_cell.json", "Where --pick_winner copies the winner.")
     flags.DEFINE_integer("steps", 900, "With --pick_winner: the budget whose runs choose.")
 
@@ -82,9 +84,8 @@ def pick_winner(record_path: str, top_dir: str, steps: int, winner: str) -> tupl
         )
     table = sorted(((n, sum(scores[n].values()) / seeds, seeds) for n in names), key=lambda row: -row[1])
     name = table[0][0]
-    tmp = winner + ".tmp"
-    shutil.copyfile(files[name], tmp)
-    os.replace(tmp, winner)
+    with open(files[name], "rb") as f:
+        write_bytes_atomically(winner, f.read())
     return name, table
 
 
